@@ -1,0 +1,44 @@
+"""What a monitor run produces: the hand-off from the monitor stage to the alert stage.
+
+The data path is source -> ring -> encoder -> memory -> monitor -> **result** -> alert -> sink.
+Everything downstream of the monitors (alert rules, MQTT, history, webhooks) consumes
+`MonitorResult` and nothing else, so sinks can be built and tested without a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Verdict = Literal["positive", "negative", "unknown"]
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    stream: str  # stream id, e.g. "compressor-1"
+    monitor: str  # monitor name from config, e.g. "knocking"
+    question: str  # the question as sent to the model (after templating)
+    answer: str  # decoded answer text (empty for model-free monitors)
+    token_ids: tuple[int, ...]  # generated ids, EOS excluded (empty for model-free monitors)
+    verdict: Verdict  # parsed from the answer (yes_no / choice / regex) or from a level/novelty rule
+    start: datetime  # UTC start of the audio span the answer is about
+    end: datetime  # UTC end of that span
+    latency_s: float  # wall time from the query being due to the answer
+    model_id: str  # e.g. "af2-3b@sha256:..." or "level-gate" for model-free monitors
+    severity: str = "info"  # "info" | "warning" | "critical", from the monitor's config
+    choice: str | None = None  # the matched option for `choice` monitors
+    level_dbfs: float | None = None  # loudness of the span, when known
+    novelty: float | None = None  # novelty score of the span, when known
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def positive(self) -> bool:
+        return self.verdict == "positive"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["token_ids"] = list(self.token_ids)
+        d["start"] = self.start.isoformat()
+        d["end"] = self.end.isoformat()
+        return d
