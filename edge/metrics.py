@@ -1,0 +1,69 @@
+"""Every counter of the daemon, in one prometheus-client registry.
+
+Stages import the metric objects they update from here; the `/metrics` endpoint serves
+`REGISTRY`. Tests make a fresh `Metrics()` so counts never leak between tests.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        # --- ingest (streams/) ---
+        self.frames_in = Counter("fe_frames_in", "Audio frames accepted", ["stream"], registry=r)
+        self.samples_in = Counter("fe_samples_in", "Audio samples accepted", ["stream"], registry=r)
+        self.frames_dropped = Counter(
+            "fe_frames_dropped", "Audio frames rejected or dropped", ["stream", "reason"], registry=r
+        )
+        self.gap_samples = Counter(
+            "fe_gap_samples", "Samples of silence inserted for gaps", ["stream"], registry=r
+        )
+        self.source_overflows = Counter(
+            "fe_source_overflows", "Source callback queue overflows", ["stream"], registry=r
+        )
+        self.source_reopens = Counter(
+            "fe_source_reopens", "Times a source was reopened", ["stream"], registry=r
+        )
+        # --- encoding (edge/) ---
+        self.clips_encoded = Counter("fe_clips_encoded", "Clips encoded", ["stream"], registry=r)
+        self.clips_dropped = Counter(
+            "fe_clips_dropped", "Clips dropped because encoding fell behind", ["stream"], registry=r
+        )
+        self.encode_latency = Histogram(
+            "fe_encode_seconds", "Wall time of one batched encode call", registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+        )
+        self.clips_behind = Gauge(
+            "fe_clips_behind", "Complete clips waiting to be encoded", ["stream"], registry=r
+        )
+        self.level_dbfs = Gauge("fe_level_dbfs", "Level of the last clip", ["stream"], registry=r)
+        self.novelty = Gauge("fe_novelty", "Novelty score of the last clip", ["stream"], registry=r)
+        # --- queries (monitors) ---
+        self.query_latency = Histogram(
+            "fe_query_seconds", "Wall time of one monitor query", ["monitor"], registry=r,
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+        )
+        self.queries = Counter("fe_queries", "Monitor queries run", ["stream", "monitor"], registry=r)
+        self.queries_missed = Counter(
+            "fe_queries_missed", "Monitor queries skipped past their deadline", ["stream", "monitor"],
+            registry=r,
+        )
+        self.tokens_per_second = Gauge(
+            "fe_decode_tokens_per_second", "Decode speed of the last query", registry=r
+        )
+        # --- alerts (alerts/) ---
+        self.alerts_queued = Gauge("fe_alerts_queued", "Alerts in the outbox not yet sent", registry=r)
+        self.alerts_sent = Counter("fe_alerts_sent", "Alerts acknowledged by a sink", ["sink"], registry=r)
+        self.alerts_failed = Counter(
+            "fe_alerts_failed", "Alert deliveries that failed", ["sink"], registry=r
+        )
+        self.alerts_dropped = Counter(
+            "fe_alerts_dropped", "Alerts dropped by outbox bounds", ["reason"], registry=r
+        )
+        self.mqtt_connected = Gauge("fe_mqtt_connected", "1 while the MQTT client is connected", registry=r)
+
+
+METRICS = Metrics()
