@@ -1,0 +1,18 @@
+"""The `flamingo-edge` command line. Each area registers its own commands below."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flamingo-edge")
+def cli() -> None:
+    """Listen to live audio and reason about it with Audio Flamingo 2."""
+
+
+def main() -> None:
+    cli()
+
+
+# --- command registration (one line per area; keep imports cheap: no torch at import time) ---
