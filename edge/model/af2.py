@@ -1,0 +1,242 @@
+"""`AF2`: the public face of the model runtime.
+
+    m = AF2.load(model_dir, dtype=torch.float32, device="cpu")
+    clips, mask = m.prepare_file(path, max_windows=30)   # (L, 160000), (L,)
+    tokens = m.encode(clips)                             # (L, 64, D), batch-invariant
+    memory = m.memory(tokens, mask)                      # (L*64, D)
+    logits = m.logits(memory, mask, input_ids)           # (T, V), full forward, no cache
+    ans = m.ask(memory, mask, "is the compressor knocking?", max_new_tokens=64)
+
+A query computes the cross-attention K/V of every decoder layer once (`cross_kv`) and decodes
+with a preallocated self-attention KV cache; `ask_many` shares one K/V set between questions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import audio as audio_prep
+from .audio_transformer import AudioTransformer
+from .config import CLIP_SAMPLES, TOKENS_PER_CLIP, AF2Config
+from .decoder import CrossKV, Decoder
+from .htsat import HTSAT
+from .tokenizer import AF2Tokenizer
+
+
+class AF2Modules(nn.Module):
+    """Every weight of AF2 that inference uses, under our own names."""
+
+    def __init__(self, c: AF2Config) -> None:
+        super().__init__()
+        self.encoder = HTSAT(c.htsat)
+        self.audio_transformer = AudioTransformer(c.audio_dim, c.audio_transformer)
+        self.decoder = Decoder(c.lm, c.audio_dim, c.xattn)
+
+    def init_buffers(self) -> None:
+        """Rebuild every constant buffer (after construction on the meta device + to_empty)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "init_buffers"):
+                m.init_buffers()
+
+
+@dataclass
+class Answer:
+    text: str  # the answer only (after <SEP>, special tokens removed)
+    token_ids: list[int]  # generated ids, EOS excluded
+    prompt_ids: list[int]
+    finished: bool  # True if EOS ended the answer, False if max_new_tokens did
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    greedy: bool = True
+    top_k: int | None = None
+    top_p: float | None = None
+    temperature: float = 1.0
+    seed: int | None = None
+
+
+def _release_name(c: AF2Config) -> str:
+    names = {896: "0.5B", 1536: "1.5B", 2048: "3B"}
+    return names.get(c.lm.hidden_size, f"custom-h{c.lm.hidden_size}")
+
+
+class AF2:
+    def __init__(self, modules: AF2Modules, tokenizer: AF2Tokenizer | None, config: AF2Config,
+                 dtype: torch.dtype, device: torch.device, model_id: str | None = None) -> None:
+        self.modules = modules.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.dtype = dtype
+        self.device = device
+        self.model_id = model_id or f"af2-{_release_name(config)}"
+
+    # ---- construction ----------------------------------------------------------------
+    @classmethod
+    def load(cls, model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
+             device: str | torch.device = "cpu") -> "AF2":
+        from .checkpoint import load_model
+
+        return load_model(model_dir, dtype=dtype, device=device)
+
+    @classmethod
+    def random(cls, config: AF2Config, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu", seed: int = 0,
+               tokenizer: AF2Tokenizer | None = None) -> "AF2":
+        """Random weights at any dims (benchmarks). Built directly in `dtype`."""
+        torch.manual_seed(seed)
+        with torch.device("meta"):
+            mods = AF2Modules(config)
+        mods = mods.to(dtype).to_empty(device=device)
+        mods.init_buffers()
+        with torch.no_grad():
+            for name, p in mods.named_parameters():
+                if name.endswith("_gate"):
+                    p.fill_(0.5)  # open the cross-attention gates so the audio matters
+                elif p.ndim == 1:  # norm scales -> 1, biases -> 0
+                    p.fill_(1.0 if name.endswith("weight") else 0.0)
+                else:
+                    p.normal_(0.0, 0.02)
+            for name, b in mods.named_buffers():
+                if name.endswith("running_var"):
+                    b.fill_(1.0)
+                elif name.endswith("running_mean") or name.endswith("num_batches_tracked"):
+                    b.zero_()
+        return cls(mods, tokenizer, config, dtype, torch.device(device), f"af2-random-{_release_name(config)}")
+
+    # ---- audio ------------------------------------------------------------------------
+    @staticmethod
+    def prepare_file(path: str | Path, max_windows: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+        """Official file preparation: -> clips (L, 160000) float32, window mask (L,)."""
+        return audio_prep.prepare_file(path, max_windows)
+
+    @torch.inference_mode()
+    def encode(self, clips: torch.Tensor) -> torch.Tensor:
+        """(L, 160000) clips -> (L, 64, D) AF-CLAP tokens in the model dtype.
+
+        Each clip runs its own forward pass, so a clip's tokens are bit-identical whether it is
+        encoded alone or with others (BLAS kernels are not batch-invariant; streaming relies on
+        this). Batched execution is the job of the ONNX Runtime / TensorRT backends.
+        """
+        if clips.ndim != 2 or clips.shape[1] != CLIP_SAMPLES:
+            raise ValueError(f"encode expects clips of shape (L, 160000), got {tuple(clips.shape)}")
+        x = audio_prep.int16_roundtrip_torch(clips.to(self.device, torch.float32))
+        return torch.cat([self.modules.encoder(x[i : i + 1]) for i in range(x.shape[0])])
+
+    @torch.inference_mode()
+    def memory(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(L, 64, D) tokens + (L,) window mask -> (L*64, D) cross-attention memory."""
+        L, n, D = tokens.shape
+        key_mask = self._token_mask(mask, L)
+        x = tokens.to(self.device, self.dtype).reshape(1, L * n, D)
+        return self.modules.audio_transformer(x, key_mask[None])[0]
+
+    def _token_mask(self, mask: torch.Tensor, L: int) -> torch.Tensor:
+        mask = torch.as_tensor(mask, device=self.device)
+        if mask.shape != (L,):
+            raise ValueError(f"window mask must have shape ({L},), got {tuple(mask.shape)}")
+        return mask.repeat_interleave(TOKENS_PER_CLIP)
+
+    # ---- decoder ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def cross_kv(self, memory: torch.Tensor, mask: torch.Tensor) -> CrossKV:
+        """Every decoder layer's cross-attention K/V for this memory: computed once per query."""
+        L = memory.shape[0] // TOKENS_PER_CLIP
+        key_mask = self._token_mask(mask, L) != 0
+        return self.modules.decoder.cross_kv(memory.to(self.device, self.dtype)[None], key_mask[None])
+
+    @torch.inference_mode()
+    def logits(self, memory: torch.Tensor, mask: torch.Tensor, input_ids) -> torch.Tensor:
+        """Teacher-forced logits (T, V) over `input_ids`, float32, full forward without caches."""
+        ids = torch.as_tensor(input_ids, device=self.device).reshape(1, -1)
+        return self.modules.decoder(ids, self.cross_kv(memory, mask))[0]
+
+    def ask(self, memory: torch.Tensor, mask: torch.Tensor, question: str,
+            max_new_tokens: int = 64, greedy: bool = True, top_k: int | None = None,
+            top_p: float | None = None, temperature: float = 1.0, seed: int | None = None) -> Answer:
+        return self.ask_many(memory, mask, [question], max_new_tokens, greedy, top_k, top_p,
+                             temperature, seed)[0]
+
+    def ask_many(self, memory: torch.Tensor, mask: torch.Tensor, questions: list[str],
+                 max_new_tokens: int = 64, greedy: bool = True, top_k: int | None = None,
+                 top_p: float | None = None, temperature: float = 1.0,
+                 seed: int | None = None) -> list[Answer]:
+        """Several questions about one memory share one set of cross-attention K/V."""
+        if self.tokenizer is None:
+            raise RuntimeError("this AF2 instance has no tokenizer (built with AF2.random?)")
+        t0 = time.perf_counter()
+        xkv = self.cross_kv(memory, mask)
+        t_kv = time.perf_counter() - t0
+        sampling = Sampling(greedy, top_k, top_p, temperature, seed)
+        answers = []
+        for q in questions:
+            prompt = self.tokenizer.encode_prompt(q)
+            ids, finished, timings = self.generate(prompt, xkv, max_new_tokens, sampling)
+            timings["cross_kv_s"] = t_kv
+            text = self.tokenizer.answer_text(prompt, ids)
+            answers.append(Answer(text, ids, prompt, finished, timings))
+        return answers
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: list[int], xkv: CrossKV, max_new_tokens: int,
+                 sampling: Sampling = Sampling(), eos_id: int | None = None
+                 ) -> tuple[list[int], bool, dict[str, float]]:
+        """Prefill, then one token at a time through the KV cache. -> (ids, hit_eos, timings)."""
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        dec = self.modules.decoder
+        eos = eos_id if eos_id is not None else (self.tokenizer.eos_id if self.tokenizer else -1)
+        gen = None
+        if not sampling.greedy:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
+        T = len(prompt_ids)
+        dec.setup_cache(1, T + max_new_tokens)
+        t0 = time.perf_counter()
+        ids = torch.tensor([prompt_ids], device=self.device)
+        logits = dec(ids, xkv, input_pos=torch.arange(T, device=self.device))[0, -1]
+        t_prefill = time.perf_counter() - t0
+        out: list[int] = []
+        finished = False
+        for step in range(max_new_tokens):
+            nxt = pick_token(logits, sampling, gen)
+            if nxt == eos:
+                finished = True
+                break
+            out.append(nxt)
+            if step == max_new_tokens - 1:
+                break
+            pos = torch.tensor([T + step], device=self.device)
+            logits = dec(torch.tensor([[nxt]], device=self.device), xkv, input_pos=pos)[0, -1]
+        t_total = time.perf_counter() - t0
+        decode_s = t_total - t_prefill
+        steps = len(out) + (1 if finished else 0) - 1
+        return out, finished, {
+            "prefill_s": t_prefill,
+            "decode_s": decode_s,
+            "tokens_per_s": (steps / decode_s) if steps > 0 and decode_s > 0 else 0.0,
+        }
+
+
+def pick_token(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> int:
+    """Greedy argmax, or temperature -> top-k -> top-p -> multinomial (the HF warper order)."""
+    if s.greedy:
+        return int(torch.argmax(logits))
+    x = logits.float() / max(s.temperature, 1e-6)
+    if s.top_k is not None and s.top_k > 0:
+        kth = torch.topk(x, min(s.top_k, x.shape[-1])).values[-1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if s.top_p is not None and s.top_p < 1.0:
+        sorted_x, idx = torch.sort(x, descending=False)
+        cum = sorted_x.softmax(-1).cumsum(-1)
+        remove = cum <= (1 - s.top_p)
+        remove[-1] = False  # keep at least the most likely token
+        x = x.masked_fill(remove.scatter(0, idx, remove), float("-inf"))
+    probs = x.softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=gen))

@@ -1,0 +1,82 @@
+"""The official AF2 file preparation (peak-normalise a whole file, cut 10-s windows).
+
+Streaming uses its own loudness policy (see docs/STREAMING.md) but the same `int16_roundtrip`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from .config import CLIP_SAMPLES, SAMPLE_RATE
+
+
+def int16_roundtrip(x: np.ndarray) -> np.ndarray:
+    """clip to [-1, 1], truncate to int16, back to float32: the official quantisation step."""
+    q = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return (q / 32767.0).astype(np.float32)
+
+
+def int16_roundtrip_torch(x: torch.Tensor) -> torch.Tensor:
+    """The same step as the official encoder applies it again to every clip (torch, float32)."""
+    return (torch.clamp(x, -1.0, 1.0) * 32767.0).to(torch.int16) / 32767.0
+
+
+def peak_normalise(x: np.ndarray) -> np.ndarray:
+    """Official rule: a non-negative signal is mapped to [-1, 1]; otherwise divide by the peak.
+
+    All-zero input stays silence (the official code would divide by zero and produce NaN).
+    """
+    hi, lo = float(x.max()), float(x.min())
+    if lo >= 0:
+        if hi == 0.0:
+            return np.zeros_like(x)
+        return 2 * x / abs(hi) - 1.0
+    return x / max(abs(hi), abs(lo))
+
+
+def read_audio(path: str | Path, max_windows: int) -> np.ndarray:
+    """First `max_windows * 10` s of a file as float64 mono at 16 kHz, peak-normalised."""
+    path = Path(path)
+    try:
+        f = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise ValueError(f"{path}: cannot read audio ({e})") from e
+    with f:
+        sr, channels = f.samplerate, f.channels
+        frames = min(int(max_windows * 10.0 * sr), f.frames)
+        data = f.read(frames)  # float64, (n,) or (n, channels)
+    if data.size == 0:
+        raise ValueError(f"{path}: file holds no audio samples")
+    if not np.isfinite(data).all():
+        raise ValueError(f"{path}: audio holds NaN or infinite samples")
+    if data.max() > 1 or data.min() < -1:
+        data = data / max(abs(data.max()), abs(data.min()))
+    mono = data if channels == 1 else data[:, 0]
+    if sr != SAMPLE_RATE:
+        import soxr  # librosa's default resampler ("soxr_hq")
+
+        mono = soxr.resample(mono, sr, SAMPLE_RATE, quality="HQ")
+    return peak_normalise(np.asarray(mono).reshape(-1))
+
+
+def num_windows_for(n_samples: int, max_windows: int) -> int:
+    if n_samples <= CLIP_SAMPLES:
+        return 1
+    return min(max_windows, 1 + math.ceil((n_samples - CLIP_SAMPLES) / CLIP_SAMPLES))
+
+
+def prepare_file(path: str | Path, max_windows: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> clips (L, 160000) float32, window mask (L,) of ones. The official `load_audio`."""
+    if max_windows < 1:
+        raise ValueError(f"max_windows must be >= 1, got {max_windows}")
+    x = read_audio(path, max_windows)
+    L = num_windows_for(len(x), max_windows)
+    full = L * CLIP_SAMPLES
+    x = np.pad(x, (0, full - len(x))) if full > len(x) else x[:full]
+    clips = torch.from_numpy(int16_roundtrip(x)).reshape(L, CLIP_SAMPLES)
+    return clips, torch.ones(L)

@@ -1,0 +1,366 @@
+"""Loading AF2 checkpoints: the official on-disk layout and our compact one.
+
+Official layout (see ../shared/docs/AF2_REFERENCE.md §1)::
+
+    clap_ckpt/epoch_16.pt         AF-CLAP training pickle (fallback for encoder weights)
+    safe_ckpt/metadata.json       {"model_chunk_0": [...keys], ...}
+    safe_ckpt/model_chunk_N.safetensors
+    lm/config.json, lm/tokenizer.json ...
+    af2_config.json               optional; absent = released encoder dims
+
+Compact layout (written by `flamingo-edge model convert`)::
+
+    flamingo_edge.json            {"format": "flamingo-edge/1", "config": {...}, "dtype": ...}
+    model.safetensors             one copy of every tensor, our names, target dtype
+    lm/                           tokenizer files
+
+Loading is streamed: the model is built on the meta device, materialised uninitialised in the
+target dtype, and every tensor is read from the memory-mapped file, cast and copied in place one
+at a time; duplicates and unused tensors (text branch, classifier head) are never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from .config import AF2Config, lm_dims_from_hf_config
+from .tokenizer import AF2Tokenizer
+
+COMPACT_FORMAT = "flamingo-edge/1"
+COMPACT_META = "flamingo_edge.json"
+COMPACT_WEIGHTS = "model.safetensors"
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
+
+
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16") from None
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; use cpu or cuda[:N]")
+    return dev
+
+
+# ---- the AF-CLAP pickle -------------------------------------------------------------------
+
+def _numpy_safe_globals() -> list[Any]:
+    """The numpy globals `epoch_16.pt` needs (scalars and dtypes in its training metadata)."""
+    g: list[Any] = [np.dtype]
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    g.append(scalar)
+    dtypes_mod = getattr(np, "dtypes", None)
+    if dtypes_mod is not None:
+        g += [getattr(dtypes_mod, n) for n in dir(dtypes_mod) if n.endswith("DType")]
+    return g
+
+
+def load_clap_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """`state_dict` of the AF-CLAP pickle, unpickled with weights_only=True and an allow-list.
+
+    Any other global (code) in the pickle is refused before it can run.
+    """
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing AF-CLAP checkpoint") from None
+    except Exception as e:  # UnpicklingError, RuntimeError from a truncated zip, ...
+        msg = str(e).split("\n")
+        detail = next((line for line in msg if "Unsupported global" in line), msg[0])
+        raise CheckpointError(f"{path}: refused or unreadable pickle ({detail.strip()})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: expected a dict with a 'state_dict' entry")
+    return obj["state_dict"]
+
+
+# ---- tensor sources ---------------------------------------------------------------------
+
+@dataclass
+class Source:
+    """Where one tensor is read from."""
+
+    file: Path
+    key: str
+    shape: tuple[int, ...]
+    read: Callable[[], torch.Tensor]
+
+
+class SafeChunks:
+    """Lazily readable view over a set of safetensors files (memory-mapped)."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.sources: dict[str, Source] = {}
+        self._handles = []
+        for path in files:
+            if not path.is_file():
+                raise CheckpointError(f"{path}: missing weights file")
+            try:
+                h = safe_open(str(path), framework="pt")
+                keys = list(h.keys())
+                shapes = {k: tuple(h.get_slice(k).get_shape()) for k in keys}
+            except Exception as e:
+                raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from None
+            self._handles.append(h)
+            for k in keys:
+                self.sources.setdefault(k, Source(path, k, shapes[k], self._reader(h, path, k)))
+
+    @staticmethod
+    def _reader(h, path: Path, key: str) -> Callable[[], torch.Tensor]:
+        def read() -> torch.Tensor:
+            try:
+                return h.get_tensor(key)
+            except Exception as e:
+                raise CheckpointError(f"{path}: cannot read tensor {key} ({e})") from None
+
+        return read
+
+
+def official_files(model_dir: Path) -> list[Path]:
+    meta = model_dir / "safe_ckpt" / "metadata.json"
+    try:
+        chunks = json.loads(meta.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{meta}: missing (not an AF2 checkpoint directory?)") from None
+    except ValueError as e:
+        raise CheckpointError(f"{meta}: not valid JSON ({e})") from None
+    if not isinstance(chunks, dict) or not chunks:
+        raise CheckpointError(f"{meta}: expected a JSON object of chunk names")
+    return [model_dir / "safe_ckpt" / f"{name}.safetensors" for name in chunks]
+
+
+def official_candidates(name: str) -> list[str]:
+    """Official keys that hold our parameter `name`, preferred first."""
+    if name.startswith("encoder."):
+        return ["clap.nvclap." + name[len("encoder."):]]
+    if name.startswith("audio_transformer."):
+        return ["audio_transformer_clap." + name[len("audio_transformer."):]]
+    rest = name[len("decoder."):]
+    if rest == "lm_head.weight":
+        return ["lang_encoder.lm_head.weight"]
+    keys = ["lang_encoder.model." + rest]
+    parts = rest.split(".")
+    if parts[0] == "layers":  # the same module is also stored under its pre-Flamingo name
+        i, sub = parts[1], ".".join(parts[3:])
+        if parts[2] == "decoder_layer":
+            keys.append(f"lang_encoder.old_decoder_blocks.{i}.{sub}")
+        elif parts[2] == "gated_cross_attn_layer_sound":
+            keys.append(f"lang_encoder.gated_cross_attn_layers_sound.{i}.{sub}")
+    return keys
+
+
+# ---- building -----------------------------------------------------------------------------
+
+def _skeleton(config: AF2Config, dtype: torch.dtype, device: torch.device):
+    from .af2 import AF2Modules
+
+    with torch.device("meta"):
+        mods = AF2Modules(config)
+    return mods.to(dtype)
+
+
+def _materialise(mods, device: torch.device, sources: dict[str, Source], where: str):
+    """Allocate uninitialised storage, then fill every tensor from its source, cast on the fly."""
+    expected = {k: tuple(v.shape) for k, v in mods.state_dict().items()}
+    plan: dict[str, Source] = {}
+    missing = []
+    for name, shape in expected.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        src = sources.get(name)
+        if src is None:
+            missing.append(name)
+            continue
+        if src.shape != shape:
+            raise CheckpointError(
+                f"{src.file}: tensor {src.key}: expected shape {list(shape)}, found {list(src.shape)}"
+            )
+        plan[name] = src
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise CheckpointError(f"{where}: missing tensors {', '.join(missing[:5])}{more}")
+    mods = mods.to_empty(device=device)
+    mods.init_buffers()
+    state = mods.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, t in state.items():
+            if name in plan:
+                t.copy_(plan[name].read())  # one source tensor alive at a time
+            elif name.endswith("num_batches_tracked"):
+                t.zero_()
+    return mods
+
+
+def _lm_config(model_dir: Path, vocab: int, base: AF2Config) -> AF2Config:
+    cfg_path = model_dir / "lm" / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: missing language-model config (Qwen2.5 config.json)")
+    try:
+        return base.with_lm(lm_dims_from_hf_config(cfg_path, vocab))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _encoder_config(model_dir: Path) -> AF2Config:
+    p = model_dir / "af2_config.json"
+    if not p.is_file():
+        return AF2Config()  # released encoder / audio-transformer / cross-attention dims
+    try:
+        return AF2Config.from_dict(json.loads(p.read_text()))
+    except ValueError as e:
+        raise CheckpointError(f"{p}: {e}") from None
+
+
+def _tokenizer(model_dir: Path, vocab: int) -> AF2Tokenizer:
+    try:
+        tok = AF2Tokenizer.from_dir(model_dir / "lm")
+    except (FileNotFoundError, ValueError) as e:
+        raise CheckpointError(str(e)) from None
+    if len(tok) != vocab:
+        raise CheckpointError(
+            f"{model_dir / 'lm' / 'tokenizer.json'}: tokenizer has {len(tok)} tokens with AF2's "
+            f"special tokens but the checkpoint's embedding has {vocab} rows (wrong Qwen2.5 size?)"
+        )
+    return tok
+
+
+def is_compact(model_dir: Path) -> bool:
+    return (Path(model_dir) / COMPACT_META).is_file()
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
+               device: str | torch.device = "cpu"):
+    """Load either layout into an `AF2`."""
+    from .af2 import AF2
+
+    model_dir = Path(model_dir)
+    dtype, device = parse_dtype(dtype), parse_device(device)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: no such model directory")
+    if is_compact(model_dir):
+        meta_path = model_dir / COMPACT_META
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("format") != COMPACT_FORMAT:
+                raise ValueError(f"unknown format {meta.get('format')!r}")
+            config = AF2Config.from_dict(meta["config"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{meta_path}: {e}") from None
+        chunks = SafeChunks([model_dir / COMPACT_WEIGHTS])
+        sources = chunks.sources
+        emb = sources.get("decoder.embed_tokens.weight")
+        if emb is None:
+            raise CheckpointError(f"{model_dir / COMPACT_WEIGHTS}: missing decoder.embed_tokens.weight")
+        if emb.shape[0] != config.lm.vocab_size:
+            raise CheckpointError(f"{model_dir / COMPACT_WEIGHTS}: embedding has {emb.shape[0]} rows, "
+                                  f"{COMPACT_META} says vocab_size {config.lm.vocab_size}")
+        model_id = meta.get("model_id")
+    else:
+        chunks = SafeChunks(official_files(model_dir))
+        emb = chunks.sources.get("lang_encoder.model.embed_tokens.weight")
+        if emb is None:
+            raise CheckpointError(f"{model_dir / 'safe_ckpt'}: no lang_encoder.model.embed_tokens.weight")
+        config = _lm_config(model_dir, emb.shape[0], _encoder_config(model_dir))
+        sources = _official_sources(model_dir, chunks, config)
+        model_id = None
+    tokenizer = _tokenizer(model_dir, config.lm.vocab_size)
+    mods = _materialise(_skeleton(config, dtype, device), device, sources, str(model_dir))
+    return AF2(mods, tokenizer, config, dtype, device, model_id)
+
+
+def _official_sources(model_dir: Path, chunks: SafeChunks, config: AF2Config) -> dict[str, Source]:
+    """Our parameter name -> source, following the official load order (pickle, then safe_ckpt)."""
+    names = [k for k in _skeleton(config, torch.float32, torch.device("meta")).state_dict()]
+    out: dict[str, Source] = {}
+    need_clap = []
+    for name in names:
+        for key in official_candidates(name):
+            if key in chunks.sources:
+                out[name] = chunks.sources[key]
+                break
+        else:
+            if name.startswith("encoder."):
+                need_clap.append(name)
+    if need_clap:  # encoder weights that only the AF-CLAP pickle has
+        path = model_dir / "clap_ckpt" / "epoch_16.pt"
+        sd = load_clap_pickle(path)
+        for name in need_clap:
+            key = "module.audio_branch." + name[len("encoder."):]
+            if key in sd:
+                t = sd[key]
+                out[name] = Source(path, key, tuple(t.shape), lambda t=t: t)
+    return out
+
+
+# ---- compact conversion --------------------------------------------------------------------
+
+def convert(src: str | Path, dst: str | Path, dtype: torch.dtype | str = torch.float16,
+            progress: Callable[[str], None] | None = None) -> Path:
+    """Write a deduplicated single-file checkpoint of `src` in `dtype` to `dst`."""
+    from safetensors.torch import save_file
+
+    src, dst = Path(src), Path(dst)
+    dtype = parse_dtype(dtype)
+    model = load_model(src, dtype=dtype, device="cpu")
+    dst.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.modules.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    save_file(state, str(dst / COMPACT_WEIGHTS))
+    (dst / "lm").mkdir(exist_ok=True)
+    for f in (src / "lm").iterdir():
+        if f.is_file():
+            shutil.copy2(f, dst / "lm" / f.name)
+    dtype_name = str(dtype).replace("torch.", "")
+    meta = {
+        "format": COMPACT_FORMAT,
+        "config": model.config.to_dict(),
+        "dtype": dtype_name,
+        "model_id": f"{model.model_id}-{dtype_name}",
+        "source": str(src.resolve()),
+        "sha256": _sha256(dst / COMPACT_WEIGHTS),
+    }
+    (dst / COMPACT_META).write_text(json.dumps(meta, indent=1))
+    return dst
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def iter_official_keys(model_dir: Path) -> Iterator[str]:  # used by tests and tools
+    yield from SafeChunks(official_files(Path(model_dir))).sources

@@ -1,0 +1,224 @@
+"""HTS-AT (Swin transformer) audio encoder of AF-CLAP: 10-s clip -> 64 tokens.
+
+Parameter names follow the official checkpoint (`clap.nvclap.*` minus the prefix) so loading is a
+rename-free copy. Only the path AF2 uses is built: a clip of exactly 160000 samples ("not longer"),
+whose fusion branch never runs, and no classifier head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import HTSATDims
+from .mel import LogMel, bicubic_resize_matrix, constant
+
+
+def window_partition(x: torch.Tensor, w: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B*nW, w*w, C), batch kept dynamic."""
+    _, H, W, C = x.shape
+    x = x.reshape(-1, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, w * w, C)
+
+
+def window_reverse(windows: torch.Tensor, w: int, H: int, W: int) -> torch.Tensor:
+    """(B*nW, w*w, C) -> (B, H, W, C)."""
+    C = windows.shape[-1]
+    x = windows.reshape(-1, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, H, W, C)
+
+
+def relative_position_index(w: int) -> torch.Tensor:
+    coords = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (w*w, w*w, 2)
+    rel[:, :, 0] += w - 1
+    rel[:, :, 1] += w - 1
+    rel[:, :, 0] *= 2 * w - 1
+    return rel.sum(-1)  # (w*w, w*w)
+
+
+def shifted_window_mask(H: int, W: int, w: int, shift: int) -> torch.Tensor:
+    """(nW, w*w, w*w) additive mask (0 / -100) so shifted windows don't mix far-apart regions."""
+    img = torch.zeros(1, H, W, 1)
+    cnt = 0
+    for h in (slice(0, -w), slice(-w, -shift), slice(-shift, None)):
+        for v in (slice(0, -w), slice(-w, -shift), slice(-shift, None)):
+            img[:, h, v, :] = cnt
+            cnt += 1
+    mw = window_partition(img, w).squeeze(-1)  # (nW, w*w)
+    diff = mw.unsqueeze(1) - mw.unsqueeze(2)
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim: int, w: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head, self.w = n_head, w
+        self.scale = (dim // n_head) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * w - 1) ** 2, n_head))
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.register_buffer("relative_position_index", None, persistent=False)
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        self.relative_position_index = constant(relative_position_index, self.qkv.weight, self.w)
+
+    def position_bias(self) -> torch.Tensor:  # (nH, w*w, w*w)
+        n = self.w * self.w
+        table = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return table.view(n, n, -1).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        Bw, N, C = x.shape  # Bw = B * windows
+        qkv = self.qkv(x).reshape(Bw, N, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]  # (Bw, nH, N, hd)
+        attn = q @ k.transpose(-2, -1) + self.position_bias().unsqueeze(0)
+        if mask is not None:
+            nW = mask.shape[0]
+            attn = attn.view(-1, nW, self.n_head, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.n_head, N, N)
+        attn = attn.softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(Bw, N, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, resolution: int, n_head: int, window: int, shift: int,
+                 mlp_ratio: float) -> None:
+        super().__init__()
+        if resolution <= window:  # one window covers the map: no partition, no shift
+            window, shift = resolution, 0
+        self.res, self.window, self.shift = resolution, window, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window, n_head)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.register_buffer("attn_mask", None, persistent=False)
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """(Re)build the constant shifted-window mask (after construction on the meta device)."""
+        self.attn_mask = (constant(shifted_window_mask, self.norm1.weight, self.res, self.res,
+                                   self.window, self.shift) if self.shift else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, H*W, C)
+        H = W = self.res
+        C = x.shape[-1]
+        h = self.norm1(x).reshape(-1, H, W, C)
+        if self.shift:
+            h = torch.roll(h, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        h = self.attn(window_partition(h, self.window), self.attn_mask)
+        h = window_reverse(h, self.window, H, W)
+        if self.shift:
+            h = torch.roll(h, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + h.reshape(-1, H * W, C)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    def __init__(self, resolution: int, dim: int) -> None:
+        super().__init__()
+        self.res = resolution
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H*W, C) -> (B, H/2*W/2, 2C)
+        H = W = self.res
+        C = x.shape[-1]
+        x = x.reshape(-1, H, W, C)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x.reshape(-1, (H // 2) * (W // 2), 4 * C)))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, dim: int, resolution: int, depth: int, n_head: int, window: int,
+                 mlp_ratio: float, downsample: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, resolution, n_head, window, 0 if i % 2 == 0 else window // 2, mlp_ratio)
+            for i in range(depth)
+        )
+        self.downsample = PatchMerging(resolution, dim) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B,1,256,256) -> (B, 64*64, dim)
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+
+
+class HTSAT(nn.Module):
+    """(B, 160000) clips in [-1, 1] -> (B, 64, num_features) tokens."""
+
+    def __init__(self, d: HTSATDims) -> None:
+        super().__init__()
+        self.d = d
+        self.mel = LogMel(d.mel_bins)
+        frames = 1001  # 160000 / 160 + 1 with centre padding
+        self.frames = frames
+        self.register_buffer("time_resize", None, persistent=False)  # (1024, 1001)
+        self.bn0 = nn.BatchNorm2d(d.mel_bins)
+        self.patch_embed = PatchEmbed(d.patch_size, d.embed_dim)
+        res = d.spec_size // d.patch_size
+        n = len(d.depths)
+        self.layers = nn.ModuleList(
+            SwinStage(d.embed_dim * 2**i, res // 2**i, d.depths[i], d.num_heads[i], d.window_size,
+                      d.mlp_ratio, downsample=i < n - 1)
+            for i in range(n)
+        )
+        self.norm = nn.LayerNorm(d.num_features)
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        self.time_resize = constant(bicubic_resize_matrix, self.norm.weight, self.frames,
+                                    self.d.spec_size * self.d.freq_ratio)
+
+    def image(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, 1001, 64) log-mel -> (B, 1, 256, 256) Swin input (bn0, resize, fold time onto freq)."""
+        d, bn = self.d, self.bn0
+        mel = mel.float()
+        x = (mel - bn.running_mean.float()) * torch.rsqrt(bn.running_var.float() + bn.eps)
+        x = x * bn.weight.float() + bn.bias.float()  # eval BatchNorm over mel bins
+        # bicubic resize of time 1001 -> 1024 (align_corners) as a constant matrix product
+        x = torch.matmul(x.transpose(1, 2), self.time_resize.float().T)  # (B, 64, 1024)
+        x = x.reshape(-1, 1, d.mel_bins, d.freq_ratio, d.spec_size).permute(0, 1, 3, 2, 4)
+        return x.reshape(-1, 1, d.spec_size, d.spec_size)
+
+    def forward_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        d = self.d
+        dtype = self.patch_embed.proj.weight.dtype
+        x = self.image(mel).to(dtype)
+        x = self.patch_embed(x)
+        for stage in self.layers:
+            x = stage(x)
+        x = self.norm(x)  # (B, 8*8, C)
+        C = x.shape[-1]
+        side = d.spec_size // d.patch_size // 2 ** (len(d.depths) - 1)  # 8
+        x = x.transpose(1, 2).reshape(-1, C, side, side)  # (B, C, F=8, T=8)
+        c_freq = side // d.freq_ratio  # 2
+        x = x.reshape(-1, C, d.freq_ratio, c_freq, side).permute(0, 1, 3, 2, 4)
+        x = x.reshape(-1, C, c_freq * d.freq_ratio * side)  # (B, C, 64)
+        return x.transpose(1, 2)  # (B, 64, C)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.forward_mel(self.mel(clips))
