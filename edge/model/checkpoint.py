@@ -292,16 +292,17 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
         if emb is None:
             raise CheckpointError(f"{model_dir / 'safe_ckpt'}: no lang_encoder.model.embed_tokens.weight")
         config = _lm_config(model_dir, emb.shape[0], _encoder_config(model_dir))
-        sources = _official_sources(model_dir, chunks, config)
         model_id = None
     tokenizer = _tokenizer(model_dir, config.lm.vocab_size)
-    mods = _materialise(_skeleton(config, dtype, device), device, sources, str(model_dir))
+    skeleton = _skeleton(config, dtype, device)
+    if not is_compact(model_dir):
+        sources = _official_sources(model_dir, chunks, list(skeleton.state_dict()))
+    mods = _materialise(skeleton, device, sources, str(model_dir))
     return AF2(mods, tokenizer, config, dtype, device, model_id)
 
 
-def _official_sources(model_dir: Path, chunks: SafeChunks, config: AF2Config) -> dict[str, Source]:
+def _official_sources(model_dir: Path, chunks: SafeChunks, names: list[str]) -> dict[str, Source]:
     """Our parameter name -> source, following the official load order (pickle, then safe_ckpt)."""
-    names = [k for k in _skeleton(config, torch.float32, torch.device("meta")).state_dict()]
     out: dict[str, Source] = {}
     need_clap = []
     for name in names:

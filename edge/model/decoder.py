@@ -178,11 +178,22 @@ class FlamingoLayer(nn.Module):
         return self.decoder_layer(h, cos, sin, input_pos)
 
 
+class TokenEmbedding(nn.Module):
+    """Token embedding table (also the tied output projection). No init: always loaded."""
+
+    def __init__(self, vocab: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab, dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
 class Decoder(nn.Module):
     def __init__(self, d: LMDims, dim_audio: int, x: XAttnDims) -> None:
         super().__init__()
         self.d = d
-        self.embed_tokens = nn.Embedding(d.vocab_size, d.hidden_size)
+        self.embed_tokens = TokenEmbedding(d.vocab_size, d.hidden_size)
         self.layers = nn.ModuleList(
             FlamingoLayer(d, dim_audio, x, (i + 1) % x.every_n_layers == 0)
             for i in range(d.num_hidden_layers)
