@@ -16,3 +16,6 @@ def main() -> None:
 
 
 # --- command registration (one line per area; keep imports cheap: no torch at import time) ---
+from edge.ask_cli import ask as _ask  # noqa: E402
+
+cli.add_command(_ask)
