@@ -93,13 +93,20 @@ def load_clap_pickle(path: Path) -> dict[str, torch.Tensor]:
     """
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                # legacy (non-zip) pickles cannot be memory-mapped
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing AF-CLAP checkpoint") from None
     except Exception as e:  # UnpicklingError, RuntimeError from a truncated zip, ...
-        msg = str(e).split("\n")
-        detail = next((line for line in msg if "Unsupported global" in line), msg[0])
-        raise CheckpointError(f"{path}: refused or unreadable pickle ({detail.strip()})") from None
+        lines = [line.strip() for line in str(e).split("\n") if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line or "global" in line.lower()
+                       and "weights_only" not in line), lines[0] if lines else type(e).__name__)
+        raise CheckpointError(f"{path}: refused or unreadable pickle: {detail}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'state_dict' entry")
     return obj["state_dict"]
@@ -302,24 +309,23 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
 
 
 def _official_sources(model_dir: Path, chunks: SafeChunks, names: list[str]) -> dict[str, Source]:
-    """Our parameter name -> source, following the official load order (pickle, then safe_ckpt)."""
+    """Our parameter name -> source, following the official load order: the AF-CLAP pickle
+    first, then the safe_ckpt on top (so `clap.nvclap.*` in the safe_ckpt wins).
+
+    The pickle is always opened when present (memory-mapped, weights only), so a tampered one
+    is refused even when the safe_ckpt already holds every encoder weight."""
+    path = model_dir / "clap_ckpt" / "epoch_16.pt"
+    clap = load_clap_pickle(path) if path.exists() else {}
     out: dict[str, Source] = {}
-    need_clap = []
     for name in names:
         for key in official_candidates(name):
             if key in chunks.sources:
                 out[name] = chunks.sources[key]
                 break
         else:
-            if name.startswith("encoder."):
-                need_clap.append(name)
-    if need_clap:  # encoder weights that only the AF-CLAP pickle has
-        path = model_dir / "clap_ckpt" / "epoch_16.pt"
-        sd = load_clap_pickle(path)
-        for name in need_clap:
             key = "module.audio_branch." + name[len("encoder."):]
-            if key in sd:
-                t = sd[key]
+            if name.startswith("encoder.") and key in clap:
+                t = clap[key]
                 out[name] = Source(path, key, tuple(t.shape), lambda t=t: t)
     return out
 
@@ -365,3 +371,76 @@ def _sha256(path: Path) -> str:
 
 def iter_official_keys(model_dir: Path) -> Iterator[str]:  # used by tests and tools
     yield from SafeChunks(official_files(Path(model_dir))).sources
+
+
+# ---- writing the official layout (synthetic checkpoints for tests and benchmarks) -----------
+
+def official_keys_for(name: str, tied: bool) -> list[str]:
+    """Every official key that stores our tensor `name` (the official state_dict duplicates)."""
+    keys = official_candidates(name)
+    if name == "decoder.embed_tokens.weight" and tied:
+        keys.append("lang_encoder.lm_head.weight")
+    return keys
+
+
+def hf_lm_config(lm) -> dict[str, Any]:
+    """A Qwen2 `config.json` for `LMDims` (vocab_size = the base tokenizer's size is unknown here,
+    so the resized size is written; the loader takes the real size from the tensors)."""
+    return {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+        "hidden_size": lm.hidden_size, "intermediate_size": lm.intermediate_size,
+        "num_hidden_layers": lm.num_hidden_layers, "num_attention_heads": lm.num_attention_heads,
+        "num_key_value_heads": lm.num_key_value_heads, "rope_theta": lm.rope_theta,
+        "rms_norm_eps": lm.rms_norm_eps, "max_position_embeddings": lm.max_position_embeddings,
+        "tie_word_embeddings": lm.tie_word_embeddings, "vocab_size": lm.vocab_size,
+        "torch_dtype": "float32",
+    }
+
+
+def write_official(model, dst: str | Path, tokenizer_dir: str | Path, n_chunks: int = 2,
+                   clap_pickle: bool = True) -> Path:
+    """Write `model` (an `AF2`) in the official on-disk layout, duplicates included, float32.
+
+    Used to make checkpoints of other dims for tests and multi-GB ones for load benchmarks.
+    """
+    from safetensors.torch import save_file
+
+    dst = Path(dst)
+    (dst / "safe_ckpt").mkdir(parents=True, exist_ok=True)
+    tied = model.config.lm.tie_word_embeddings
+    state = {k: v for k, v in model.modules.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    official: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        for key in official_keys_for(name, tied):
+            official[key] = t.clone()  # safetensors refuses shared storage
+    keys = sorted(official)
+    per = -(-len(keys) // n_chunks)
+    meta = {}
+    for i in range(n_chunks):
+        part = keys[i * per : (i + 1) * per]
+        if not part:
+            continue
+        name = f"model_chunk_{i}"
+        save_file({k: official[k] for k in part}, str(dst / "safe_ckpt" / f"{name}.safetensors"))
+        meta[name] = part
+        for k in part:
+            del official[k]
+    (dst / "safe_ckpt" / "metadata.json").write_text(json.dumps(meta))
+    if clap_pickle:
+        (dst / "clap_ckpt").mkdir(exist_ok=True)
+        clap = {"module.audio_branch." + k[len("encoder."):]: v.detach().cpu().float().clone()
+                for k, v in state.items() if k.startswith("encoder.")}
+        clap["module.logit_scale_a"] = torch.tensor(1.0)
+        torch.save({"epoch": 16, "state_dict": clap, "lr": np.float64(1e-4),
+                    "dtype": np.dtype("float32")}, dst / "clap_ckpt" / "epoch_16.pt")
+    (dst / "lm").mkdir(exist_ok=True)
+    for f in Path(tokenizer_dir).iterdir():
+        if f.is_file() and f.name != "config.json":
+            shutil.copy2(f, dst / "lm" / f.name)
+    (dst / "lm" / "config.json").write_text(json.dumps(hf_lm_config(model.config.lm), indent=1))
+    cfg = model.config.to_dict()
+    (dst / "af2_config.json").write_text(json.dumps(
+        {k: cfg[k] for k in ("htsat", "audio_transformer", "xattn")}, indent=1))
+    return dst
