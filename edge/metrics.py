@@ -64,6 +64,17 @@ class Metrics:
             "fe_alerts_dropped", "Alerts dropped by outbox bounds", ["reason"], registry=r
         )
         self.mqtt_connected = Gauge("fe_mqtt_connected", "1 while the MQTT client is connected", registry=r)
+        self.alert_results_dropped = Counter(
+            "fe_alert_results_dropped", "Monitor results dropped because the alert queue was full", registry=r
+        )
+        self.alerts_raised = Counter("fe_alerts_raised", "Alerts raised", ["stream", "monitor"], registry=r)
+        self.alerts_suppressed = Counter(
+            "fe_alerts_suppressed", "ON transitions that raised no alert", ["reason"], registry=r
+        )
+        self.mqtt_connect_failures = Counter(
+            "fe_mqtt_connect_failures", "Failed MQTT connection attempts", ["reason"], registry=r
+        )
+        self.clips_bytes = Gauge("fe_clips_bytes", "Bytes used by evidence clips", registry=r)
 
 
 METRICS = Metrics()

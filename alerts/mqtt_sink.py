@@ -1,0 +1,480 @@
+"""The MQTT sink: one thread owns one paho-mqtt 2.x client and does all its I/O.
+
+Other threads never touch the client. They hand over work through thread-safe,
+non-blocking calls that only update in-memory state and wake the thread:
+
+* `set_state` / `set_answer`: retained "latest value" topics; the latest value of each
+  is kept and republished on every (re)connect, intermediate values are sent while
+  connected and discarded while not (bounded by ``live_queue_size``);
+* `set_level`: the latest dBFS per stream, sent QoS 0 at most every
+  ``level_min_interval_s``, never queued;
+* `declare`: a (stream, monitor) pair for Home Assistant discovery;
+* `wake`: there are new rows in the outbox.
+
+Alerts are never handed over directly: the thread reads them from the SQLite
+`alerts.outbox.Outbox` in row order, publishes each one QoS 1 to ``<prefix>/events``
+and ``<prefix>/<stream>/event``, and deletes the row only when both PUBACKs arrived.
+At most ``max_inflight`` rows are in flight. After a disconnect the paho client is
+discarded (so paho never re-sends anything behind our back) and the next connection
+replays from the oldest unacknowledged row: at-least-once, in order.
+
+Connection handling: Last Will ``<prefix>/status`` = ``offline`` (retained, QoS 1);
+on every successful connect ``online`` (retained; MQTT 5 user property ``boot_id``),
+``<prefix>/info`` (retained JSON with ``boot_id``), discovery, and the retained
+states. Failures (TCP, TLS verification, CONNACK refusal: bad credentials / not
+authorised) are logged once per attempt with the reason and retried with exponential
+backoff (``backoff_initial_s`` .. ``backoff_max_s``, +-20 % jitter). With MQTT 5, a
+PUBACK/SUBACK reason code >= 0x80 (e.g. 0x87 *Not authorized* from a broker ACL) is
+logged as an error, counted in ``fe_alerts_failed{sink="mqtt"}``, and the outbox is
+retried from its head with backoff; MQTT 3.1.1 cannot report ACL denials at all.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from alerts.config import AlertsConfig
+from alerts.discovery import discovery_messages
+from alerts.outbox import Outbox
+from alerts.topics import Topics
+from edge import __version__
+from edge.metrics import Metrics
+
+log = structlog.get_logger("alerts.mqtt")
+
+SINK = "mqtt"
+
+
+def _close_client(c: mqtt.Client) -> None:
+    try:
+        c._sock_close()  # no public API closes a half-open paho socket without a network round trip
+    except Exception:  # pragma: no cover - best effort
+        pass
+
+
+class MqttSink:
+    def __init__(
+        self, config: AlertsConfig, *, boot_id: str, outbox: Outbox, metrics: Metrics, version: str = __version__
+    ) -> None:
+        self._cfg = config.mqtt
+        self._ha = config.homeassistant
+        self._node_id = config.node_id
+        self._boot_id = boot_id
+        self._outbox = outbox
+        self._metrics = metrics
+        self._version = version
+        self.topics = Topics(self._cfg.topic_prefix)
+        self.client_id = self._cfg.client_id or f"flamingo-edge-{config.node_id}"
+        self._started_at = time.time()
+        # --- shared with other threads (under _lock) ---
+        self._lock = threading.Lock()
+        self._live: deque[tuple[str, str, int, bool]] = deque()
+        self._retained: dict[str, str] = {}
+        self._streams: dict[str, set[str]] = {}
+        self._discovery_dirty = True
+        self._levels: dict[str, float] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._flush_deadline = 0.0
+        self._thread: threading.Thread | None = None
+        self.live_dropped = 0
+        # --- owned by the sink thread ---
+        self._client: mqtt.Client | None = None
+        self._connected = False
+        self._refused: str | None = None
+        self._dropped: str | None = None
+        self._backoff = self._cfg.backoff_initial_s
+        self._next_attempt = 0.0
+        self._mid_row: dict[int, int] = {}
+        self._row_mids: dict[int, set[int]] = {}
+        self._cursor = 0
+        self._outbox_resume_at = 0.0
+        self._outbox_backoff = self._cfg.backoff_initial_s
+        self._control_mids: dict[int, str] = {}
+        self._offline_mid: int | None = None
+        self._offline_acked = False
+        self._level_sent_at: dict[str, float] = {}
+        self.last_error: str | None = None
+        self.connects = 0
+        self.flushed_on_stop: bool | None = None
+
+    # ------------------------------------------------------------------ public, any thread
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mqtt-sink", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Flush the outbox (up to ``timeout``), publish ``offline``, disconnect.
+
+        Returns True when everything pending was acknowledged and ``offline`` was
+        published; False otherwise (undelivered alerts stay in the outbox)."""
+        self._flush_deadline = time.monotonic() + max(timeout, 0.0)
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout + 2.0)
+        return bool(self.flushed_on_stop)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def health(self) -> dict[str, Any]:
+        return {"connected": self._connected, "last_error": self.last_error, "pending": self._outbox.count(SINK)}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def declare(self, stream: str, monitor: str) -> None:
+        with self._lock:
+            mons = self._streams.setdefault(stream, set())
+            if monitor not in mons:
+                mons.add(monitor)
+                self._discovery_dirty = True
+                self._wake.set()
+
+    def set_state(self, stream: str, monitor: str, state: str) -> None:
+        self._set_retained(self.topics.state(stream, monitor), state)
+
+    def set_answer(self, stream: str, monitor: str, payload: dict[str, Any]) -> None:
+        self._set_retained(self.topics.answer(stream, monitor), json.dumps(payload, separators=(",", ":"), default=str))
+
+    def set_level(self, stream: str, dbfs: float) -> None:
+        with self._lock:
+            self._levels[stream] = float(dbfs)
+
+    def _set_retained(self, topic: str, payload: str) -> None:
+        with self._lock:
+            self._retained[topic] = payload
+            if len(self._live) >= self._cfg.live_queue_size:
+                self._live.popleft()
+                self.live_dropped += 1
+            self._live.append((topic, payload, 1, True))
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the sink thread
+    def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            if self._stopping.is_set() and self._finish(now):
+                break
+            if self._client is None:
+                if self._stopping.is_set():
+                    break
+                if now < self._next_attempt:
+                    self._wake.wait(min(0.5, self._next_attempt - now))
+                    self._wake.clear()
+                    continue
+                self._connect()
+                continue
+            try:
+                rc = self._client.loop(timeout=0.05)
+            except Exception as e:  # a callback raised, or the socket broke mid-read
+                log.exception("mqtt loop error")
+                rc = MQTTErrorCode.MQTT_ERR_UNKNOWN
+                self._dropped = f"{type(e).__name__}: {e}"
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._dropped:
+                self._lost(rc)
+                continue
+            if self._connected:
+                try:
+                    self._service(time.monotonic())
+                except Exception:
+                    log.exception("mqtt service error")
+        self._metrics.mqtt_connected.set(0)
+
+    def _make_client(self) -> mqtt.Client:
+        v5 = self._cfg.protocol == "5"
+        c = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else True,
+        )
+        c.suppress_exceptions = False
+        c.connect_timeout = self._cfg.connect_timeout_s
+        c.max_inflight_messages_set(2 * self._cfg.max_inflight + 64)
+        c.max_queued_messages_set(0)
+        if self._cfg.username:
+            pw = self._cfg.password.get_secret_value() if self._cfg.password else None
+            c.username_pw_set(self._cfg.username, pw)
+        tls = self._cfg.tls
+        if tls.enabled:
+            ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+            if tls.cert_file:
+                ctx.load_cert_chain(
+                    str(tls.cert_file), str(tls.key_file),
+                    password=tls.key_password.get_secret_value() if tls.key_password else None,
+                )
+            c.tls_set_context(ctx)
+        c.will_set(self.topics.status, "offline", qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        return c
+
+    def _connect(self) -> None:
+        self._refused = self._dropped = None
+        try:
+            c = self._make_client()
+        except (OSError, ssl.SSLError, ValueError) as e:  # unreadable CA/cert/key file
+            self._fail("tls_config", f"cannot load TLS files: {e}")
+            return
+        self._client = c
+        try:
+            if self._cfg.protocol == "5":
+                c.connect(self._cfg.host, self._cfg.port, self._cfg.keepalive_s, clean_start=True)
+            else:
+                c.connect(self._cfg.host, self._cfg.port, self._cfg.keepalive_s)
+        except ssl.SSLCertVerificationError as e:
+            self._fail("tls_verify", f"TLS certificate verification failed: {e.verify_message}")
+        except ssl.SSLError as e:
+            self._fail("tls", f"TLS handshake failed: {e.reason or e}")
+        except ConnectionRefusedError:
+            self._fail("refused", "TCP connection refused (is the broker running?)")
+        except (TimeoutError, OSError) as e:
+            self._fail("network", f"cannot reach broker: {e}")
+
+    def _fail(self, reason: str, message: str) -> None:
+        """A connection attempt failed: log it clearly, back off, retry later."""
+        if self._client is not None:
+            _close_client(self._client)
+        self._client = None
+        self._connected = False
+        self._metrics.mqtt_connected.set(0)
+        self._metrics.mqtt_connect_failures.labels(reason).inc()
+        delay = self._backoff * random.uniform(0.8, 1.2)
+        self._next_attempt = time.monotonic() + delay
+        self._backoff = min(self._backoff * 2, self._cfg.backoff_max_s)
+        self.last_error = message
+        log.error(
+            "mqtt connection failed", reason=reason, error=message, host=self._cfg.host, port=self._cfg.port,
+            retry_in_s=round(delay, 2),
+        )
+
+    def _lost(self, rc: MQTTErrorCode) -> None:
+        was_connected = self._connected
+        self._reset_inflight()
+        if self._refused is not None:
+            self._fail("auth" if "authori" in self._refused.lower() or "password" in self._refused.lower()
+                       else "refused_connack", f"broker refused the connection: {self._refused}")
+            return
+        reason = self._dropped or mqtt.error_string(rc)
+        if not was_connected:
+            self._fail("lost_before_connack", f"connection closed before CONNACK: {reason}")
+            return
+        if self._client is not None:
+            _close_client(self._client)
+        self._client = None
+        self._connected = False
+        self._metrics.mqtt_connected.set(0)
+        self.last_error = f"connection lost: {reason}"
+        self._next_attempt = time.monotonic() + self._cfg.backoff_initial_s * random.uniform(0.5, 1.0)
+        log.warning("mqtt connection lost", error=reason, retry_in_s=round(self._next_attempt - time.monotonic(), 2))
+
+    def _reset_inflight(self) -> None:
+        self._mid_row.clear()
+        self._row_mids.clear()
+        self._control_mids.clear()
+        self._cursor = 0
+
+    def _publish(self, topic: str, payload: str, qos: int, retain: bool, props: Properties | None = None) -> int | None:
+        assert self._client is not None
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._dropped = f"publish failed: {mqtt.error_string(info.rc)}"
+            return None
+        return info.mid
+
+    def _control(self, topic: str, payload: str, retain: bool, props: Properties | None = None) -> int | None:
+        mid = self._publish(topic, payload, 1, retain, props)
+        if mid is not None:
+            self._control_mids[mid] = topic
+        return mid
+
+    # --- paho callbacks (run inside client.loop(), i.e. on the sink thread) ---
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
+        if reason_code.is_failure:
+            self._refused = str(reason_code)
+            return
+        self._connected = True
+        self.connects += 1
+        self._metrics.mqtt_connected.set(1)
+        self._backoff = self._cfg.backoff_initial_s
+        self.last_error = None
+        self._reset_inflight()
+        self._outbox_resume_at = 0.0
+        log.info("mqtt connected", host=self._cfg.host, port=self._cfg.port, client_id=self.client_id,
+                 boot_id=self._boot_id)
+        props = None
+        if self._cfg.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = ("boot_id", self._boot_id)
+        self._control(self.topics.status, "online", True, props)
+        info = {"state": "online", "boot_id": self._boot_id, "version": self._version, "node_id": self._node_id,
+                "started_at": self._started_at, "connected_at": time.time()}
+        self._control(self.topics.info, json.dumps(info, separators=(",", ":")), True)
+        if self._ha.enabled:
+            client.subscribe(f"{self._ha.discovery_prefix}/status", qos=1)
+        with self._lock:
+            self._discovery_dirty = True
+            snapshot = list(self._retained.items())
+            self._live.clear()
+        if self._ha.enabled:
+            self._publish_discovery()
+        for topic, payload in snapshot:
+            self._publish(topic, payload, 1, True)
+
+    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
+        if self._connected and not self._stopping.is_set():
+            self._dropped = str(reason_code)
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason_code: Any, _props: Any) -> None:
+        failure = bool(getattr(reason_code, "is_failure", False))
+        if mid in self._control_mids:
+            topic = self._control_mids.pop(mid)
+            if failure:
+                log.error("broker refused publish", topic=topic, reason=str(reason_code))
+            if mid == self._offline_mid:
+                self._offline_acked = True
+            return
+        row = self._mid_row.pop(mid, None)
+        if row is None:
+            return
+        if failure:
+            self._outbox.mark_failed(row, str(reason_code))
+            self._metrics.alerts_failed.labels(SINK).inc()
+            delay = self._outbox_backoff * random.uniform(0.8, 1.2)
+            self._outbox_resume_at = time.monotonic() + delay
+            self._outbox_backoff = min(self._outbox_backoff * 2, self._cfg.backoff_max_s)
+            self.last_error = f"broker refused alert publish: {reason_code}"
+            log.error("broker refused alert publish", topic=self.topics.events, reason=str(reason_code),
+                      outbox_row=row, retry_in_s=round(delay, 2))
+            self._mid_row.clear()
+            self._row_mids.clear()
+            self._cursor = 0
+            return
+        mids = self._row_mids.get(row)
+        if mids is None:
+            return
+        mids.discard(mid)
+        if not mids:
+            del self._row_mids[row]
+            self._outbox.mark_sent(row)
+            self._metrics.alerts_sent.labels(SINK).inc()
+            self._outbox_backoff = self._cfg.backoff_initial_s
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reason_codes: Any, _props: Any) -> None:
+        for rc in reason_codes:
+            if getattr(rc, "is_failure", False):
+                log.warning("broker refused subscription", topic=f"{self._ha.discovery_prefix}/status",
+                            reason=str(rc))
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == f"{self._ha.discovery_prefix}/status" and msg.payload.strip().lower() == b"online":
+            log.info("home assistant is online: republishing discovery and states")
+            with self._lock:
+                self._discovery_dirty = True
+                snapshot = list(self._retained.items())
+            for topic, payload in snapshot:
+                self._publish(topic, payload, 1, True)
+
+    # --- work while connected ---
+    def _publish_discovery(self) -> None:
+        with self._lock:
+            if not self._discovery_dirty:
+                return
+            self._discovery_dirty = False
+            streams = {s: sorted(m) for s, m in self._streams.items()}
+        for topic, payload in discovery_messages(
+            discovery_prefix=self._ha.discovery_prefix, node_id=self._node_id, topics=self.topics,
+            streams=streams, version=self._version,
+        ):
+            self._control(topic, json.dumps(payload, separators=(",", ":"), sort_keys=True), self._ha.retain)
+
+    def _service(self, now: float) -> None:
+        if self._ha.enabled:
+            self._publish_discovery()
+        with self._lock:
+            live = list(self._live)
+            self._live.clear()
+            levels = {}
+            for s, v in list(self._levels.items()):
+                if now - self._level_sent_at.get(s, -1e9) >= self._cfg.level_min_interval_s:
+                    levels[s] = self._levels.pop(s)
+        for topic, payload, qos, retain in live:
+            self._publish(topic, payload, qos, retain)
+        for s, v in levels.items():
+            self._level_sent_at[s] = now
+            self._publish(self.topics.level(s), f"{v:.1f}", 0, False)
+        if self._offline_mid is not None or now < self._outbox_resume_at:
+            return
+        room = self._cfg.max_inflight - len(self._row_mids)
+        if room <= 0:
+            return
+        for row in self._outbox.pending(SINK, after_row=self._cursor, limit=room):
+            try:
+                stream = json.loads(row.payload)["stream"]
+            except (ValueError, KeyError):
+                self._outbox.drop(row.row_id, "corrupt")
+                continue
+            m1 = self._publish(self.topics.events, row.payload, 1, False)
+            m2 = self._publish(self.topics.stream_event(stream), row.payload, 1, False)
+            if m1 is None or m2 is None:
+                return
+            self._row_mids[row.row_id] = {m1, m2}
+            self._mid_row[m1] = self._mid_row[m2] = row.row_id
+            self._cursor = row.row_id
+
+    def _finish(self, now: float) -> bool:
+        """One step of the stop sequence; True when the thread may exit."""
+        deadline = self._flush_deadline
+        if not self._connected:
+            if self._client is not None and now < deadline:
+                return False  # waiting for CONNACK; the flush may still succeed
+            if self._client is not None:
+                _close_client(self._client)
+                self._client = None
+            self.flushed_on_stop = False
+            return True
+        reserve = min(1.0, max(deadline - now, 0) * 0.25)
+        if self._offline_mid is None:
+            with self._lock:
+                live_pending = bool(self._live)
+            idle = not live_pending and not self._row_mids and self._outbox.count(SINK) == 0
+            if idle or now >= deadline - reserve:
+                self.flushed_on_stop = idle
+                self._offline_mid = self._control(self.topics.status, "offline", True)
+                if self._offline_mid is None:
+                    self.flushed_on_stop = False
+                    return True
+            return False
+        if self._offline_acked or now >= deadline:
+            if not self._offline_acked:
+                self.flushed_on_stop = False
+            assert self._client is not None
+            self._client.disconnect()
+            end = time.monotonic() + 0.5
+            while self._client._sock is not None and time.monotonic() < end:  # let DISCONNECT go out
+                if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+            _close_client(self._client)
+            self._client = None
+            self._connected = False
+            log.info("mqtt disconnected", offline_published=self._offline_acked)
+            return True
+        return False

@@ -1,0 +1,152 @@
+"""Durable store-and-forward queue of alerts, one row per (alert, sink), in SQLite.
+
+Every alert is written here (``synchronous=FULL``, committed) *before* any sink sees
+it. A sink reads its pending rows in insertion order (`pending`), and deletes a row only
+once the delivery is acknowledged (`mark_sent`: the MQTT PUBACK, a webhook 2xx). Rows
+left after a crash or a broker outage are therefore replayed, in order, by the next
+connection or the next process: delivery is at-least-once, and the alert id in the
+payload is stable so consumers de-duplicate.
+
+The queue is bounded by age and by row count (`OutboxConfig`). `enforce_bounds`
+drops the oldest rows beyond those bounds; every drop is counted in
+``fe_alerts_dropped{reason="age"|"count"}`` and logged with the alert id.
+
+Thread-safe: one connection guarded by a lock; the pipeline worker inserts while sink
+threads read and acknowledge.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from alerts.config import OutboxConfig
+from edge.metrics import Metrics
+
+log = structlog.get_logger("alerts.outbox")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    row_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    created REAL NOT NULL,
+    payload TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    UNIQUE (alert_id, sink)
+);
+CREATE INDEX IF NOT EXISTS outbox_sink ON outbox (sink, row_id);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    row_id: int
+    alert_id: str
+    sink: str
+    created: float
+    payload: str
+    attempts: int
+
+
+class Outbox:
+    def __init__(self, path: Path, config: OutboxConfig, metrics: Metrics) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._config = config
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._update_gauge()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, alert_id: str, payload: str, sinks: list[str], created: float | None = None) -> None:
+        """Persist one alert for each sink; returns once committed to disk."""
+        created = time.time() if created is None else created
+        with self._lock:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO outbox (alert_id, sink, created, payload) VALUES (?,?,?,?)",
+                    [(alert_id, s, created, payload) for s in sinks],
+                )
+        self.enforce_bounds()
+
+    def pending(self, sink: str, after_row: int = 0, limit: int = 100) -> list[OutboxRow]:
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT row_id, alert_id, sink, created, payload, attempts FROM outbox "
+                "WHERE sink=? AND row_id>? ORDER BY row_id LIMIT ?",
+                (sink, after_row, limit),
+            )
+            return [OutboxRow(*r) for r in cur.fetchall()]
+
+    def count(self, sink: str | None = None) -> int:
+        with self._lock:
+            if sink is None:
+                return self._db.execute("SELECT COUNT(DISTINCT alert_id) FROM outbox").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM outbox WHERE sink=?", (sink,)).fetchone()[0]
+
+    def mark_sent(self, row_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE row_id=?", (row_id,))
+        self._update_gauge()
+
+    def mark_failed(self, row_id: int, error: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE outbox SET attempts=attempts+1, last_error=? WHERE row_id=?", (error[:500], row_id)
+            )
+
+    def drop(self, row_id: int, reason: str) -> None:
+        """Give up on one row (e.g. a webhook answered 4xx); counted and logged."""
+        with self._lock:
+            row = self._db.execute("SELECT alert_id, sink FROM outbox WHERE row_id=?", (row_id,)).fetchone()
+            self._db.execute("DELETE FROM outbox WHERE row_id=?", (row_id,))
+        if row:
+            self._metrics.alerts_dropped.labels(reason).inc()
+            log.warning("outbox dropped alert", alert_id=row[0], sink=row[1], reason=reason)
+        self._update_gauge()
+
+    def enforce_bounds(self, now: float | None = None) -> int:
+        """Drop rows older than ``max_age_s`` and the oldest beyond ``max_rows``."""
+        now = time.time() if now is None else now
+        dropped: list[tuple[str, str, str]] = []
+        with self._lock:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                old = self._db.execute(
+                    "SELECT row_id, alert_id, sink FROM outbox WHERE created < ?",
+                    (now - self._config.max_age_s,),
+                ).fetchall()
+                n = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] - len(old)
+                excess = []
+                if n > self._config.max_rows:
+                    excess = self._db.execute(
+                        "SELECT row_id, alert_id, sink FROM outbox WHERE created >= ? ORDER BY row_id LIMIT ?",
+                        (now - self._config.max_age_s, n - self._config.max_rows),
+                    ).fetchall()
+                for reason, rows in (("age", old), ("count", excess)):
+                    for row_id, alert_id, sink in rows:
+                        self._db.execute("DELETE FROM outbox WHERE row_id=?", (row_id,))
+                        dropped.append((reason, alert_id, sink))
+        for reason, alert_id, sink in dropped:
+            self._metrics.alerts_dropped.labels(reason).inc()
+            log.warning("outbox dropped alert", alert_id=alert_id, sink=sink, reason=reason)
+        self._update_gauge()
+        return len(dropped)
+
+    def _update_gauge(self) -> None:
+        self._metrics.alerts_queued.set(self.count())

@@ -1,0 +1,41 @@
+"""MQTT topic names (documented in ``docs/MQTT.md``).
+
+Stream and monitor names are used verbatim as topic levels, except that ``/``, ``+``,
+``#`` and NUL are replaced by ``_`` so one name is always exactly one topic level.
+"""
+
+from __future__ import annotations
+
+import re
+
+_LEVEL_BAD = re.compile(r"[/+#\x00]")
+_ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def topic_level(name: str) -> str:
+    return _LEVEL_BAD.sub("_", name) or "_"
+
+
+def object_id(name: str) -> str:
+    """A Home Assistant-safe id fragment: letters, digits, '_' and '-'."""
+    return _ID_BAD.sub("_", name) or "_"
+
+
+class Topics:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix.strip("/")
+        self.status = f"{self.prefix}/status"  # retained "online" / "offline" (Last Will)
+        self.info = f"{self.prefix}/info"  # retained JSON: boot_id, version, started_at
+        self.events = f"{self.prefix}/events"  # alert JSON, QoS 1, not retained
+
+    def state(self, stream: str, monitor: str) -> str:
+        return f"{self.prefix}/{topic_level(stream)}/{topic_level(monitor)}/state"
+
+    def answer(self, stream: str, monitor: str) -> str:
+        return f"{self.prefix}/{topic_level(stream)}/{topic_level(monitor)}/answer"
+
+    def level(self, stream: str) -> str:
+        return f"{self.prefix}/{topic_level(stream)}/level"
+
+    def stream_event(self, stream: str) -> str:
+        return f"{self.prefix}/{topic_level(stream)}/event"
