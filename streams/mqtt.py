@@ -1,0 +1,197 @@
+"""MQTT audio source (paho-mqtt 2.x, callback API v2).
+
+Audio arrives on ``<prefix>/audio/<stream_id>``, one `streams.protocol` frame per message.
+Per stream the source keeps the sequence number and the 16 kHz sample clock:
+
+- a frame that fails validation is dropped and counted by reason (``fe_frames_dropped``);
+- the next sequence number is accepted; a jump forward of ``n+1`` means ``n`` frames were lost,
+  and the clock advances by ``n`` frames of the current frame's length, which the ring buffer
+  fills with silence (``fe_gap_samples``); gaps longer than ``max_gap_s`` are capped there;
+- the same sequence number again is a ``duplicate``, an older one (within ``late_window``) is
+  ``late``; both are dropped;
+- a jump backwards beyond ``late_window`` means the publisher restarted: the sequence is
+  re-synchronised and the clock continues.
+
+Nothing in a message can raise out of `handle`: the paho network thread must survive anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
+from .protocol import MAX_FRAME_BYTES, FrameError, decode_frame
+
+log = logging.getLogger("flamingo_edge.streams.mqtt")
+
+UNKNOWN_STREAM = "_unknown"
+
+
+@dataclass
+class _StreamClock:
+    last_seq: int | None = None
+    index: int = 0
+    anchor: float | None = None
+    rate: int = 0
+    conv: Converter | None = None
+
+
+class MqttAudioSource(Source):
+    def __init__(
+        self,
+        streams: list[str] | tuple[str, ...],
+        mqtt,  # alerts.config.MqttConfig (host, port, credentials, tls, topic_prefix...)
+        metrics=None,
+        max_bytes: int = MAX_FRAME_BYTES,
+        late_window: int = 1024,
+        max_gap_s: float = 60.0,
+    ) -> None:
+        self.streams = tuple(streams)
+        self.cfg = mqtt
+        self.metrics = metrics
+        self.max_bytes = max_bytes
+        self.late_window = late_window
+        self.max_gap = int(max_gap_s * SAMPLE_RATE)
+        self.prefix = mqtt.topic_prefix.strip("/")
+        self._clocks = {s: _StreamClock() for s in self.streams}
+        self._emit: Emit | None = None
+        self.rejects: dict[str, int] = {}
+        self.accepted = 0
+        self.gaps = 0
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._client = None
+
+    def topic(self, stream: str) -> str:
+        return f"{self.prefix}/audio/{stream}"
+
+    # ------------------------------------------------------------ message handling
+    def _reject(self, stream: str, reason: str) -> None:
+        self.rejects[reason] = self.rejects.get(reason, 0) + 1
+        if self.metrics is not None:
+            self.metrics.frames_dropped.labels(stream, reason).inc()
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Validate, sequence and emit one message. Never raises."""
+        try:
+            self._handle(topic, payload)
+        except Exception:  # pragma: no cover - defensive: a bug must not kill paho's thread
+            log.exception("audio message on %s could not be handled", topic)
+            self._reject(UNKNOWN_STREAM, "internal")
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        head, _, stream = topic.rpartition("/")
+        if head != f"{self.prefix}/audio" or stream not in self._clocks:
+            self._reject(UNKNOWN_STREAM, "unknown_stream")
+            return
+        try:
+            f = decode_frame(payload, max_bytes=self.max_bytes)
+        except FrameError as e:
+            self._reject(stream, e.reason)
+            return
+        c = self._clocks[stream]
+        if c.conv is None or f.sample_rate != c.rate:
+            c.rate = f.sample_rate
+            c.conv = Converter(f.sample_rate, SAMPLE_RATE)
+        nominal = c.conv.out_length(f.frames)
+        if c.last_seq is not None:
+            d = (f.seq - c.last_seq) & 0xFFFFFFFF
+            if d >= 1 << 31:
+                d -= 1 << 32
+            if d == 0:
+                self._reject(stream, "duplicate")
+                return
+            if d < 0:
+                if -d <= self.late_window:
+                    self._reject(stream, "late")
+                    return
+                log.info("stream %s: sequence restarted (%d -> %d)", stream, c.last_seq, f.seq)
+            elif d > 1:
+                self.gaps += 1
+                c.index += min((d - 1) * nominal, self.max_gap)
+        if c.anchor is None:
+            c.anchor = f.capture_time
+        c.last_seq = f.seq
+        y = c.conv(f.pcm)
+        if y.size == 0:
+            return
+        if not np.isfinite(y).all():  # cannot happen after validation; belt and braces
+            self._reject(stream, "non_finite")
+            return
+        self.accepted += 1
+        frame = Frame(stream, c.index, c.anchor + c.index / SAMPLE_RATE, f.seq, y)
+        c.index += y.shape[0]
+        if self._emit is not None:
+            self._emit(frame)
+
+    # ------------------------------------------------------------ paho plumbing
+    def _make_client(self):
+        import paho.mqtt.client as mqtt
+
+        cfg = self.cfg
+        proto = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
+        cid = f"{cfg.client_id or 'flamingo-edge'}-audio-{uuid.uuid4().hex[:8]}"
+        kw = {"clean_session": True} if proto == mqtt.MQTTv311 else {}
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=proto, **kw)
+        if cfg.username:
+            pw = cfg.password.get_secret_value() if cfg.password is not None else None
+            client.username_pw_set(cfg.username, pw)
+        if cfg.tls.enabled:
+            kp = cfg.tls.key_password.get_secret_value() if cfg.tls.key_password else None
+            client.tls_set(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                keyfile_password=kp, cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client.reconnect_delay_set(int(max(1, cfg.backoff_initial_s)), int(max(1, cfg.backoff_max_s)))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        if getattr(reason_code, "is_failure", False):
+            log.warning("audio MQTT connection refused: %s", reason_code)
+            return
+        self.connected.set()
+        client.subscribe([(self.topic(s), 0) for s in self.streams])
+        log.info("audio MQTT connected to %s:%s, subscribed to %d stream(s)", self.cfg.host,
+                 self.cfg.port, len(self.streams))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):
+        if any(getattr(rc, "is_failure", False) for rc in reason_codes):
+            log.error("audio MQTT subscription refused by the broker: %s", reason_codes)
+        else:
+            self.subscribed.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        self.connected.clear()
+        self.subscribed.clear()
+        log.warning("audio MQTT disconnected (%s); paho reconnects with backoff", reason_code)
+
+    def _on_message(self, client, userdata, msg):
+        self.handle(msg.topic, msg.payload)
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        self._emit = emit
+        client = self._client = self._make_client()
+        client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        client.loop_start()
+        try:
+            stop.wait()
+        finally:
+            try:
+                client.disconnect()
+            finally:
+                client.loop_stop()
+
+    def describe(self) -> str:
+        return f"mqtt {self.cfg.host}:{self.cfg.port} {self.prefix}/audio/{{{','.join(self.streams)}}}"

@@ -1,0 +1,127 @@
+"""Feed a stream: publish a file or a microphone as protocol frames over MQTT.
+
+``flamingo-edge publish-audio FILE --stream ID`` (or ``--mic``) sends one frame per
+``--frame-ms`` of audio to ``<prefix>/audio/<ID>``, paced in real time (``--speed``).
+Files keep their sample rate and channels when the protocol allows them (the daemon
+resamples and downmixes); other rates are resampled to 16 kHz here.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .protocol import MAX_CHANNELS, SAMPLE_RATES, encode_frame
+
+
+def file_blocks(path: str | Path, frame_ms: float = 100.0, loop: bool = False
+                ) -> Iterator[tuple[np.ndarray, int]]:
+    import soundfile as sf
+
+    from .base import SAMPLE_RATE, Converter
+
+    while True:
+        with sf.SoundFile(str(path)) as f:
+            rate = f.samplerate
+            block = max(1, int(rate * frame_ms / 1000))
+            conv = None
+            if rate not in SAMPLE_RATES or f.channels > MAX_CHANNELS:
+                conv = Converter(rate, SAMPLE_RATE)
+            while True:
+                x = f.read(block, dtype="float32", always_2d=True)
+                if x.shape[0] == 0:
+                    break
+                if conv is not None:
+                    y = conv(x, last=x.shape[0] < block)
+                    if y.size:
+                        yield y[:, None], SAMPLE_RATE
+                else:
+                    yield x, rate
+        if not loop:
+            return
+
+
+def mic_blocks(device=None, samplerate: int = 16000, channels: int = 1, frame_ms: float = 100.0,
+               stop: threading.Event | None = None) -> Iterator[tuple[np.ndarray, int]]:
+    from .mic import sounddevice_factory
+
+    q: queue.Queue = queue.Queue(maxsize=100)
+
+    def cb(indata, frames, t, status):
+        try:
+            q.put_nowait(np.array(indata, dtype=np.float32, copy=True))
+        except queue.Full:
+            pass
+
+    st = sounddevice_factory(device, samplerate, channels, int(samplerate * frame_ms / 1000), cb)
+    st.start()
+    try:
+        while stop is None or not stop.is_set():
+            try:
+                yield q.get(timeout=1.0), samplerate
+            except queue.Empty:
+                continue
+    finally:
+        st.stop()
+        st.close()
+
+
+def publish(
+    blocks: Iterator[tuple[np.ndarray, int]],
+    stream: str,
+    host: str = "localhost",
+    port: int = 1883,
+    prefix: str = "flamingo-edge",
+    username: str | None = None,
+    password: str | None = None,
+    sample_format: str = "int16",
+    speed: float = 1.0,
+    qos: int = 0,
+    seq_start: int = 0,
+    client=None,
+    on_frame=None,
+) -> int:
+    """Publish blocks as frames; ``speed`` paces by audio time (0 = no pacing, e.g. for mic
+    input, which is paced by the device). Returns the number of frames sent."""
+    import paho.mqtt.client as mqtt
+
+    own = client is None
+    if own:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=f"flamingo-edge-pub-{uuid.uuid4().hex[:8]}")
+        if username:
+            client.username_pw_set(username, password)
+        client.connect(host, port, keepalive=30)
+        client.loop_start()
+    topic = f"{prefix.strip('/')}/audio/{stream}"
+    seq = seq_start
+    t0_wall = time.time()
+    t0 = time.monotonic()
+    audio_s = 0.0
+    sent = 0
+    try:
+        for pcm, rate in blocks:
+            cap_ns = int((t0_wall + audio_s) * 1e9)
+            info = client.publish(topic, encode_frame(pcm, rate, seq, cap_ns, sample_format), qos=qos)
+            if qos > 0:
+                info.wait_for_publish(timeout=10)
+            if on_frame is not None:
+                on_frame(seq, pcm.shape[0], rate)
+            seq = (seq + 1) & 0xFFFFFFFF
+            sent += 1
+            audio_s += pcm.shape[0] / rate
+            if speed > 0:
+                delay = t0 + audio_s / speed - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+    finally:
+        if own:
+            client.disconnect()
+            client.loop_stop()
+    return sent
