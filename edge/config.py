@@ -1,0 +1,367 @@
+"""Daemon settings: one YAML file plus ``FLAMINGO_EDGE_*`` environment overrides.
+
+Precedence (highest first): explicit overrides passed by the CLI, environment variables
+(``FLAMINGO_EDGE_<FIELD>``, nested with ``__``: ``FLAMINGO_EDGE_MODEL__DIR=/models/af2``,
+``FLAMINGO_EDGE_ALERTS__MQTT__HOST=broker``), the YAML file, defaults.
+
+`load_settings` turns every problem into `ConfigError` whose lines name the key and the
+reason and never the offending value (so secrets do not end up in logs or terminals).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from alerts.config import AlertsConfig, MqttConfig
+
+from .monitors import TEMPLATE_FIELDS, parse_answer_spec, parse_condition
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(v: Any) -> float:
+    """``90``, ``"90s"``, ``"1.5m"``, ``"2h"``, ``"500ms"`` -> seconds (float)."""
+    if isinstance(v, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h")
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|min|m|h|d)?\s*", v)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    raise ValueError("expected a duration such as 30s, 5m or 1h")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Base):
+    dir: Path | None = None  # AF2 checkpoint directory; None = model-free gate only
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+
+
+class LoudnessConfig(_Base):
+    """How a streamed clip is scaled before encoding (docs/STREAMING.md)."""
+
+    policy: Literal["peak", "fixed", "none"] = "peak"
+    max_gain_db: float = Field(24.0, ge=0, le=96)  # `peak`: never amplify more than this
+    gain_db: float = Field(0.0, ge=-60, le=60)  # `fixed`: calibrated gain
+
+
+class AudioConfig(_Base):
+    clip: Duration = 10.0  # AF-CLAP clip; the encoder needs exactly 10 s
+    hop: Duration = 10.0  # clip start spacing; < clip means overlapping clips
+    memory: Duration = 300.0  # memory span per stream (5 min = 30 clips at 10-s hop)
+    window: Duration = 30.0  # default analysis window of a monitor
+    ring_margin: Duration = 60.0  # ring = memory + clip + margin
+    loudness: LoudnessConfig = Field(default_factory=LoudnessConfig)
+    max_pending_clips: int = Field(6, ge=1)  # per stream; beyond it the oldest are dropped
+    encode_batch: int = Field(8, ge=1)  # most clips in one encode call
+    flush_partial: Duration = 2.0  # at the end of a finite source, pad a tail this long or more
+
+    @model_validator(mode="after")
+    def _check(self) -> "AudioConfig":
+        if abs(self.clip - 10.0) > 1e-9:
+            raise ValueError("clip must be 10s (the AF-CLAP window)")
+        if not 0 < self.hop <= self.clip:
+            raise ValueError("hop must be > 0 and <= clip")
+        if self.memory < self.clip:
+            raise ValueError("memory must hold at least one clip")
+        if self.window > self.memory:
+            raise ValueError("window must not exceed memory")
+        return self
+
+
+class GateConfig(_Base):
+    warmup_clips: int = Field(3, ge=1)
+    segment: Duration = 0.25
+    adapt: float = Field(0.05, ge=0, le=1)
+    adapt_below: float = Field(3.0, gt=0)
+    min_std_db: float = Field(1.5, gt=0)
+
+
+class StreamConfig(_Base):
+    id: str
+    source: Literal["file", "mic", "mqtt"]
+    # file
+    path: Path | None = None
+    speed: float = Field(1.0, ge=0)  # 1 = real time, N = N times, 0 = as fast as possible
+    loop: bool = False
+    # mic
+    device: str | int | None = None
+    samplerate: int | None = None
+    channels: int = Field(1, ge=1, le=32)
+    # free-form labels usable in question templates, e.g. {location}
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
+            raise ValueError("stream id: 1-64 letters, digits, '_', '.' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "StreamConfig":
+        if self.source == "file" and self.path is None:
+            raise ValueError("a file stream needs `path`")
+        return self
+
+
+class DecodingConfig(_Base):
+    max_new_tokens: int = Field(64, ge=1, le=1024)
+    greedy: bool = True
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "greedy": self.greedy}
+        for k in ("top_k", "top_p", "seed"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        return d
+
+
+class MonitorConfig(_Base):
+    """A named question (kind `af2`) or a model-free rule (kind `gate`) bound to streams."""
+
+    name: str
+    kind: Literal["af2", "gate"] = "af2"
+    streams: list[str] | None = None  # None = every stream
+    question: str | None = None  # template: {stream}, {monitor}, {window_s}, {labels...}
+    answer: Literal["yes_no", "choice", "text"] = "yes_no"
+    positive: Literal["yes", "no"] = "yes"  # yes_no: which answer is positive
+    choices: list[str] = Field(default_factory=list)
+    alert_on: list[str] = Field(default_factory=list)  # choice: options that are positive
+    alert_if: str | None = None  # text: regex that makes the answer positive
+    every: Duration | None = None
+    triggers: list[str] = Field(default_factory=list)  # "novelty > 3", "level_dbfs > -30 and ..."
+    cooldown: Duration = 60.0
+    window: Duration | None = None  # memory span the question sees (default audio.window)
+    deadline: Duration | None = None  # skip a query not started this long after it fell due
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
+    severity: Literal["info", "warning", "critical"] = "info"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
+            raise ValueError("monitor name: 1-64 letters, digits, '_', '.' or '-'")
+        return v
+
+    @field_validator("triggers")
+    @classmethod
+    def _triggers(cls, v: list[str]) -> list[str]:
+        for t in v:
+            parse_condition(t)  # raises ValueError with the reason
+        return v
+
+    @field_validator("alert_if")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"alert_if is not a valid regular expression ({e.msg})") from None
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "MonitorConfig":
+        if self.kind == "af2":
+            if not self.question:
+                raise ValueError("an af2 monitor needs a `question`")
+            for _, fname, _, _ in string.Formatter().parse(self.question):
+                if fname is not None and fname not in TEMPLATE_FIELDS and not fname.startswith("labels."):
+                    raise ValueError(f"question template: unknown field {{{fname}}}")
+            parse_answer_spec(self.answer, self.choices, self.alert_on, self.alert_if)
+        elif not self.triggers:
+            raise ValueError("a gate monitor needs `triggers`")
+        if self.every is None and not self.triggers:
+            raise ValueError("a monitor needs `every` and/or `triggers`")
+        if self.every is not None and self.every <= 0:
+            raise ValueError("every must be positive")
+        return self
+
+
+class HttpConfig(_Base):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class LogConfig(_Base):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["console", "json"] = "console"
+
+
+_YAML_DATA: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "flamingo_edge_yaml", default=None
+)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_YAML_DATA.get() or {})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLAMINGO_EDGE_", env_nested_delimiter="__", extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    data_dir: Path | None = None  # default: $XDG_DATA_HOME/flamingo-edge
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    # broker for `source: mqtt` streams; unset = the alert stage's broker (alerts.mqtt)
+    mqtt: MqttConfig | None = None
+    streams: list[StreamConfig] = Field(default_factory=list)
+    monitors: list[MonitorConfig] = Field(default_factory=list)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        ids = [s.id for s in self.streams]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"duplicate stream id(s): {', '.join(sorted(dup))}")
+        names = [m.name for m in self.monitors]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate monitor name(s): {', '.join(sorted(dup))}")
+        for m in self.monitors:
+            for s in m.streams or []:
+                if s not in ids:
+                    raise ValueError(f"monitor {m.name!r} names unknown stream {s!r}")
+            if m.window is not None and m.window > self.audio.memory:
+                raise ValueError(f"monitor {m.name!r}: window exceeds audio.memory")
+        return self
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def audio_mqtt(self) -> MqttConfig:
+        return self.mqtt or self.alerts.mqtt
+
+    def resolved_data_dir(self) -> Path:
+        return default_data_dir() if self.data_dir is None else Path(self.data_dir).expanduser()
+
+    def monitors_for(self, stream: str) -> list[MonitorConfig]:
+        return [m for m in self.monitors if m.streams is None or stream in m.streams]
+
+    def secrets(self) -> list[str]:
+        out = list(self.alerts.secrets())
+        if self.mqtt is not None and self.mqtt.password is not None:
+            out.append(self.mqtt.password.get_secret_value())
+        return [s for s in out if s]
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("FLAMINGO_EDGE_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "flamingo-edge"
+
+
+class ConfigError(Exception):
+    """Invalid configuration: ``problems`` lists ``key: reason`` lines (values never shown)."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"invalid configuration ({source}):\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _format_errors(e: ValidationError) -> list[str]:
+    out = []
+    for err in e.errors(include_url=False, include_input=False, include_context=False):
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+        msg = err.get("msg", "invalid")
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        out.append(f"{loc}: {msg}")
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(p), [f"(file): cannot read ({e.strerror or type(e).__name__})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(str(p), [f"(file): YAML syntax error{where}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(p), ["(top level): must be a mapping"])
+    return data
+
+
+def load_settings(path: str | Path | None = None, data: dict[str, Any] | None = None,
+                  **overrides: Any) -> Settings:
+    """Build settings from a YAML file (or an already-parsed mapping), the environment and
+    explicit overrides; raise `ConfigError` on any problem."""
+    source = str(path) if path is not None else "built-in configuration"
+    if path is not None:
+        data = read_yaml(path)
+        base = Path(path).resolve().parent
+        data = _resolve_paths(data, base)
+    token = _YAML_DATA.set(data or {})
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise ConfigError(source, _format_errors(e)) from None
+    finally:
+        _YAML_DATA.reset(token)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative stream file paths in a YAML file are relative to that file."""
+    streams = data.get("streams")
+    if isinstance(streams, list):
+        for s in streams:
+            if isinstance(s, dict) and isinstance(s.get("path"), str):
+                p = Path(s["path"]).expanduser()
+                if not p.is_absolute() and not s["path"].startswith("builtin:"):
+                    s["path"] = str(base / p)
+    return data
