@@ -1,0 +1,242 @@
+"""`flamingo-edge run`, `replay` and `publish-audio` (imports stay lazy: no torch here)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _settings(config: str | None, data: dict | None = None, **overrides: Any):
+    from .config import ConfigError, load_settings
+
+    try:
+        return load_settings(config, data=data, **overrides)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _logging(settings, level: str | None, fmt: str | None) -> None:
+    from .logging import configure_logging
+
+    configure_logging(level or settings.log.level, fmt or "auto", secrets=settings.secrets())
+
+
+def _load_model(model_dir, settings):
+    from .daemon import load_model
+
+    d = model_dir or settings.model.dir
+    if d is None:
+        return None
+    try:
+        return load_model(d, settings.model.dtype, settings.model.device)
+    except Exception as e:  # CheckpointError, missing files...
+        raise click.ClickException(f"cannot load the AF2 model from {d}: {e}") from None
+
+
+@click.command("run")
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="YAML config (default: the embedded demo recording).")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              help="AF2 checkpoint directory (enables the AF2 monitors).")
+@click.option("--speed", type=float, default=None,
+              help="Pacing of file streams: 1 = real time, 0 = as fast as possible.")
+@click.option("--loop/--no-loop", default=None, help="Loop file streams forever.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--log-level", default=None)
+@click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default=None)
+def run(config, model_dir, speed, loop, data_dir, log_level, log_format) -> None:
+    """Run the daemon. Without --config: the embedded demo (a generated machine-room
+    recording with knocking and an alarm) through the whole pipeline, then exit."""
+    from .demo import DEMO_CONFIG
+
+    overrides = {"data_dir": data_dir} if data_dir else {}
+    settings = _settings(config, None if config else DEMO_CONFIG, **overrides)
+    _logging(settings, log_level, log_format)
+    model = _load_model(model_dir, settings)
+
+    import structlog
+
+    from .daemon import Daemon
+    from .sdnotify import ShutdownSignal
+
+    log = structlog.get_logger("edge.cli")
+    if config is None:
+        log.info("running the embedded demo: a 4-minute machine-room recording "
+                 "(knocking at 1:00 and 3:15, an alarm at 2:20)", speed=speed or 8)
+    d = Daemon(settings, model=model, speed=speed, loop=loop)
+    sig = ShutdownSignal().install()
+    try:
+        d.start()
+    except Exception as e:
+        d.stop(timeout=5)
+        raise click.ClickException(str(e)) from None
+    t0 = time.monotonic()
+    try:
+        while not sig.event.is_set():
+            if d.finished():
+                log.info("all sources finished")
+                break
+            sig.wait(0.2)
+    finally:
+        d.stop(timeout=10)
+    w = d.worker
+    log.info("stopped", clips=w.clips_processed if w else 0, results=w.results_count if w else 0,
+             seconds=round(time.monotonic() - t0, 1))
+
+
+def _replay_settings(config: str | None, path: Path, stream: str | None, data_dir):
+    from .demo import DEMO_CONFIG
+
+    if config:
+        from .config import ConfigError, read_yaml
+
+        try:
+            data = read_yaml(config)
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
+    else:
+        data = json.loads(json.dumps(DEMO_CONFIG))
+    streams = data.get("streams") or []
+    sid = stream or (streams[0].get("id") if streams and isinstance(streams[0], dict) else "replay")
+    orig = next((s for s in streams if isinstance(s, dict) and s.get("id") == sid), {})
+    data["streams"] = [{"id": sid, "source": "file", "path": str(path), "speed": 0,
+                        "labels": orig.get("labels", {})}]
+    mons = []
+    for m in data.get("monitors") or []:
+        if isinstance(m, dict) and (m.get("streams") is None or sid in m.get("streams")):
+            m = dict(m)
+            m["streams"] = None
+            mons.append(m)
+    data["monitors"] = mons
+    overrides = {"data_dir": data_dir} if data_dir else {}
+    return _settings(None, data, **overrides), sid
+
+
+def _fmt_offset(s: float) -> str:
+    return f"{int(s // 60):02d}:{s % 60:04.1f}"
+
+
+@click.command("replay")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML config whose monitors to run (default: the demo config).")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--stream", default=None, help="Stream id to replay as (default: the first stream).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per monitor result.")
+@click.option("--progress/--no-progress", default=True)
+@click.option("--start", "start_iso", default=None,
+              help="UTC time of the recording's first sample (ISO 8601; default: now).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--log-level", default="WARNING")
+def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_dir, log_level):
+    """Run the monitors over FILE as fast as the hardware allows and print the timeline."""
+    from datetime import datetime, timezone
+
+    settings, sid = _replay_settings(config, Path(file), stream, data_dir)
+    _logging(settings, log_level, None)
+    model = _load_model(model_dir, settings)
+
+    from streams.file import FileSource
+
+    from .daemon import CallbackSink, Daemon
+
+    t0 = time.time()
+    if start_iso:
+        dt = datetime.fromisoformat(start_iso)
+        t0 = (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    src = FileSource(file, sid, speed=0, start_time=t0)
+    results = []
+
+    def collect(r, audio, sr):
+        results.append(r)
+        if as_json:
+            d = {k: v for k, v in r.to_json_dict().items()}
+            d["start_s"] = round(r.start.timestamp() - t0, 3)
+            d["end_s"] = round(r.end.timestamp() - t0, 3)
+            click.echo(json.dumps(d, default=str))
+            sys.stdout.flush()
+
+    d = Daemon(settings, model=model, sources=[src], sinks=[CallbackSink(collect)], lossless=True,
+               alerts=False, http=False, log_results=False)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(src.duration_s, 1), unit="s", unit_scale=True, file=sys.stderr,
+                   desc=f"replay {Path(file).name}", leave=False)
+    d.start()
+    try:
+        while not d.finished():
+            time.sleep(0.1)
+            if bar is not None:
+                bar.n = round(min(src.samples_emitted / 16000, src.duration_s), 1)
+                bar.refresh()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        d.stop(timeout=5)
+        if bar is not None:
+            bar.close()
+    if not as_json:
+        if not results:
+            click.echo("no monitor results")
+        for r in sorted(results, key=lambda r: (r.end, r.monitor)):
+            a, b = r.start.timestamp() - t0, r.end.timestamp() - t0
+            what = r.answer if r.answer else (
+                f"level {r.level_dbfs:.1f} dBFS" + (f", novelty {r.novelty:.1f}" if r.novelty is not None else ""))
+            click.echo(f"{_fmt_offset(a)}-{_fmt_offset(b)}  {r.stream:<14} {r.monitor:<16} "
+                       f"{r.verdict:<8} {what}")
+
+
+@click.command("publish-audio")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.option("--mic", is_flag=True, help="Publish the microphone instead of a file.")
+@click.option("--device", default=None, help="Microphone name or index.")
+@click.option("--stream", required=True, help="Stream id (topic <prefix>/audio/<stream>).")
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Take broker settings from this daemon config.")
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--prefix", default=None)
+@click.option("--username", default=None)
+@click.option("--password-env", default="FLAMINGO_EDGE_MQTT_PASSWORD", show_default=True,
+              help="Environment variable holding the broker password.")
+@click.option("--format", "sample_format", type=click.Choice(["int16", "float32"]), default="int16")
+@click.option("--frame-ms", type=float, default=100.0, show_default=True)
+@click.option("--speed", type=float, default=1.0, show_default=True,
+              help="File pacing: 1 = real time, 0 = as fast as possible.")
+@click.option("--loop", is_flag=True)
+def publish_audio(file, mic, device, stream, config, host, port, prefix, username, password_env,
+                  sample_format, frame_ms, speed, loop):
+    """Publish FILE (or --mic) as flamingo-edge audio frames over MQTT."""
+    import os
+
+    from streams.publisher import file_blocks, mic_blocks, publish
+
+    if bool(file) == bool(mic):
+        raise click.UsageError("give a FILE or --mic")
+    cfg = None
+    if config:
+        cfg = _settings(config).audio_mqtt
+    host = host or (cfg.host if cfg else "localhost")
+    port = port or (cfg.port if cfg else 1883)
+    prefix = prefix or (cfg.topic_prefix if cfg else "flamingo-edge")
+    username = username or (cfg.username if cfg else None)
+    password = os.environ.get(password_env) or (
+        cfg.password.get_secret_value() if cfg and cfg.password else None)
+    blocks = mic_blocks(device, frame_ms=frame_ms) if mic else file_blocks(file, frame_ms, loop)
+    t0 = time.monotonic()
+    try:
+        n = publish(blocks, stream, host, port, prefix, username, password, sample_format,
+                    speed=0 if mic else speed)
+    except KeyboardInterrupt:
+        return
+    except OSError as e:
+        raise click.ClickException(f"cannot reach the broker at {host}:{port}: {e}") from None
+    click.echo(f"published {n} frames to {prefix}/audio/{stream} in {time.monotonic() - t0:.1f} s",
+               err=True)
