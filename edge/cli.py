@@ -19,3 +19,8 @@ def main() -> None:
 from edge.ask_cli import ask as _ask  # noqa: E402
 
 cli.add_command(_ask)
+from edge.run_cli import publish_audio as _publish_audio, replay as _replay, run as _run  # noqa: E402
+
+cli.add_command(_run)
+cli.add_command(_replay)
+cli.add_command(_publish_audio)
