@@ -77,7 +77,7 @@ class WindowAttention(nn.Module):
         attn = q @ k.transpose(-2, -1) + self.position_bias().unsqueeze(0)
         if mask is not None:
             nW = mask.shape[0]
-            attn = attn.view(-1, nW, self.n_head, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, nW, self.n_head, N, N) + mask.to(attn.dtype).unsqueeze(1).unsqueeze(0)
             attn = attn.view(-1, self.n_head, N, N)
         attn = attn.softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(Bw, N, C))
