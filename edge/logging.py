@@ -33,14 +33,14 @@ MASK = "***"
 _KEY = r"(?:[\w-]*(?:pass(?:word|wd|phrase)?|secret|token|api[_-]?key|auth(?:orization)?|credential|private[_-]?key|cookie)[\w-]*)"
 _SENSITIVE_KEY = re.compile(rf"^{_KEY}$", re.I)
 _PATTERNS = [
+    # (first) Authorization: Bearer xyz / Basic xyz
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), rf"\1 {MASK}"),
     # key=value, key: value (unquoted, up to whitespace/comma/bracket)
     (re.compile(rf"(?i)(\b{_KEY}\s*[=:]\s*)(?!['\"])([^\s,;)}}\]]+)"), rf"\1{MASK}"),
     # 'key': 'value' / "key": "value" / key='value' (dict reprs, JSON, pydantic input_value)
     (re.compile(rf"(?i)(['\"]?\b{_KEY}['\"]?\s*[=:]\s*)(['\"])(?:\\.|(?!\2).)*\2"), rf"\1\2{MASK}\2"),
     # scheme://user:password@host
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@"), rf"\1{MASK}@"),
-    # Authorization: Bearer xyz / Basic xyz
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), rf"\1 {MASK}"),
 ]
 
 _secrets: set[str] = set()

@@ -23,6 +23,7 @@ the broker or the subscriber was away. The broker's log is ``broker.log_path``.
 from __future__ import annotations
 
 import datetime as _dt
+import getpass
 import os
 import shutil
 import signal
@@ -157,6 +158,8 @@ class Mosquitto:
             "log_type all",
             "connection_messages true",
             "max_queued_messages 10000",
+            # as root, mosquitto would drop to user "mosquitto", which cannot read pytest's tmp dirs
+            f"user {getpass.getuser()}",
         ]
         if users:
             pw = self.dir / "passwd"

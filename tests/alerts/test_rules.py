@@ -1,0 +1,138 @@
+"""Hysteresis, cooldown and de-duplication of the rule engine."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alerts.config import AlertsConfig
+from alerts.rules import RuleEngine, normalise_answer
+from tests.alerts.helpers import result
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def engine(**rules: float) -> tuple[RuleEngine, Clock]:
+    base = {"off_after_negatives": 3, "max_not_heard_s": 100, "cooldown_s": 0, "dedupe_window_s": 0}
+    base.update(rules)
+    clock = Clock()
+    return RuleEngine(AlertsConfig(node_id="n", rules=base), clock=clock), clock
+
+
+def test_on_at_first_positive_and_off_after_n_negatives() -> None:
+    e, _ = engine(off_after_negatives=3)
+    d = e.observe(result("positive"))
+    assert d.transition and d.transition.state == "ON" and d.raise_alert
+    assert e.observe(result("negative")).transition is None
+    assert e.observe(result("negative")).transition is None
+    d = e.observe(result("negative"))
+    assert d.transition and d.transition.state == "OFF" and d.transition.reason == "negatives"
+    assert e.state("s1", "knock") == "OFF"
+
+
+def test_positive_resets_negative_count_and_repeats_do_not_raise() -> None:
+    e, _ = engine(off_after_negatives=2)
+    assert e.observe(result("positive")).raise_alert
+    e.observe(result("negative"))
+    d = e.observe(result("positive"))
+    assert d.transition is None and not d.raise_alert  # still ON: no second alert
+    assert e.observe(result("negative")).transition is None  # count restarted
+    assert e.observe(result("negative")).transition.state == "OFF"  # type: ignore[union-attr]
+
+
+def test_unknown_verdicts_neither_confirm_nor_clear() -> None:
+    e, _ = engine(off_after_negatives=1)
+    e.observe(result("positive"))
+    for _ in range(5):
+        assert e.observe(result("unknown")).transition is None
+    assert e.state("s1", "knock") == "ON"
+    assert e.observe(result("unknown")).raise_alert is False
+
+
+def test_off_after_max_not_heard_via_tick_and_via_results() -> None:
+    e, clock = engine(max_not_heard_s=30, off_after_negatives=99)
+    e.observe(result("positive"))
+    clock.t += 29
+    assert e.tick() == []
+    clock.t += 1
+    (tr,) = e.tick()
+    assert tr.state == "OFF" and tr.reason == "not_heard"
+    e.observe(result("positive"))
+    clock.t += 31
+    d = e.observe(result("unknown"))
+    assert d.transition and d.transition.reason == "not_heard"
+
+
+def test_cooldown_suppresses_the_event_but_state_follows() -> None:
+    e, clock = engine(off_after_negatives=1, cooldown_s=60)
+    assert e.observe(result("positive", answer="a")).raise_alert
+    e.observe(result("negative"))
+    clock.t += 10
+    d = e.observe(result("positive", answer="b"))
+    assert d.transition and d.transition.state == "ON"
+    assert not d.raise_alert and d.suppressed == "cooldown"
+    e.observe(result("negative"))
+    clock.t += 60
+    assert e.observe(result("positive", answer="c")).raise_alert
+
+
+def test_dedupe_same_answer_within_window() -> None:
+    e, clock = engine(off_after_negatives=1, dedupe_window_s=300)
+    assert e.observe(result("positive", answer="Yes, a dog barks.")).raise_alert
+    e.observe(result("negative"))
+    clock.t += 100
+    d = e.observe(result("positive", answer="  yes, a DOG barks "))
+    assert d.suppressed == "duplicate" and not d.raise_alert
+    e.observe(result("negative"))
+    clock.t += 1
+    assert e.observe(result("positive", answer="Glass breaking")).raise_alert  # different answer
+    e.observe(result("negative"))
+    clock.t += 400
+    assert e.observe(result("positive", answer="Glass breaking")).raise_alert  # window passed
+
+
+def test_pairs_are_independent_and_overrides_apply() -> None:
+    cfg = AlertsConfig(node_id="n", rules={"off_after_negatives": 5},
+                       monitor_rules={"glass": {"off_after_negatives": 1}})
+    e = RuleEngine(cfg)
+    e.observe(result("positive", monitor="glass"))
+    e.observe(result("positive", monitor="knock"))
+    e.observe(result("positive", monitor="knock", stream="s2"))
+    assert e.observe(result("negative", monitor="glass")).transition.state == "OFF"  # type: ignore[union-attr]
+    assert e.observe(result("negative", monitor="knock")).transition is None
+    assert e.states() == {("s1", "glass"): "OFF", ("s1", "knock"): "ON", ("s2", "knock"): "ON"}
+
+
+def test_normalise_answer() -> None:
+    assert normalise_answer("Yes.") == normalise_answer(" yes ") == "yes"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    verdicts=st.lists(st.sampled_from(["positive", "negative", "unknown"]), max_size=60),
+    n=st.integers(1, 4),
+)
+def test_matches_reference_model(verdicts: list[str], n: int) -> None:
+    """Step by step against a reference model: alerts exactly on OFF->ON, OFF after n negatives."""
+    e, _ = engine(off_after_negatives=n)
+    state, neg = "OFF", 0
+    for v in verdicts:
+        d = e.observe(result(v))
+        prev = state
+        expect_alert = False
+        if v == "positive":
+            expect_alert = state == "OFF"
+            state, neg = "ON", 0
+        elif v == "negative" and state == "ON":
+            neg += 1
+            if neg >= n:
+                state, neg = "OFF", 0
+        assert d.raise_alert == expect_alert
+        assert e.state("s1", "knock") == state
+        assert (d.transition is not None) == (prev != state)
