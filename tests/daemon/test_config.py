@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from edge.config import ConfigError, load_settings, parse_duration
+from edge.demo import DEMO_CONFIG
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["demo", "factory", "building"])
+def test_worked_examples_are_valid(name):
+    s = load_settings(ROOT / "configs" / f"{name}.yaml")
+    assert s.streams and s.monitors
+
+
+def test_demo_yaml_is_the_embedded_default():
+    a = load_settings(ROOT / "configs" / "demo.yaml").model_dump()
+    b = load_settings(data=DEMO_CONFIG).model_dump()
+    assert a == b
+
+
+def test_durations():
+    assert parse_duration("90s") == 90 and parse_duration("5m") == 300
+    assert parse_duration("1.5h") == 5400 and parse_duration(12) == 12
+    assert parse_duration("250ms") == 0.25
+    for bad in ("5 parsecs", "-1s", True, None):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_env_overrides_yaml(tmp_path, monkeypatch):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: {dir: /a, dtype: float32}\naudio: {hop: 10s}\n"
+                 "alerts: {mqtt: {host: yaml-host, port: 1884}}\n"
+                 "streams: [{id: s, source: file, path: rec.wav}]\n")
+    monkeypatch.setenv("FLAMINGO_EDGE_MODEL__DIR", "/from/env")
+    monkeypatch.setenv("FLAMINGO_EDGE_ALERTS__MQTT__HOST", "env-host")
+    monkeypatch.setenv("FLAMINGO_EDGE_AUDIO__HOP", "5s")
+    s = load_settings(p)
+    assert str(s.model.dir) == "/from/env" and s.model.dtype == "float32"
+    assert s.alerts.mqtt.host == "env-host" and s.alerts.mqtt.port == 1884
+    assert s.audio.hop == 5.0
+    assert s.streams[0].path == tmp_path / "rec.wav"  # relative to the YAML file
+    assert s.audio_mqtt.host == "env-host"  # audio broker defaults to the alert broker
+
+
+def test_errors_name_the_key_and_never_the_secret(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(
+        "alerts: {mqtt: {password: hunter2-secret}}\n"  # password without username
+        "mqtt: {username: u, password: s3cr3t-value, port: 99999}\n"
+        "audio: {hop: 20s}\n"
+        "streams: [{id: 'bad id!', source: file, path: x.wav}, {id: f, source: file}]\n"
+        "monitors: [{name: k, question: 'q?', triggers: ['volume > 3']},"
+        " {name: j, question: 'q', answer: choice, choices: [a], every: 1m},"
+        " {name: z, question: 'q', every: 1m, streams: [nope]}]\n"
+        "bogus_key: 1\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_settings(p)
+    text = str(e.value)
+    for key in ("mqtt.port", "audio", "streams.0.id", "streams.1", "monitors.0.triggers",
+                "monitors.1", "bogus_key", "alerts.mqtt"):
+        assert key in text, key
+    assert "hunter2" not in text and "s3cr3t" not in text
+
+
+def test_unknown_stream_in_monitor(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_settings(data={"monitors": [{"name": "a", "question": "q", "every": 60,
+                                          "streams": ["ghost"]}]})
+    assert "ghost" in str(e.value)
+
+
+def test_yaml_syntax_error_does_not_echo_content(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("alerts:\n  webhook: {secret: 'topsecret\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(p)
+    assert "YAML syntax error" in str(e.value) and "topsecret" not in str(e.value)

@@ -1,0 +1,154 @@
+"""The inference worker, driven step by step (no threads)."""
+
+import time
+
+import numpy as np
+
+from edge.config import load_settings
+from edge.metrics import Metrics
+from edge.scheduler import InferenceWorker, StreamState
+
+from .fakes import FakeModel
+
+SR = 16000
+
+
+def setup(monitors=(), streams=("a", "b"), model=None, **audio):
+    s = load_settings(data={
+        "audio": audio,
+        "streams": [{"id": i, "source": "mqtt"} for i in streams],
+        "monitors": list(monitors),
+    })
+    st = {i: StreamState(c, s) for i, c in zip(streams, s.streams)}
+    results = []
+
+    class Sink:
+        def submit(self, r, audio, sr):
+            results.append((r, audio))
+
+        def publish_level(self, stream, dbfs):
+            pass
+
+    m = Metrics()
+    w = InferenceWorker(st, s, model=model, sink=Sink(), metrics=m)
+    return w, st, results, m
+
+
+def feed(ring, seconds, value=0.1, start=None):
+    n = int(seconds * SR)
+    x = np.full(n, value, np.float32)
+    x[::100] = -value
+    ring.append(ring.write_pos if start is None else start, x, capture_time=1000.0)
+
+
+def run_all(w):
+    while w.step():
+        pass
+
+
+def test_ready_clips_of_all_streams_are_encoded_together_exactly_once():
+    model = FakeModel()
+    w, st, _, m = setup(model=model)
+    feed(st["a"].ring, 30)
+    feed(st["b"].ring, 25)
+    run_all(w)
+    assert model.encode_calls == [5]  # 3 + 2 clips, one call
+    feed(st["b"].ring, 5)
+    run_all(w)
+    assert model.encode_calls == [5, 1]
+    assert [c.index for c in st["a"].memory.clips()] == [0, 1, 2]
+    assert [c.index for c in st["b"].memory.clips()] == [0, 1, 2]
+    assert m.clips_encoded.labels("a")._value.get() == 3
+
+
+def test_memory_keeps_the_last_30_clips_with_their_spans():
+    model = FakeModel()
+    w, st, _, _ = setup(model=model, streams=("a",), encode_batch=4)
+    for _ in range(35):
+        feed(st["a"].ring, 10)
+        run_all(w)
+    clips = st["a"].memory.clips()
+    assert [c.index for c in clips] == list(range(5, 35))
+    assert clips[0].start == 5 * 160000 and clips[-1].end == 35 * 160000
+    assert abs(clips[0].t_start - (1000.0 + 50.0)) < 1e-6
+
+
+def test_when_encoding_falls_behind_the_oldest_clips_are_dropped():
+    model = FakeModel()
+    w, st, _, m = setup(model=model, streams=("a",), max_pending_clips=3)
+    feed(st["a"].ring, 100)  # ten clips at once: more than the worker may queue
+    run_all(w)
+    assert [c.index for c in st["a"].memory.clips()] == [7, 8, 9]
+    assert m.clips_dropped.labels("a")._value.get() == 7
+
+
+def test_due_monitors_share_one_memory_and_one_kv_per_decoding_setting():
+    model = FakeModel()
+    mons = [
+        {"name": "k1", "question": "knocking at {stream}?", "every": "30s"},
+        {"name": "k2", "question": "alarm?", "every": "30s"},
+        {"name": "k3", "question": "describe", "answer": "text", "every": "30s",
+         "decoding": {"max_new_tokens": 5}},
+        {"name": "wide", "question": "long?", "every": "30s", "window": "5m"},
+    ]
+    w, st, results, m = setup(mons, streams=("a",), model=model)
+    feed(st["a"].ring, 30)
+    run_all(w)
+    assert len(results) == 4
+    # two window lengths (30 s and 5 m) -> two memories; in the 30-s one two decoding settings
+    assert model.memory_calls == 2
+    assert sorted(len(q) for q, _ in model.ask_calls) == [1, 1, 2]
+    by = {r.monitor: r for r, _ in results}
+    assert by["k1"].question == "knocking at a?" and by["k1"].verdict == "positive"
+    assert by["k1"].token_ids == (7, len("knocking at a?"))
+    assert by["k3"].verdict == "unknown" and by["k1"].model_id == "fake-af2"
+    assert by["k1"].end.timestamp() - by["k1"].start.timestamp() == 30.0
+    assert m.queries.labels("a", "k1")._value.get() == 1
+    audio = dict((r.monitor, a) for r, a in results)["k1"]
+    assert audio.shape == (30 * SR,)
+
+
+def test_queries_past_their_deadline_are_skipped_and_counted():
+    model = FakeModel()
+    w, st, results, m = setup([{"name": "k", "question": "q", "every": "10s", "deadline": "10ms"}],
+                              streams=("a",), model=model)
+    feed(st["a"].ring, 10)
+    w._collect()
+    w.step()  # encode: the query falls due
+    time.sleep(0.05)
+    w.step()  # too late
+    assert results == [] and m.queries_missed.labels("a", "k")._value.get() == 1
+
+
+def test_without_a_model_only_gate_monitors_run():
+    mons = [{"name": "k", "question": "q", "every": "10s"},
+            {"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -30"], "cooldown": 0}]
+    w, st, results, m = setup(mons, streams=("a",))
+    feed(st["a"].ring, 20, value=0.5)
+    run_all(w)
+    assert [r.monitor for r, _ in results] == ["loud", "loud"]
+    assert results[0][0].model_id == "level-gate" and results[0][0].verdict == "positive"
+    assert m.level_dbfs.labels("a")._value.get() > -10
+    assert m.clips_encoded.labels("a")._value.get() == 0
+
+
+def test_gap_only_clips_are_masked_out():
+    model = FakeModel()
+    w, st, results, _ = setup([{"name": "k", "question": "q", "every": "30s", "window": "30s"}],
+                              streams=("a",), model=model)
+    feed(st["a"].ring, 10)
+    feed(st["a"].ring, 10, start=st["a"].ring.write_pos + 10 * SR)  # 10 s lost upstream
+    run_all(w)
+    clips = st["a"].memory.clips()
+    assert [c.valid for c in clips] == [True, False, True]
+    assert results[0][0].extra["masked"] == 1
+
+
+def test_overlapping_hop():
+    model = FakeModel()
+    w, st, _, _ = setup(model=model, streams=("a",), hop="5s", window="30s")
+    feed(st["a"].ring, 30)
+    run_all(w)
+    clips = st["a"].memory.clips()
+    assert [c.start for c in clips] == [i * 5 * SR for i in range(5)]
+    assert st["a"].memory_clips == 59

@@ -1,0 +1,187 @@
+"""Microphone source through an injected stream factory (no PortAudio needed)."""
+
+import threading
+import time
+
+import numpy as np
+
+from edge.metrics import Metrics
+from edge.ring import Ring
+from streams.mic import MicSource
+
+
+class FakeStream:
+    """Stands in for sounddevice.InputStream; the test drives the callback."""
+
+    def __init__(self, samplerate, callback, fail_start=False):
+        self.samplerate = samplerate
+        self.callback = callback
+        self.fail_start = fail_start
+        self.started = self.closed = False
+        self.active = True
+
+    def start(self):
+        if self.fail_start:
+            raise OSError("device unavailable")
+        self.started = True
+
+    def stop(self):
+        self.active = False
+
+    def close(self):
+        self.closed = True
+
+    def push(self, x):
+        x = np.asarray(x, np.float32)
+        self.callback(x.reshape(len(x), -1), len(x), None, None)
+
+
+class Factory:
+    def __init__(self, rate=16000, failures=0):
+        self.rate = rate
+        self.failures = failures
+        self.streams = []
+        self.calls = []
+
+    def __call__(self, device, samplerate, channels, blocksize, callback):
+        self.calls.append((device, samplerate, channels, blocksize))
+        s = FakeStream(samplerate or self.rate, callback, fail_start=self.failures > 0)
+        self.failures -= 1
+        self.streams.append(s)
+        return s
+
+
+def wait_for(cond, timeout=5.0):
+    t = time.time() + timeout
+    while not cond() and time.time() < t:
+        time.sleep(0.01)
+    return cond()
+
+
+class Clock:
+    def __init__(self, t=1000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def run_source(src):
+    ring = Ring(16000 * 120)
+    stop = threading.Event()
+    th = threading.Thread(target=src.run,
+                          args=(lambda f: ring.append(f.sample_index, f.samples, f.capture_time), stop))
+    th.start()
+    return ring, stop, th
+
+
+def test_callback_only_copies_and_counts_overflows():
+    m = Metrics()
+    src = MicSource("m", queue_blocks=2, metrics=m, stream_factory=Factory())
+    buf = np.ones((160, 1), np.float32)
+    for _ in range(5):
+        src._callback(buf, 160, None, None)
+    buf[:] = 0  # the queue holds copies, not views of PortAudio's buffer
+    assert src._q.qsize() == 2 and src.overflows == 3
+    assert np.all(src._q.get()[0] == 1)
+    assert m.source_overflows.labels("m")._value.get() == 3
+
+
+def test_frames_flow_and_device_name_or_index_is_passed():
+    f = Factory()
+    src = MicSource("m", device="3", samplerate=16000, stream_factory=f, clock=Clock())
+    ring, stop, th = run_source(src)
+    try:
+        assert wait_for(lambda: f.streams and f.streams[0].started)
+        for i in range(10):
+            f.streams[0].push(np.full(1600, i / 10))
+        assert wait_for(lambda: ring.write_pos == 16000)
+    finally:
+        stop.set()
+        th.join(5)
+    assert f.calls[0][0] == 3 and f.calls[0][3] == 1600  # "3" -> index 3; 100-ms blocks
+    x = ring.read(0, 16000)
+    assert np.allclose(x[1600:3200], 0.1)
+    assert f.streams[0].closed
+    src2 = MicSource("m", device="USB Audio", stream_factory=Factory())
+    assert src2.device == "USB Audio"
+
+
+def test_resamples_and_downmixes_device_audio():
+    f = Factory(rate=48000)
+    src = MicSource("m", channels=2, stream_factory=f, clock=Clock())
+    ring, stop, th = run_source(src)
+    try:
+        assert wait_for(lambda: f.streams and f.streams[0].started)
+        for _ in range(10):
+            x = np.zeros((4800, 2), np.float32)
+            x[:, 1] = 0.6
+            f.streams[0].push(x)
+        assert wait_for(lambda: ring.write_pos > 14000)
+    finally:
+        stop.set()
+        th.join(5)
+    assert np.allclose(ring.read(ring.write_pos - 4000, ring.write_pos), 0.3, atol=0.01)
+
+
+def test_stall_is_detected_and_reopened_with_the_gap_as_silence():
+    m = Metrics()
+    f = Factory()
+    clock = Clock(1000.0)
+    src = MicSource("m", samplerate=16000, stall_timeout=0.2, backoff_initial=0.05,
+                    stream_factory=f, metrics=m, clock=clock)
+    ring, stop, th = run_source(src)
+    try:
+        assert wait_for(lambda: f.streams and f.streams[0].started)
+        clock.t = 1000.1
+        f.streams[0].push(np.full(1600, 0.5))  # first sample captured at t=1000.0
+        assert wait_for(lambda: ring.write_pos == 1600)
+        # the device goes silent: no callbacks -> stall -> close and reopen
+        assert wait_for(lambda: len(f.streams) == 2 and f.streams[1].started)
+        assert f.streams[0].closed
+        clock.t = 1003.1  # 3 s later, audio again: first sample at t=1003.0
+        f.streams[1].push(np.full(1600, 0.25))
+        assert wait_for(lambda: ring.write_pos == 3 * 16000 + 1600)
+    finally:
+        stop.set()
+        th.join(5)
+    assert ring.gap_samples == 3 * 16000 - 1600
+    assert np.allclose(ring.read(48000, 49600), 0.25)
+    assert src.reopens >= 1 and m.source_reopens.labels("m")._value.get() >= 1
+
+
+def test_vanished_device_reopens_and_open_failures_back_off():
+    f = Factory(failures=2)
+    src = MicSource("m", stall_timeout=5, backoff_initial=0.01, backoff_max=0.02,
+                    stream_factory=f, clock=Clock())
+    ring, stop, th = run_source(src)
+    try:
+        assert wait_for(lambda: len(f.streams) >= 3 and f.streams[2].started)
+        assert src.open_failures == 2
+        f.streams[2].active = False  # device unplugged: PortAudio stops the stream
+        assert wait_for(lambda: len(f.streams) >= 4 and f.streams[3].started)
+    finally:
+        stop.set()
+        th.join(5)
+    assert not th.is_alive()
+
+
+def test_missing_portaudio_gives_an_actionable_error(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    from streams.mic import sounddevice_factory
+
+    try:
+        sounddevice_factory(None, None, 1, 0, lambda *a: None)
+    except RuntimeError as e:
+        assert "mic" in str(e)
+    else:
+        raise AssertionError("expected RuntimeError")
