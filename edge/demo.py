@@ -81,7 +81,9 @@ def generate_demo(seconds: float = DEMO_SECONDS, seed: int = DEMO_SEED) -> np.nd
             x[i:i + k.size] += k[: max(0, min(k.size, n - i))]
             s += period * (0.85 + 0.3 * rng.random())
     # alarm: two tones with a few harmonics, switching every 0.5 s, soft edges
-    a0, a1 = (int(v * SR) for v in DEMO_EVENTS[1][:2])
+    a0, a1 = (min(n, int(v * SR)) for v in DEMO_EVENTS[1][:2])
+    if a1 - a0 < SR:
+        return np.clip(x, -1.0, 1.0).astype(np.float32)
     ta = np.arange(a1 - a0) / SR
     freq = np.where((ta // 0.5) % 2 == 0, 960.0, 770.0)
     phase = 2 * np.pi * np.cumsum(freq) / SR

@@ -118,13 +118,13 @@ class MqttAudioSource(Source):
         if c.anchor is None:
             c.anchor = f.capture_time
         c.last_seq = f.seq
+        self.accepted += 1
         y = c.conv(f.pcm)
-        if y.size == 0:
+        if y.size == 0:  # the resampler keeps very short frames in its pipeline
             return
         if not np.isfinite(y).all():  # cannot happen after validation; belt and braces
             self._reject(stream, "non_finite")
             return
-        self.accepted += 1
         frame = Frame(stream, c.index, c.anchor + c.index / SAMPLE_RATE, f.seq, y)
         c.index += y.shape[0]
         if self._emit is not None:
