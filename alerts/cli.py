@@ -1,0 +1,136 @@
+"""``flamingo-edge alerts list|show``: read the alert history the daemon writes.
+
+The history is ``<data_dir>/history.sqlite3``. The data directory is, in order:
+``--data-dir``, ``$FLAMINGO_EDGE_DATA_DIR``, the ``data_dir`` of ``--config``, or the
+daemon's default (``$XDG_DATA_HOME/flamingo-edge``). The database is opened read-only,
+so this is safe while the daemon runs. Imports stay cheap (no torch, no numpy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+
+def _data_dir(data_dir: str | None, config: str | None) -> Path:
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if config:
+        from edge.config import ConfigError, load_settings
+
+        try:
+            return load_settings(config).resolved_data_dir()
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
+    env = os.environ.get("FLAMINGO_EDGE_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "flamingo-edge"
+
+
+def _open(data_dir: str | None, config: str | None):  # -> History
+    from alerts.history import History
+
+    path = _data_dir(data_dir, config) / "history.sqlite3"
+    if not path.exists():
+        raise click.ClickException(f"no alert history at {path} (has the daemon run with this data dir?)")
+    return History(path, readonly=True)
+
+
+def _since(value: str | None) -> float | None:
+    """'90m', '2h', '7d', '30s' or an ISO-8601 time."""
+    if not value:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(value[:-1]) * units[value[-1]]
+    try:
+        d = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("use e.g. 30m, 2h, 7d or an ISO-8601 time", param_hint="--since") from None
+    return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).timestamp()
+
+
+_common = [
+    click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                 help="Daemon data directory (default: $FLAMINGO_EDGE_DATA_DIR or the daemon default)."),
+    click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
+                 help="Take the data directory from this daemon config file."),
+]
+
+
+def _with_common(f):  # type: ignore[no-untyped-def]
+    for opt in reversed(_common):
+        f = opt(f)
+    return f
+
+
+@click.group("alerts")
+def alerts() -> None:
+    """Read the alert history (alerts raised, with their evidence clips)."""
+
+
+@alerts.command("list")
+@_with_common
+@click.option("--stream", default=None, help="Only this stream.")
+@click.option("--monitor", default=None, help="Only this monitor.")
+@click.option("--since", default=None, help="Only newer than this: 30m, 2h, 7d or an ISO time.")
+@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (the MQTT payload).")
+def list_cmd(data_dir: str | None, config: str | None, stream: str | None, monitor: str | None,
+             since: str | None, limit: int, as_json: bool) -> None:
+    """List alerts, newest first."""
+    h = _open(data_dir, config)
+    try:
+        rows = h.list_alerts(stream=stream, monitor=monitor, since=_since(since), limit=limit)
+    finally:
+        h.close()
+    if as_json:
+        for a in rows:
+            click.echo(json.dumps(a, sort_keys=True))
+        return
+    if not rows:
+        click.echo("no alerts")
+        return
+    click.echo(f"{'ID':8}  {'RAISED (UTC)':20}  {'STREAM':14}  {'MONITOR':14}  {'SEVERITY':8}  ANSWER")
+    for a in rows:
+        answer = " ".join(str(a.get("answer", "")).split())
+        if len(answer) > 60:
+            answer = answer[:57] + "..."
+        raised = str(a.get("raised_at", ""))[:19].replace("T", " ")
+        click.echo(f"{a['id'][:8]:8}  {raised:20}  {a['stream'][:14]:14}  {a['monitor'][:14]:14}  "
+                   f"{a['severity'][:8]:8}  {answer}")
+
+
+@alerts.command("show")
+@_with_common
+@click.argument("alert_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the alert payload as JSON.")
+def show_cmd(data_dir: str | None, config: str | None, alert_id: str, as_json: bool) -> None:
+    """Show one alert; ALERT_ID may be a unique prefix (as printed by `list`)."""
+    dd = _data_dir(data_dir, config)
+    h = _open(data_dir, config)
+    try:
+        a = h.get_alert(alert_id)
+    finally:
+        h.close()
+    if a is None:
+        raise click.ClickException(f"no single alert matches {alert_id!r}")
+    if as_json:
+        click.echo(json.dumps(a, indent=2, sort_keys=True))
+        return
+    fields = ["id", "raised_at", "stream", "monitor", "severity", "verdict", "question", "answer", "choice",
+              "start", "end", "level_dbfs", "model_id", "latency_s", "boot_id", "seq", "schema_version"]
+    for k in fields:
+        if a.get(k) is not None:
+            click.echo(f"{k + ':':16}{a[k]}")
+    for k in ("clip_flac", "clip_png"):
+        if a.get(k):
+            p = dd / "clips" / a[k]
+            click.echo(f"{k + ':':16}{p}{'' if p.exists() else '  (deleted by retention)'}")
