@@ -24,3 +24,7 @@ from edge.run_cli import publish_audio as _publish_audio, replay as _replay, run
 cli.add_command(_run)
 cli.add_command(_replay)
 cli.add_command(_publish_audio)
+
+from alerts.cli import alerts as _alerts  # noqa: E402
+
+cli.add_command(_alerts)
