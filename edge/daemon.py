@@ -143,6 +143,7 @@ class Daemon:
         loop: bool | None = None,
         on_memory: Any = None,
         boot_id: str | None = None,
+        source_backoff: tuple[float, float] = (1.0, 60.0),
     ) -> None:
         self.settings = settings
         self.model = model
@@ -170,6 +171,7 @@ class Daemon:
         self._watchdog: Any = None
         self._progress: Any = None
         self.started_at: float | None = None
+        self._backoff = source_backoff
 
     # ------------------------------------------------------------ ingest
     def emit(self, frame: Frame) -> None:
@@ -192,7 +194,7 @@ class Daemon:
             self.worker.wait_for_capacity(s.id, self.stop_event)
 
     def _source_main(self, i: int, src: Source) -> None:
-        backoff = 1.0
+        backoff, backoff_max = self._backoff
         while not self.stop_event.is_set():
             try:
                 src.run(self.emit, self.stop_event)
@@ -207,7 +209,7 @@ class Daemon:
                     # a file that cannot be read will not become readable: give up on it
                     break
             self.stop_event.wait(backoff)
-            backoff = min(backoff * 2, 60.0)
+            backoff = min(backoff * 2, backoff_max)
         with self._lock:
             self._finished.add(i)
             if src.finite:

@@ -1,0 +1,148 @@
+"""The daemon with threads: model-free runs, the alert pipeline, http, misbehaving sources."""
+
+import json
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import soundfile as sf
+from click.testing import CliRunner
+
+from edge.cli import cli
+from edge.config import load_settings
+from edge.daemon import CallbackSink, Daemon
+from streams.base import Frame, Source
+from streams.file import FileSource
+
+from .fakes import FakeModel
+
+
+def recording(path, seconds=60, loud=(30, 40)):
+    rng = np.random.default_rng(0)
+    x = (0.01 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+    a, b = (int(v * 16000) for v in loud)
+    x[a:b] += 0.5 * np.sin(np.arange(b - a) * 2 * np.pi * 1000 / 16000).astype(np.float32)
+    sf.write(path, x, 16000, subtype="PCM_16")
+    return path
+
+
+def settings(tmp_path, monitors, **extra):
+    return load_settings(data={"data_dir": str(tmp_path / "data"),
+                               "streams": [{"id": "s", "source": "file", "path": "x"}],
+                               "monitors": monitors, "alerts": {"mqtt": {"enabled": False}},
+                               **extra})
+
+
+GATE = [{"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -20"], "cooldown": 0,
+         "severity": "warning"}]
+
+
+def test_model_free_daemon_runs_to_the_end_with_alerts_and_http(tmp_path):
+    rec = recording(tmp_path / "r.wav")
+    s = settings(tmp_path, GATE + [{"name": "q", "question": "q?", "every": "10s"}],
+                 http={"enabled": True, "port": 0})
+    got = []
+    d = Daemon(s, sources=[FileSource(rec, "s", speed=0, start_time=0.0)], lossless=True,
+               sinks=[CallbackSink(lambda r, a, sr: got.append((r, a)))])
+    d.start()
+    try:
+        assert d.run(timeout=60)
+        port = d.http_endpoint.port
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read())
+    finally:
+        d.stop()
+    assert [(r.monitor, r.verdict) for r, _ in got] == [("loud", "positive"), ("loud", "negative")]
+    r, audio = got[0]
+    assert r.start.timestamp() == 30.0 and r.end.timestamp() == 40.0 and audio.shape == (160000,)
+    assert 'fe_samples_in_total{stream="s"} 960000.0' in metrics
+    assert health["ok"] and health["streams"]["s"]["samples"] == 960000
+    assert (tmp_path / "data" / "history.sqlite3").exists()  # the alert pipeline ran
+
+
+class Flaky(Source):
+    """Raises twice, then plays 20 s and ends."""
+
+    finite = False
+
+    def __init__(self):
+        self.streams = ("s",)
+        self.calls = 0
+
+    def run(self, emit, stop):
+        self.calls += 1
+        if self.calls <= 2:
+            raise RuntimeError("device on fire")
+        for i in range(200):
+            emit(Frame("s", i * 1600, 0.0, i, np.full(1600, 0.5, np.float32)))
+        stop.wait()
+
+
+def test_a_failing_source_is_restarted(tmp_path):
+    s = settings(tmp_path, GATE)
+    src = Flaky()
+    got = []
+    d = Daemon(s, sources=[src], sinks=[CallbackSink(lambda r, a, sr: got.append(r))],
+               alerts=False, source_backoff=(0.01, 0.02))
+    d.start()
+    try:
+        t = time.time() + 20
+        while len(got) < 1 and time.time() < t:
+            time.sleep(0.05)
+    finally:
+        d.stop(timeout=4)
+    assert src.calls == 3 and got and got[0].monitor == "loud"
+
+
+def test_live_mode_never_blocks_ingest_and_counts_dropped_clips(tmp_path):
+    rec = recording(tmp_path / "r.wav", seconds=120)
+    s = settings(tmp_path, [], audio={"max_pending_clips": 1, "encode_batch": 1})
+    model = FakeModel(encode_delay=0.2)
+    d = Daemon(s, model=model, sources=[FileSource(rec, "s", speed=0)], alerts=False)
+    t0 = time.monotonic()
+    d.start()
+    try:
+        assert d.run(timeout=60)
+    finally:
+        d.stop()
+    m = d.metrics
+    encoded = m.clips_encoded.labels("s")._value.get()
+    dropped = m.clips_dropped.labels("s")._value.get()
+    assert encoded + dropped == 12 and dropped > 0
+    assert time.monotonic() - t0 < 0.2 * 12  # the source did not wait for the encoder
+
+
+def test_run_command_plays_the_embedded_demo(tmp_path):
+    res = CliRunner().invoke(cli, ["run", "--speed", "0", "--data-dir", str(tmp_path),
+                                   "--log-format", "json"])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "no AF2 weights given" in out and "--model DIR" in out
+    events = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    results = [e for e in events if e.get("event") == "monitor result"]
+    assert {"loud", "unusual-sound"} <= {e["monitor"] for e in results}
+    assert (tmp_path / "demo" / "machine-room-v1.flac").exists()
+    assert events[-1]["event"] == "stopped"
+
+
+def test_replay_timeline_model_free(tmp_path):
+    rec = recording(tmp_path / "r.wav")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("streams: [{id: s, source: mic}]\nmonitors:\n"
+                   "  - {name: loud, kind: gate, triggers: ['level_dbfs > -20'], cooldown: 0}\n")
+    res = CliRunner().invoke(cli, ["replay", str(rec), "--config", str(cfg), "--no-progress",
+                                   "--data-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    lines = [x for x in res.stdout.splitlines() if x.strip()]
+    assert len(lines) == 2 and "00:30.0-00:40.0" in lines[0] and "positive" in lines[0]
+
+
+def test_invalid_config_fails_before_start(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("alerts: {webhook: {enabled: true, secret: 'abc-very-secret'}}\n"
+                   "streams: [{id: s, source: file}]\n")
+    res = CliRunner().invoke(cli, ["run", "--config", str(cfg)])
+    assert res.exit_code != 0
+    assert "streams.0" in res.output and "alerts.webhook" in res.output
+    assert "abc-very-secret" not in res.output

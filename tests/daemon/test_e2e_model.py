@@ -1,0 +1,122 @@
+"""End to end with the fixture model: a 2-minute recording replayed through the daemon.
+
+A monitor every 30 s of audio gives 4 results; each result's memory is bit-identical to
+`AF2.memory(AF2.encode(clips), mask)` computed offline from the same clips, and its token
+ids equal `AF2.ask` on that offline memory.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / ".." / "shared" / "fixtures" / "af2-tiny"
+QUESTION = "What sound is this? Is anything abnormal?"
+
+
+def _model_dir():
+    for d in (FIXTURE / "checkpoint", FIXTURE):
+        if (d / "safe_ckpt").exists():
+            return d
+    pytest.skip("fixture model not available")
+
+
+@pytest.fixture(scope="module")
+def model():
+    from edge.model import AF2
+
+    return AF2.load(_model_dir())
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    from edge.demo import generate_demo
+
+    p = tmp_path_factory.mktemp("e2e") / "two-minutes.wav"
+    sf.write(p, generate_demo(120.0), 16000, subtype="PCM_16")
+    return p
+
+
+MONITORS = [
+    {"name": "whole", "question": QUESTION, "every": "30s", "window": "5m",
+     "decoding": {"max_new_tokens": 12}},
+    {"name": "recent", "question": "Is there knocking? Answer yes or no.", "every": "30s",
+     "window": "30s", "decoding": {"max_new_tokens": 6}},
+]
+
+
+def test_streaming_equals_offline(model, recording, tmp_path):
+    from edge.config import load_settings
+    from edge.daemon import CallbackSink, Daemon
+    from edge.windows import prepare_clip
+    from streams.file import FileSource
+
+    s = load_settings(data={
+        "data_dir": str(tmp_path),
+        "streams": [{"id": "rec", "source": "file", "path": str(recording)}],
+        "monitors": MONITORS,
+    })
+    results, memories = [], {}
+
+    def on_memory(stream, clip, view, memory):
+        memories[(clip, len(view.clips))] = (view, memory.clone())
+
+    d = Daemon(s, model=model, sources=[FileSource(recording, "rec", speed=0, start_time=0.0)],
+               sinks=[CallbackSink(lambda r, a, sr: results.append(r))], lossless=True,
+               alerts=False, http=False, log_results=False, on_memory=on_memory)
+    d.start()
+    try:
+        assert d.run(timeout=240)
+    finally:
+        d.stop()
+    assert len(results) == 8  # 2 monitors x (30, 60, 90, 120 s)
+    assert sorted({r.end.timestamp() for r in results}) == [30.0, 60.0, 90.0, 120.0]
+
+    # offline: the same clips, the same loudness policy, encoded in one call
+    y, sr = sf.read(recording, dtype="float32")
+    clips = torch.from_numpy(np.stack([prepare_clip(y[i * 160000:(i + 1) * 160000])
+                                       for i in range(12)]))
+    tokens = model.encode(clips)
+    for r in results:
+        k = r.extra["clip"]
+        first = r.extra["clips"][0]
+        mask = torch.ones(k + 1 - first)
+        offline = model.memory(tokens[first:k + 1], mask)
+        view, streamed = memories[(k, k + 1 - first)]
+        assert torch.equal(view.tokens, tokens[first:k + 1])
+        assert torch.equal(streamed, offline), f"memory differs at clip {k}"
+        n = 12 if r.monitor == "whole" else 6
+        ans = model.ask(offline, mask, r.question, max_new_tokens=n)
+        assert list(r.token_ids) == list(ans.token_ids)
+        assert r.answer == ans.text and r.model_id == model.model_id
+        assert r.start.timestamp() == first * 10.0 and r.end.timestamp() == (k + 1) * 10.0
+    whole = sorted((r for r in results if r.monitor == "whole"), key=lambda r: r.end)
+    assert [len(r.extra["clips"]) for r in whole] == [3, 6, 9, 12]
+
+
+def test_replay_cli_json(model, recording, tmp_path):
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+
+    cfg = tmp_path / "c.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump({"streams": [{"id": "rec", "source": "mqtt"}],
+                                   "monitors": MONITORS[1:]}))
+    res = CliRunner().invoke(cli, ["replay", str(recording), "--config", str(cfg), "--json",
+                                   "--no-progress", "--model", str(_model_dir()),
+                                   "--data-dir", str(tmp_path), "--start", "2025-01-01T00:00:00"])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 4
+    for d in lines:
+        assert {"stream", "monitor", "start", "end", "answer", "token_ids", "verdict"} <= set(d)
+        assert d["stream"] == "rec" and d["monitor"] == "recent"
+    assert [d["end_s"] for d in lines] == [30.0, 60.0, 90.0, 120.0]
+    assert lines[0]["start"] == "2025-01-01T00:00:00+00:00"
