@@ -1,0 +1,432 @@
+"""ONNX export of the AF-CLAP (HTS-AT) encoder: waveform clips -> 64 tokens per clip.
+
+The graph holds the whole encoder, mel front end included, with a dynamic batch axis::
+
+    clips  float32 (batch, 160000)   -> tokens float32 (batch, 64, num_features)
+
+The int16 round trip of the official pipeline is *not* in the graph (TensorRT has no int16);
+every backend applies it on the host side before running the graph (edge/encoder_backends.py).
+
+`ExportEncoder` wraps a loaded `HTSAT` and re-expresses its forward for export only; the PyTorch
+model in edge/model/ is not touched. The rewrites keep the arithmetic op for op, so the wrapper
+matches `HTSAT` to float rounding (tests/trt/test_export.py checks it):
+
+* STFT: a strided Conv with the windowed DFT basis; the reflect padding is two constant-index
+  Gathers + Concat (no Pad op, whose reflect mode differs across TensorRT versions);
+* bicubic time resize 1001 -> 1024: a MatMul with a constant (1001, 1024) matrix;
+* Swin window shift / partition / reverse: Slice+Concat (roll) and Reshape/Transpose with static
+  spatial sizes and -1 only on the batch axis, so the batch stays dynamic and no Shape ops remain;
+* relative position bias: precomputed per block as a constant (nH, N, N) tensor (no Gather
+  from the bias table), the shifted-window masks are constants too.
+
+`precision="fp16-mixed"` exports a graph whose matmuls/convolutions run in float16 while the mel
+front end, every LayerNorm, every softmax (and its bias/mask add) and the output stay float32,
+with explicit Casts. That is what a TensorRT *strongly typed* network needs (TensorRT >= 11 drops
+the weak-typing FP16 flag); for TensorRT 10 the float32 graph plus per-layer precision is used.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge.model.config import CLIP_SAMPLES, TOKENS_PER_CLIP
+from edge.model.htsat import HTSAT, PatchMerging, SwinBlock
+from edge.model.mel import HOP, N_FFT
+
+INPUT_NAME = "clips"
+OUTPUT_NAME = "tokens"
+BATCH_DIM = "batch"
+DEFAULT_OPSET = 17
+PRECISIONS = ("fp32", "fp16-mixed")
+SIDECAR_FORMAT = "flamingo-edge-onnx/1"
+# Node-name scope of the mel front end: kept float32 by every TensorRT build (the power spectrum
+# of a full-scale clip reaches ~2.6e5, beyond float16's 65504).
+FRONT_SCOPE = "/front/"
+
+# Every ONNX op the exported encoder may contain. All are supported by the TensorRT 10.3 ONNX
+# parser (JetPack 6) and by ONNX Runtime's CPU provider. `check_onnx` refuses anything else, so a
+# change in the model or in torch's exporter that introduces e.g. STFT/DFT, Pad(reflect), Resize,
+# ScatterND, a Loop or an int16 Cast is caught on the CPU, long before a Jetson sees it.
+ALLOWED_OPS = frozenset({
+    "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "Div", "Erf", "Gather", "Identity",
+    "LayerNormalization", "Log", "MatMul", "Max", "Mul", "Reshape", "Slice", "Softmax",
+    "Sqrt", "Sub", "Transpose", "Unsqueeze", "Squeeze", "Flatten",
+})
+# Element types TensorRT 10 has (no int16, no float64, no strings).
+ALLOWED_ELEM_TYPES = frozenset({1, 6, 7, 9, 10, 16})  # float, int32, int64, bool, float16, bfloat16
+
+
+class ExportError(RuntimeError):
+    """Export or verification failed; the message says what and where."""
+
+
+# ------------------------------------------------------------------------------------------
+# export wrapper
+# ------------------------------------------------------------------------------------------
+class _Front(nn.Module):
+    """Mel front end + bn0 + resize + fold: (B, 160000) -> (B, 1, 256, 256), always float32."""
+
+    def __init__(self, enc: HTSAT) -> None:
+        super().__init__()
+        d, bn, mel = enc.d, enc.bn0, enc.mel
+        self.d, self.n_freqs = d, mel.n_freqs
+        pad = N_FFT // 2
+        # F.pad(reflect) as index gathers: left = x[pad..1], right = x[N-2..N-1-pad]
+        self.register_buffer("left", torch.arange(pad, 0, -1))
+        self.register_buffer("right", torch.arange(CLIP_SAMPLES - 2, CLIP_SAMPLES - 2 - pad, -1))
+        self.register_buffer("basis", mel.basis.detach().float().clone())
+        self.register_buffer("melW", mel.melW.detach().float().clone())
+        self.register_buffer("bn_mean", bn.running_mean.detach().float().clone())
+        self.register_buffer("bn_inv", torch.rsqrt(bn.running_var.detach().float() + bn.eps))
+        self.register_buffer("bn_w", bn.weight.detach().float().clone())
+        self.register_buffer("bn_b", bn.bias.detach().float().clone())
+        self.register_buffer("resize_t", enc.time_resize.detach().float().T.contiguous())
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        d = self.d
+        x = wav.float().unsqueeze(1)  # (B, 1, N)
+        x = torch.cat([x.index_select(2, self.left), x, x.index_select(2, self.right)], 2)
+        spec = F.conv1d(x, self.basis, stride=HOP)  # (B, 2*513, 1001)
+        re, im = spec[:, : self.n_freqs], spec[:, self.n_freqs:]
+        power = re * re + im * im
+        mel = torch.matmul(power.transpose(1, 2), self.melW)  # (B, 1001, 64)
+        mel = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+        x = (mel - self.bn_mean) * self.bn_inv
+        x = x * self.bn_w + self.bn_b
+        x = torch.matmul(x.transpose(1, 2), self.resize_t)  # (B, 64, 1024)
+        x = x.reshape(-1, 1, d.mel_bins, d.freq_ratio, d.spec_size).permute(0, 1, 3, 2, 4)
+        return x.reshape(-1, 1, d.spec_size, d.spec_size)
+
+
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor, mixed: bool) -> torch.Tensor:
+    if not mixed:
+        return norm(x)
+    y = F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(),
+                     norm.eps)
+    return y.to(x.dtype)
+
+
+class _Block(nn.Module):
+    """One Swin block with static spatial sizes and a precomputed position bias."""
+
+    def __init__(self, blk: SwinBlock, mixed: bool) -> None:
+        super().__init__()
+        self.blk, self.mixed = blk, mixed
+        self.res, self.w, self.shift = blk.res, blk.window, blk.shift
+        self.C = blk.norm1.normalized_shape[0]
+        self.n_head = blk.attn.n_head
+        self.N = self.w * self.w
+        self.nW = (self.res // self.w) ** 2
+        bias = blk.attn.position_bias().detach().clone()  # (nH, N, N)
+        self.register_buffer("bias", bias.float() if mixed else bias)
+        self.register_buffer("mask", None if blk.attn_mask is None else blk.attn_mask.detach().clone())
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:  # (B*nW, N, C)
+        a, N, C, nH = self.blk.attn, self.N, self.C, self.n_head
+        qkv = a.qkv(x).reshape(-1, N, 3, nH, C // nH).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * a.scale, qkv[1], qkv[2]
+        attn = q @ k.transpose(-2, -1)
+        if self.mixed:
+            attn = attn.float()
+        attn = attn + self.bias.unsqueeze(0)
+        if self.mask is not None:
+            attn = attn.view(-1, self.nW, nH, N, N) + self.mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, nH, N, N)
+        attn = attn.softmax(dim=-1)
+        if self.mixed:
+            attn = attn.to(v.dtype)
+        return a.proj((attn @ v).transpose(1, 2).reshape(-1, N, C))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H*W, C)
+        H = W = self.res
+        w, C, s = self.w, self.C, self.shift
+        h = _layer_norm(self.blk.norm1, x, self.mixed).reshape(-1, H, W, C)
+        if s:
+            h = torch.roll(h, shifts=(-s, -s), dims=(1, 2))
+        h = h.reshape(-1, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, C)
+        h = self.attention(h)
+        h = h.reshape(-1, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
+        if s:
+            h = torch.roll(h, shifts=(s, s), dims=(1, 2))
+        x = x + h.reshape(-1, H * W, C)
+        return x + self.blk.mlp(_layer_norm(self.blk.norm2, x, self.mixed))
+
+
+class _Merge(nn.Module):
+    def __init__(self, pm: PatchMerging, dim: int, mixed: bool) -> None:
+        super().__init__()
+        self.pm, self.C, self.mixed = pm, dim, mixed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H = W = self.pm.res
+        C = self.C
+        x = x.reshape(-1, H, W, C)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        x = x.reshape(-1, (H // 2) * (W // 2), 4 * C)
+        return self.pm.reduction(_layer_norm(self.pm.norm, x, self.mixed))
+
+
+class ExportEncoder(nn.Module):
+    """Export-only view of an `HTSAT`: same numbers, graph-friendly ops (see module docstring).
+
+    With precision="fp32" the parameters are shared with `enc` when it is float32 (a float32 copy
+    otherwise); "fp16-mixed" works on a float16 copy whose LayerNorm parameters stay float32.
+    """
+
+    def __init__(self, enc: HTSAT, precision: str = "fp32") -> None:
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        mixed = precision == "fp16-mixed"
+        self.front = _Front(enc)  # constants taken before any dtype change
+        if mixed:
+            enc = _converted_copy(enc, torch.float16)
+            for m in enc.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.float()
+        elif enc.patch_embed.proj.weight.dtype != torch.float32:
+            enc = _converted_copy(enc, torch.float32)
+        self.d = enc.d
+        self.mixed = mixed
+        self.compute_dtype = torch.float16 if mixed else torch.float32
+        self.patch_proj, self.patch_norm = enc.patch_embed.proj, enc.patch_embed.norm
+        stages = []
+        for i, stage in enumerate(enc.layers):
+            mods: list[nn.Module] = [_Block(b, mixed) for b in stage.blocks]
+            if stage.downsample is not None:
+                mods.append(_Merge(stage.downsample, enc.d.embed_dim * 2**i, mixed))
+            stages.append(nn.Sequential(*mods))
+        self.stages = nn.ModuleList(stages)
+        self.norm = enc.norm
+        self.num_features = enc.d.num_features
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        d = self.d
+        x = self.front(clips).to(self.compute_dtype)
+        res = d.spec_size // d.patch_size
+        x = self.patch_proj(x).reshape(-1, d.embed_dim, res * res).transpose(1, 2)  # no Shape op
+        x = _layer_norm(self.patch_norm, x, self.mixed)
+        for stage in self.stages:
+            x = stage(x)
+        x = _layer_norm(self.norm, x, self.mixed)  # (B, 8*8, C)
+        C = self.num_features
+        side = d.spec_size // d.patch_size // 2 ** (len(d.depths) - 1)
+        x = x.transpose(1, 2).reshape(-1, C, side, side)
+        c_freq = side // d.freq_ratio
+        x = x.reshape(-1, C, d.freq_ratio, c_freq, side).permute(0, 1, 3, 2, 4)
+        x = x.reshape(-1, C, c_freq * d.freq_ratio * side)
+        x = x.transpose(1, 2)  # (B, 64, C)
+        return x.float() if self.mixed else x
+
+
+def _converted_copy(enc: HTSAT, dtype: torch.dtype, device: str | torch.device | None = None) -> HTSAT:
+    """A copy of `enc` in `dtype` (and on `device`) whose constant buffers are rebuilt in float32,
+    as `AF2.load` builds them."""
+    e = copy.deepcopy(enc).to(device=device, dtype=dtype)
+    for m in e.modules():
+        if hasattr(m, "init_buffers"):
+            m.init_buffers()
+    return e
+
+
+# ------------------------------------------------------------------------------------------
+# hashing / fingerprints
+# ------------------------------------------------------------------------------------------
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def onnx_sha256(path: str | Path) -> str:
+    """Hash of an exported model: the .onnx file plus its external-data file, if any."""
+    path = Path(path)
+    parts = [sha256_file(path)]
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        parts.append(sha256_file(data))
+    return parts[0] if len(parts) == 1 else hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+def weights_fingerprint(enc: nn.Module) -> str:
+    """sha256 over every parameter/buffer of the encoder (name, dtype, shape, bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(enc.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------
+# export + verification
+# ------------------------------------------------------------------------------------------
+@dataclass
+class OnnxInfo:
+    """The sidecar written next to an exported model (`<name>.onnx.json`)."""
+
+    format: str
+    path: str
+    precision: str
+    opset: int
+    input_name: str
+    output_name: str
+    num_features: int
+    tokens_per_clip: int
+    clip_samples: int
+    htsat: dict[str, Any]
+    weights_fingerprint: str
+    onnx_sha256: str
+    torch_version: str
+    export_seconds: float
+    ops: dict[str, int]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "OnnxInfo":
+        d = json.loads(text)
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+def sidecar_path(onnx_path: str | Path) -> Path:
+    p = Path(onnx_path)
+    return p.with_name(p.name + ".json")
+
+
+def read_sidecar(onnx_path: str | Path) -> OnnxInfo | None:
+    try:
+        return OnnxInfo.from_json(sidecar_path(onnx_path).read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _htsat_of(model_or_encoder) -> HTSAT:
+    if isinstance(model_or_encoder, HTSAT):
+        return model_or_encoder
+    enc = getattr(getattr(model_or_encoder, "modules", None), "encoder", None)
+    if isinstance(enc, HTSAT):
+        return enc
+    raise TypeError(f"expected an AF2 model or an HTSAT encoder, got {type(model_or_encoder).__name__}")
+
+
+def export_onnx(model_or_encoder, path: str | Path, *, precision: str = "fp32",
+                opset: int = DEFAULT_OPSET, check: bool = True) -> OnnxInfo:
+    """Export the encoder of an `AF2` (or a bare `HTSAT`) to `path`; write the sidecar JSON.
+
+    The trace runs on the CPU in float32 (or float16 for "fp16-mixed") with a batch of 2, and the
+    batch axis is declared dynamic. With `check`, `check_onnx` runs on the result.
+    """
+    if opset < 17:
+        raise ValueError("opset must be >= 17 (LayerNormalization)")
+    enc = _htsat_of(model_or_encoder)
+    if enc.patch_embed.proj.weight.device.type != "cpu":
+        enc = _converted_copy(enc, torch.float32, "cpu")  # trace on the CPU, in float32
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    fingerprint = weights_fingerprint(enc)
+    wrapper = ExportEncoder(enc, precision).eval()
+    dummy = torch.rand(2, CLIP_SAMPLES) * 1.8 - 0.9
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (dummy,), str(tmp), dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
+            do_constant_folding=True, export_params=True,
+        )
+    _set_output_shape(tmp, enc.d.num_features)
+    tmp.replace(path)
+    ops = check_onnx(path, num_features=enc.d.num_features) if check else {}
+    info = OnnxInfo(
+        format=SIDECAR_FORMAT, path=path.name, precision=precision, opset=opset,
+        input_name=INPUT_NAME, output_name=OUTPUT_NAME, num_features=enc.d.num_features,
+        tokens_per_clip=TOKENS_PER_CLIP, clip_samples=CLIP_SAMPLES,
+        htsat={**asdict(enc.d), "depths": list(enc.d.depths), "num_heads": list(enc.d.num_heads)},
+        weights_fingerprint=fingerprint, onnx_sha256=onnx_sha256(path),
+        torch_version=torch.__version__, export_seconds=round(time.perf_counter() - t0, 2),
+        ops=ops,
+    )
+    sidecar_path(path).write_text(info.to_json())
+    return info
+
+
+def _set_output_shape(path: Path, num_features: int) -> None:
+    """The tracer leaves the token dims symbolic after the final Reshape/Transpose; state them
+    (batch, 64, D) so consumers (TensorRT, ORT, our checks) see the static part of the shape."""
+    import onnx
+
+    model = onnx.load(str(path))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, (BATCH_DIM, TOKENS_PER_CLIP, num_features)):
+        d.Clear()
+        if isinstance(v, str):
+            d.dim_param = v
+        else:
+            d.dim_value = v
+    onnx.save(model, str(path))
+
+
+def check_onnx(path: str | Path, num_features: int | None = None) -> dict[str, int]:
+    """onnx.checker + our own TensorRT-readiness rules. Returns the op histogram.
+
+    Raises `ExportError` naming the first problem: an op outside `ALLOWED_OPS`, an element type
+    TensorRT lacks, a non-dynamic batch axis, or a wrong input/output signature.
+    """
+    import onnx
+
+    path = Path(path)
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"{path}: onnx.checker failed: {str(e).splitlines()[0]}") from None
+    model = onnx.load(str(path), load_external_data=False)
+    g = model.graph
+    opsets = {o.domain: o.version for o in model.opset_import}
+    if opsets.get("", opsets.get("ai.onnx", 0)) < 17:
+        raise ExportError(f"{path}: opset {opsets} < 17")
+    hist: dict[str, int] = {}
+    for node in g.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise ExportError(f"{path}: custom-domain op {node.domain}::{node.op_type} ({node.name})")
+        hist[node.op_type] = hist.get(node.op_type, 0) + 1
+        if node.op_type not in ALLOWED_OPS:
+            raise ExportError(f"{path}: op {node.op_type} ({node.name}) is not on the TensorRT 10.3 "
+                              "allow-list of this exporter")
+        if node.op_type == "Cast":
+            to = next(a.i for a in node.attribute if a.name == "to")
+            if to not in ALLOWED_ELEM_TYPES:
+                raise ExportError(f"{path}: Cast to element type {to} ({node.name}) that TensorRT lacks")
+    for init in g.initializer:
+        if init.data_type not in ALLOWED_ELEM_TYPES:
+            raise ExportError(f"{path}: initializer {init.name} has element type {init.data_type}")
+    if [i.name for i in g.input] != [INPUT_NAME] or [o.name for o in g.output] != [OUTPUT_NAME]:
+        raise ExportError(f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, got "
+                          f"{[i.name for i in g.input]} -> {[o.name for o in g.output]}")
+    ish = [d.dim_param or d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
+    osh = [d.dim_param or d.dim_value for d in g.output[0].type.tensor_type.shape.dim]
+    if ish != [BATCH_DIM, CLIP_SAMPLES]:
+        raise ExportError(f"{path}: input shape {ish}, expected [{BATCH_DIM!r}, {CLIP_SAMPLES}]")
+    want = [BATCH_DIM, TOKENS_PER_CLIP, num_features] if num_features else None
+    if osh[0] != BATCH_DIM or (want and osh != want):
+        raise ExportError(f"{path}: output shape {osh}, expected {want or [BATCH_DIM, '...']}")
+    if g.input[0].type.tensor_type.elem_type != 1 or g.output[0].type.tensor_type.elem_type != 1:
+        raise ExportError(f"{path}: input and output must be float32")
+    return dict(sorted(hist.items()))
