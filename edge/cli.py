@@ -28,3 +28,7 @@ cli.add_command(_publish_audio)
 from alerts.cli import alerts as _alerts  # noqa: E402
 
 cli.add_command(_alerts)
+
+from trt_builders.cli import engines as _engines  # noqa: E402
+
+cli.add_command(_engines)
