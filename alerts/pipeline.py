@@ -144,9 +144,13 @@ class AlertPipeline:
         if self.mqtt is not None:
             delivered = self.mqtt.stop(max(0.0, deadline - time.monotonic()))
         pending = self.outbox.count() if self.outbox else 0
-        for db in (self.outbox, self.history):
-            if db is not None and (self._worker is None or not self._worker.is_alive()):
-                db.close()
+        # close the databases only when no thread can still use them (a thread that
+        # overran its share of the timeout is a daemon thread and dies with the process)
+        threads = [self._worker, getattr(self.mqtt, "_thread", None), getattr(self.webhook, "_thread", None)]
+        if not any(t is not None and t.is_alive() for t in threads):
+            for db in (self.outbox, self.history):
+                if db is not None:
+                    db.close()
         log.info("alert pipeline stopped", delivered=delivered and pending == 0, outbox_pending=pending)
         return delivered and pending == 0
 
