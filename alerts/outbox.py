@@ -62,6 +62,7 @@ class Outbox:
         self._config = config
         self._metrics = metrics
         self._lock = threading.Lock()
+        self._closed = False
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -70,6 +71,7 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
 
     def add(self, alert_id: str, payload: str, sinks: list[str], created: float | None = None) -> None:
@@ -94,6 +96,9 @@ class Outbox:
             return [OutboxRow(*r) for r in cur.fetchall()]
 
     def count(self, sink: str | None = None) -> int:
+        """Undelivered alerts (distinct ids), or rows of one sink; -1 once closed."""
+        if self._closed:
+            return -1
         with self._lock:
             if sink is None:
                 return self._db.execute("SELECT COUNT(DISTINCT alert_id) FROM outbox").fetchone()[0]

@@ -244,3 +244,21 @@ def test_submit_never_blocks_and_counts_drops(tmp_path: Path) -> None:
         gate.set()
         p.stop(2)
     assert p.submit(result()) is False  # after stop
+
+
+def test_tls_missing_client_certificate_is_a_clear_error(
+    mosquitto: Callable[..., Mosquitto], tmp_path: Path, pki: Pki, log_capture: io.StringIO,
+) -> None:
+    broker = mosquitto(tls=pki, require_client_cert=True)
+    cfg = fast_config(broker, tls={"enabled": True, "ca_file": str(pki.ca_cert)})
+    cfg.mqtt.host = "localhost"
+    p = AlertPipeline(cfg, Metrics(), "b", tmp_path).start()
+    try:
+        def failures() -> list[dict]:
+            return [e for e in log_events(log_capture) if e["event"] == "mqtt connection failed"]
+
+        assert wait_until(lambda: len(failures()) >= 2, 15)
+        assert {e["reason"] for e in failures()} <= {"tls", "lost_before_connack"}
+        assert p.mqtt is not None and not p.mqtt.connected
+    finally:
+        p.stop(1)
