@@ -187,3 +187,42 @@ def test_against_real_mosquitto(broker):
     np.testing.assert_allclose(got, expect, atol=1e-6)
     assert ring.gap_samples == 2 * N
     assert src.rejects == {"duplicate": 1, "too_short": 1}
+
+
+def test_daemon_with_an_mqtt_stream_and_the_publisher_cli(broker, tmp_path):
+    """publish-audio -> broker -> daemon MQTT source -> ring -> gate monitor result."""
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+    from edge.config import load_settings
+    from edge.daemon import CallbackSink, Daemon
+
+    x = np.zeros(16000 * 20, np.float32)
+    x[16000 * 10:] = 0.5 * np.sin(np.arange(16000 * 10) * 2 * np.pi * 440 / 16000)
+    rec = tmp_path / "r.wav"
+    sf.write(rec, x, 16000, subtype="PCM_16")
+    s = load_settings(data={
+        "data_dir": str(tmp_path / "d"),
+        "mqtt": {"port": broker.port, "topic_prefix": "fe"},
+        "streams": [{"id": "press", "source": "mqtt"}],
+        "monitors": [{"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -20"]}],
+        "alerts": {"mqtt": {"enabled": False}},
+    })
+    got = []
+    d = Daemon(s, sinks=[CallbackSink(lambda r, a, sr: got.append(r))], alerts=False)
+    d.start()
+    try:
+        src = d.sources[0]
+        assert src.subscribed.wait(10)
+        res = CliRunner().invoke(cli, ["publish-audio", str(rec), "--stream", "press", "--port",
+                                       str(broker.port), "--prefix", "fe", "--speed", "0"])
+        assert res.exit_code == 0, res.output
+        t = time.time() + 15
+        while not got and time.time() < t:
+            time.sleep(0.05)
+    finally:
+        d.stop(timeout=4)
+    assert got and got[0].stream == "press" and got[0].verdict == "positive"
+    assert got[0].end.timestamp() - got[0].start.timestamp() == 10.0
+    assert d.metrics.samples_in.labels("press")._value.get() == 16000 * 20
