@@ -38,16 +38,27 @@ WEIGHTS_HINT = (
 )
 
 
+def mmss(seconds: float) -> str:
+    """12.0 -> '0:12.0', 59.99999 -> '1:00.0'."""
+    m, s = divmod(round(seconds, 1), 60)
+    return f"{int(m)}:{s:04.1f}"
+
+
 class LogSink:
     """Logs every result (one line each)."""
 
-    def __init__(self, logger: Any = None) -> None:
+    def __init__(self, logger: Any = None, origin_of: Callable[[str], float | None] | None = None
+                 ) -> None:
         self.log = logger or structlog.get_logger("edge.results")
+        self.origin_of = origin_of  # UTC seconds of a stream's first sample, for `at=mm:ss`
 
     def submit(self, r: MonitorResult, audio: np.ndarray | None, sample_rate: int) -> None:
         kw: dict[str, Any] = dict(stream=r.stream, monitor=r.monitor, verdict=r.verdict,
                                   start=r.start.isoformat(timespec="seconds"),
                                   end=r.end.isoformat(timespec="seconds"))
+        t0 = self.origin_of(r.stream) if self.origin_of else None
+        if t0 is not None:
+            kw["at"] = f"{mmss(r.start.timestamp() - t0)}-{mmss(r.end.timestamp() - t0)}"
         if r.answer:
             kw["answer"] = r.answer
         if r.level_dbfs is not None:
@@ -193,6 +204,12 @@ class Daemon:
         if self.lossless:
             self.worker.wait_for_capacity(s.id, self.stop_event)
 
+    def _stream_origin(self, stream: str) -> float | None:
+        s = self.streams.get(stream)
+        if s is None or s.ring.origin is None:
+            return None
+        return s.ring.time_of(s.ring.origin)
+
     def _source_main(self, i: int, src: Source) -> None:
         backoff, backoff_max = self._backoff
         while not self.stop_event.is_set():
@@ -228,7 +245,7 @@ class Daemon:
             log.info("model-free mode: level and novelty gate only")
         sinks: list[Any] = []
         if self._log_results:
-            sinks.append(LogSink())
+            sinks.append(LogSink(origin_of=self._stream_origin))
         if self._want_alerts:
             try:
                 from alerts.pipeline import AlertPipeline

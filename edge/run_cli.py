@@ -118,7 +118,8 @@ def _replay_settings(config: str | None, path: Path, stream: str | None, data_di
 
 
 def _fmt_offset(s: float) -> str:
-    return f"{int(s // 60):02d}:{s % 60:04.1f}"
+    m, sec = divmod(round(s, 1), 60)
+    return f"{int(m):02d}:{sec:04.1f}"
 
 
 @click.command("replay")
