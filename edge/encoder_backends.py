@@ -267,7 +267,7 @@ def fallback_chain(kind: str, device: str = "cuda", dtype: str = "float16") -> l
 
     tensorrt     -> onnxruntime CUDA -> torch cuda (same dtype) -> onnxruntime CPU -> torch cpu fp32
     onnxruntime  -> (CUDA: onnxruntime CPU) -> torch on the same device -> torch cpu fp32
-    torch cuda   -> torch cpu float32
+    torch        -> torch cpu float32
     """
     if kind not in KINDS:
         raise ValueError(f"unknown encoder backend {kind!r}; expected one of {', '.join(KINDS)}")
@@ -285,9 +285,7 @@ def fallback_chain(kind: str, device: str = "cuda", dtype: str = "float16") -> l
             chain += [Candidate("torch", "cuda", dtype), Candidate("onnxruntime", "cpu", "float32")]
         chain.append(cpu_torch)
     else:
-        chain = [Candidate("torch", device, dtype)]
-        if device == "cuda":
-            chain.append(cpu_torch)
+        chain = [Candidate("torch", device, dtype), cpu_torch]
     out: list[Candidate] = []
     for c in chain:  # drop duplicates, keep order
         if c not in out:
