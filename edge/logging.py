@@ -32,11 +32,15 @@ import structlog
 MASK = "***"
 _KEY = r"(?:[\w-]*(?:pass(?:word|wd|phrase)?|secret|token|api[_-]?key|auth(?:orization)?|credential|private[_-]?key|cookie)[\w-]*)"
 _SENSITIVE_KEY = re.compile(rf"^{_KEY}$", re.I)
+# keys that name a secret whatever the value's type (a numeric password is still a password)
+_STRONG_KEY = re.compile(r"pass(?:word|wd|phrase)?|secret|api[_-]?key|credential|private[_-]?key|cookie", re.I)
 _PATTERNS = [
     # (first) Authorization: Bearer xyz / Basic xyz
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), rf"\1 {MASK}"),
     # key=value, key: value (unquoted, up to whitespace/comma/bracket)
-    (re.compile(rf"(?i)(\b{_KEY}\s*[=:]\s*)(?!['\"])([^\s,;)}}\]]+)"), rf"\1{MASK}"),
+    # (plain numbers are left alone: `tokens_per_second=41.5` is not a secret)
+    (re.compile(rf"(?i)(\b{_KEY}\s*[=:]\s*)(?!['\"])(?![-+]?\d+(?:\.\d+)?(?:[\s,;)}}\]]|$))([^\s,;)}}\]]+)"),
+     rf"\1{MASK}"),
     # 'key': 'value' / "key": "value" / key='value' (dict reprs, JSON, pydantic input_value)
     (re.compile(rf"(?i)(['\"]?\b{_KEY}['\"]?\s*[=:]\s*)(['\"])(?:\\.|(?!\2).)*\2"), rf"\1\2{MASK}\2"),
     # scheme://user:password@host
@@ -71,6 +75,18 @@ def redact_text(s: str) -> str:
     return s
 
 
+def _secret_like(key: str, v: Any) -> bool:
+    """Whether the value under a credential-like key is masked. Containers are searched
+    key by key instead; under token/auth-like keys numbers stay readable, so
+    ``token_ids=[1, 2]`` or ``max_new_tokens=64`` are kept; under password/secret-like
+    keys everything but None and "" is masked."""
+    if v is None or v == "" or isinstance(v, (dict, list, tuple, set)):
+        return False
+    if _STRONG_KEY.search(key):
+        return True
+    return not isinstance(v, (bool, int, float))
+
+
 def _redact(value: Any, depth: int = 0) -> Any:
     if depth > 8:
         return value
@@ -78,7 +94,7 @@ def _redact(value: Any, depth: int = 0) -> Any:
         return redact_text(value)
     if isinstance(value, dict):
         return {
-            k: (MASK if isinstance(k, str) and _SENSITIVE_KEY.match(k) and v not in (None, "") else _redact(v, depth + 1))
+            k: (MASK if isinstance(k, str) and _SENSITIVE_KEY.match(k) and _secret_like(k, v) else _redact(v, depth + 1))
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple, set)):

@@ -114,3 +114,14 @@ def test_secret_files(tmp_path) -> None:
     (tmp_path / "pw").write_text(SECRET + "\n")
     cfg = AlertsConfig.model_validate({"mqtt": {"username": "u", "password_file": str(tmp_path / "pw")}})
     assert cfg.mqtt.password.get_secret_value() == SECRET  # type: ignore[union-attr]
+
+
+def test_numbers_and_token_ids_are_not_over_redacted(log_capture: io.StringIO) -> None:
+    structlog.get_logger("q").info("query done", tokens_per_second=41.5, token_ids=[1, 2, 3], max_new_tokens=64,
+                                   auth_token="tok-Secret-99", password=987654)
+    structlog.get_logger("q").info("decode tokens_per_second=41.5 n_tokens: 12 api_token=tok-Secret-99")
+    ev = log_events(log_capture)
+    assert ev[0]["tokens_per_second"] == 41.5 and ev[0]["token_ids"] == [1, 2, 3] and ev[0]["max_new_tokens"] == 64
+    assert ev[0]["auth_token"] == MASK and ev[0]["password"] == MASK
+    assert "tokens_per_second=41.5" in ev[1]["event"] and "n_tokens: 12" in ev[1]["event"]
+    assert "tok-Secret-99" not in log_capture.getvalue()

@@ -170,8 +170,9 @@ def test_tls_with_client_certificate(
 def test_tls_wrong_ca_is_a_clear_error_with_backoff(
     mosquitto: Callable[..., Mosquitto], tmp_path: Path, pki: Pki, other_pki: Pki, log_capture: io.StringIO,
 ) -> None:
-    broker = mosquitto(tls=pki)
-    cfg = fast_config(broker, tls={"enabled": True, "ca_file": str(other_pki.ca_cert)})
+    broker = mosquitto(tls=pki, users={"edge": BROKER_PASSWORD})
+    cfg = fast_config(broker, tls={"enabled": True, "ca_file": str(other_pki.ca_cert)}, username="edge",
+                      password=BROKER_PASSWORD)
     cfg.mqtt.host = "localhost"
     p = AlertPipeline(cfg, Metrics(), "b", tmp_path).start()
     try:
@@ -183,6 +184,7 @@ def test_tls_wrong_ca_is_a_clear_error_with_backoff(
         assert wait_until(lambda: p.outbox.count("mqtt") == 1)  # type: ignore[union-attr]
     finally:
         p.stop(1)
+    assert BROKER_PASSWORD not in log_capture.getvalue()
 
 
 def test_acl_denial_is_detected_logged_and_retried(
@@ -262,3 +264,27 @@ def test_tls_missing_client_certificate_is_a_clear_error(
         assert p.mqtt is not None and not p.mqtt.connected
     finally:
         p.stop(1)
+
+
+def test_online_carries_boot_id_as_mqtt5_user_property(broker: Mosquitto, tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: list[mqtt.MQTTMessage] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="v5-sub", protocol=mqtt.MQTTv5)
+    subscribed = threading.Event()
+    sub.on_message = lambda _c, _u, m: got.append(m)
+    sub.on_subscribe = lambda *_a: subscribed.set()
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    sub.subscribe("fe-test/status", qos=1)
+    assert subscribed.wait(5)
+    p = AlertPipeline(fast_config(broker), Metrics(), "boot-V5", tmp_path).start()
+    try:
+        assert wait_until(lambda: any(m.payload == b"online" for m in got), 10)
+    finally:
+        p.stop(5)
+        sub.loop_stop()
+        sub.disconnect()
+    online = next(m for m in got if m.payload == b"online")
+    assert ("boot_id", "boot-V5") in online.properties.UserProperty
