@@ -82,10 +82,9 @@ class SelfAttention(nn.Module):
             k, v = self.k_cache[:, :, :S], self.v_cache[:, :, :S]
             mask = input_pos[:, None] >= torch.arange(S, device=x.device)[None, :]  # (T, S)
             causal = False
-        rep = self.n_head // self.n_kv
-        k = k.repeat_interleave(rep, dim=1)
-        v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1)
+        # grouped-query attention without materialising repeated K/V heads
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1,
+                                             enable_gqa=self.n_head != self.n_kv)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
