@@ -200,7 +200,7 @@ class AF2:
         dec.setup_cache(1, T + max_new_tokens)
         t0 = time.perf_counter()
         ids = torch.tensor([prompt_ids], device=self.device)
-        logits = dec(ids, xkv, input_pos=torch.arange(T, device=self.device))[0, -1]
+        logits = dec(ids, xkv, input_pos=torch.arange(T, device=self.device), last_only=True)[0, -1]
         t_prefill = time.perf_counter() - t0
         out: list[int] = []
         finished = False

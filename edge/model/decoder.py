@@ -220,14 +220,15 @@ class Decoder(nn.Module):
             att.k_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
             att.v_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
 
-    def forward(self, ids: torch.Tensor, xkv: CrossKV,
-                input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """ids (B, T) -> logits (B, T, V) in float32. `input_pos` (T,) selects the cached path."""
+    def forward(self, ids: torch.Tensor, xkv: CrossKV, input_pos: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """ids (B, T) -> logits (B, T, V) in float32. `input_pos` (T,) selects the cached path;
+        `last_only` projects only the last position onto the vocabulary (prefill)."""
         h = self.embed_tokens(ids)
         pos = input_pos if input_pos is not None else torch.arange(ids.shape[1], device=ids.device)
         cos, sin = rope_cos_sin(pos, self.d.head_dim, self.d.rope_theta, h.dtype)
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, input_pos, xkv.k[i], xkv.v[i], xkv.mask)
-        h = self.norm(h)
+        h = self.norm(h[:, -1:] if last_only else h)
         w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(h, w).float()
