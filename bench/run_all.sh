@@ -1,0 +1,11 @@
+#!/bin/sh
+# Every benchmark of docs/PERFORMANCE.md, in order (about 15-20 min on a 2-core CPU).
+# THREADS=1 sh bench/run_all.sh  -> single-threaded runs (results/<name>-t1.json), the robust
+# choice on a shared machine; without THREADS torch's default thread count is used.
+set -e
+cd "$(dirname "$0")/.."
+T=${THREADS:+--threads $THREADS}
+python bench/bench_encoder.py $T
+python bench/bench_decoder.py $T
+python bench/bench_query.py $T
+python bench/bench_load.py
