@@ -32,3 +32,7 @@ cli.add_command(_alerts)
 from trt_builders.cli import engines as _engines  # noqa: E402
 
 cli.add_command(_engines)
+
+from edge.model_cli import model as _model  # noqa: E402
+
+cli.add_command(_model)
