@@ -1,0 +1,123 @@
+"""Print the tables of docs/PERFORMANCE.md from bench/results/*.json (markdown on stdout).
+
+    python bench/report.py [--threads 1]      # results/<bench>-t1.json; default: <bench>.json
+
+Paste the output over the matching tables when the benchmarks are rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(name: str) -> dict | None:
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _machine(d: dict) -> str:
+    m = d["machine"]
+    return (f"*{m['cpu_model']}, {m['usable_cpus']} CPUs, torch {m['torch']}, "
+            f"{m['torch_threads']} thread(s), {m['date']}, commit {m['git_commit']}, load average "
+            f"{m['loadavg_at_start'][0]:.1f} -> {m['loadavg_at_end'][0]:.1f}*")
+
+
+def encoder(d: dict) -> str:
+    r = d["results"]
+    rows = ["| dtype | path | s/clip (wall) | CPU s/clip | GFLOP/s (121.4 GFLOP/clip) | "
+            "of this CPU's matmul rate |", "|---|---|---|---|---|---|"]
+    labels = {"batch1": "batch 1: `encode(1 clip)`", "batch3_api": "batch 3: `encode(3 clips)`",
+              "batch3_raw": "batch 3: encoder module, B=3"}
+    for name, x in r["dtypes"].items():
+        peak = r["matmul_peak_gflops"][name]
+        for key, label in labels.items():
+            run = x["runs"][key]
+            rows.append(f"| {name} | {label} | {run['s_per_clip']:.3f} | {run['cpu_s_per_clip']:.3f} "
+                        f"| {run['achieved_gflops']:.0f} | {100 * run['fraction_of_matmul_peak']:.0f}% "
+                        f"of {peak:.0f} GFLOP/s |")
+    extra = []
+    for name, x in r["dtypes"].items():
+        extra.append(f"{name}: batching 3 clips in one module call is "
+                     f"{x['speedup_batch3_raw_vs_api']:.2f}x the per-clip API (relative difference "
+                     f"of the tokens {x['batch3_raw_vs_api_rel_err']:.1e}); FlopCounterMode counts "
+                     f"{x['flop_counter_gflop_per_clip']:.1f} GFLOP per clip"
+                     + (f"; note: {'; '.join(x['notes'])}" if x["notes"] else ""))
+    return "\n".join(rows) + "\n\n" + "\n".join(f"- {e}" for e in extra) + "\n\n" + _machine(d)
+
+
+def decoder(d: dict) -> str:
+    r = d["results"]
+    rows = ["| dtype | cross K/V cached (ours) | recomputed each step (official) | speedup, wall | "
+            "median step, cached / recomputed | speedup, CPU time per step | same ids |",
+            "|---|---|---|---|---|---|---|"]
+    for name, x in r["dtypes"].items():
+        ms = x["median_step_s"]
+        rows.append(
+            f"| {name} | {x['cached']['tokens_per_s']:.2f} tok/s | {x['recomputed']['tokens_per_s']:.2f} "
+            f"tok/s | **{x['speedup']:.1f}x** | {1e3 * ms['cached']:.0f} / {1e3 * ms['recomputed']:.0f} ms "
+            f"| {x['speedup_median_step_cpu']:.1f}x | {'yes' if x['same_token_ids'] else 'NO'} |")
+    x = next(iter(r["dtypes"].values()))
+    return ("\n".join(rows) + f"\n\n{r['release']} LM dims ({x['decoder_params'] / 1e6:.0f} M "
+            f"decoder parameters with the cross-attention blocks), memory {x['memory_tokens']} tokens "
+            f"({r['windows']} windows), prompt {x['prompt_tokens']} tokens, {x['new_tokens']} greedy "
+            f"tokens; recomputing the cross K/V costs {x['cross_kv_gflop_per_forward']:.0f} GFLOP per "
+            f"forward pass.\n\n" + _machine(d))
+
+
+def query(d: dict) -> str:
+    r = d["results"]
+    rows = ["| dtype | official: encode 30 clips + audio transformer + generate (recomputed K/V) | "
+            "ours: audio transformer + cross K/V + cached generate | speedup, wall | speedup, CPU time "
+            "| same ids |", "|---|---|---|---|---|---|"]
+    for name, x in r["dtypes"].items():
+        o, u = x["official"], x["ours"]
+        rows.append(
+            f"| {name} | {o['total_s']:.1f} s ({o['encode_s']:.1f} + {o['audio_transformer_s']:.2f} + "
+            f"{o['generate_s']:.1f}) | {u['total_s']:.2f} s ({u['audio_transformer_s']:.2f} + "
+            f"{u['cross_kv_s']:.2f} + {u['generate_s'] - u['cross_kv_s']:.2f}) | **{x['speedup']:.1f}x** "
+            f"| {x['speedup_cpu_time']:.1f}x | {'yes' if x['same_token_ids'] else 'NO'} |")
+    x = next(iter(r["dtypes"].values()))
+    return ("\n".join(rows) + f"\n\n{x['windows']} windows, prompt {x['prompt_tokens']} tokens, "
+            f"{x['new_tokens']} greedy tokens.\n\n" + _machine(d))
+
+
+def load(d: dict) -> str:
+    r = d["results"]
+    c = r["checkpoint"]
+    rows = ["| loader | dtype | wall | peak RSS (VmHWM) | peak anonymous RSS | model | peak / model "
+            "| goal <= 1.3x |", "|---|---|---|---|---|---|---|---|"]
+    names = {"ours": "`AF2.load` (streamed, mmap)", "ours_proposed": "`AF2.load` + proposed patch",
+             "official": "official: every chunk into memory"}
+    gib = 2**30
+    for key, x in r["runs"].items():
+        who, dtype = key.rsplit("_", 1)
+        ok = "yes" if x["peak_over_model"] <= 1.3 else "no"
+        rows.append(f"| {names.get(who, who)} | {dtype} | {x['wall_s']:.1f} s | "
+                    f"{x['vm_hwm'] / gib:.2f} GiB | {x['peak_rss_anon_sampled'] / gib:.2f} GiB | "
+                    f"{x['model_bytes'] / gib:.2f} GiB | {x['peak_over_model']:.2f}x | {ok} |")
+    return ("\n".join(rows) + f"\n\nSynthetic checkpoint in the official layout: 0.5B keys with "
+            f"{c['layers']} LM layers, {c['keys']} tensors, {c['safe_ckpt_bytes'] / 1e9:.2f} GB of "
+            f"safe_ckpt in {c['chunks']} chunks + {c['clap_ckpt_bytes'] / 1e9:.2f} GB AF-CLAP pickle; "
+            f"page cache warm. Peak RSS includes the interpreter (~{r['runs']['ours_float32']['baseline_rss'] / gib:.2f} "
+            f"GiB before loading).\n\n" + _machine(d))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    sfx = f"-t{args.threads}" if args.threads else ""
+    for title, name, fn in (("Encoder", "encoder" + sfx, encoder), ("Decoder", "decoder" + sfx, decoder),
+                            ("Query", "query" + sfx, query), ("Load", "load", load)):
+        d = _load(name)
+        print(f"### {title} ({name}.json)\n")
+        print(fn(d) if d else "(no results)")
+        print()
+
+
+if __name__ == "__main__":
+    main()
