@@ -32,9 +32,9 @@ log = structlog.get_logger("edge.daemon")
 
 WEIGHTS_HINT = (
     "no AF2 weights given: only the model-free level/novelty gate runs. To run the AF2 "
-    "monitors, download a checkpoint (e.g. `flamingo-edge model fetch`, or "
-    "`huggingface-cli download nvidia/audio-flamingo-2-0.5B --local-dir DIR` plus the matching "
-    "Qwen2.5 tokenizer, see the README) and pass `--model DIR` or set model.dir"
+    "monitors too, fetch a checkpoint with `flamingo-edge model fetch 0.5B --dir models/af2-0.5b` "
+    "(needs the `hub` extra; see docs/MODELS.md) and pass `--model models/af2-0.5b` "
+    "(or set model.dir / FLAMINGO_EDGE_MODEL__DIR)"
 )
 
 
