@@ -118,7 +118,7 @@ def test_run_command_plays_the_embedded_demo(tmp_path):
                                    "--log-format", "json"])
     assert res.exit_code == 0, res.output
     out = res.output
-    assert "no AF2 weights given" in out and "--model DIR" in out
+    assert "no AF2 weights given" in out and "flamingo-edge model fetch" in out and "--model" in out
     events = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     results = [e for e in events if e.get("event") == "monitor result"]
     assert {"loud", "unusual-sound"} <= {e["monitor"] for e in results}
