@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.pcm import int16_roundtrip
+
 CLIP_SAMPLES = 160000
 
 
@@ -63,12 +65,6 @@ class ClipScheduler:
 
 
 # ------------------------------------------------------------------ loudness policy
-def int16_roundtrip(x: np.ndarray) -> np.ndarray:
-    """The official quantisation step (`edge.model.audio.int16_roundtrip`, without torch)."""
-    q = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
-    return (q / 32767.0).astype(np.float32)
-
-
 def loudness_gain(x: np.ndarray, policy: str = "peak", max_gain_db: float = 24.0,
                   gain_db: float = 0.0) -> float:
     """The linear gain the streaming loudness policy applies to one clip.

@@ -12,31 +12,16 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from edge.pcm import int16_roundtrip, peak_normalise
+
 from .config import CLIP_SAMPLES, SAMPLE_RATE
 
-
-def int16_roundtrip(x: np.ndarray) -> np.ndarray:
-    """clip to [-1, 1], truncate to int16, back to float32: the official quantisation step."""
-    q = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
-    return (q / 32767.0).astype(np.float32)
+__all__ = ["int16_roundtrip", "int16_roundtrip_torch", "peak_normalise", "prepare_file", "read_audio"]
 
 
 def int16_roundtrip_torch(x: torch.Tensor) -> torch.Tensor:
     """The same step as the official encoder applies it again to every clip (torch, float32)."""
     return (torch.clamp(x, -1.0, 1.0) * 32767.0).to(torch.int16) / 32767.0
-
-
-def peak_normalise(x: np.ndarray) -> np.ndarray:
-    """Official rule: a non-negative signal is mapped to [-1, 1]; otherwise divide by the peak.
-
-    All-zero input stays silence (the official code would divide by zero and produce NaN).
-    """
-    hi, lo = float(x.max()), float(x.min())
-    if lo >= 0:
-        if hi == 0.0:
-            return np.zeros_like(x)
-        return 2 * x / abs(hi) - 1.0
-    return x / max(abs(hi), abs(lo))
 
 
 def read_audio(path: str | Path, max_windows: int) -> np.ndarray:
