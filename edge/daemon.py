@@ -199,6 +199,8 @@ class Daemon:
             m.gap_samples.labels(s.id).inc(r.gap)
         if r.dropped:
             m.frames_dropped.labels(s.id, "overlap").inc()
+        if self._progress is not None:
+            self._progress.beat("audio")
         assert self.worker is not None
         self.worker.notify()
         if self.lossless:
@@ -284,7 +286,9 @@ class Daemon:
             from .sdnotify import Notifier, ProgressGate, Watchdog
 
             self._notifier = Notifier()
-            self._progress = ProgressGate(["worker"], max_age_s=300.0)
+            # WATCHDOG=1 only while audio arrives (any stream, within 2 min) and the inference
+            # loop turns; a stuck model call or a dead source lets systemd restart us
+            self._progress = ProgressGate(["worker", "audio"], max_age_s=120.0)
             self._watchdog = Watchdog(self._notifier, self._progress).start()
         except ImportError:  # pragma: no cover
             pass
