@@ -1,5 +1,5 @@
 #!/bin/sh
-# Every benchmark of docs/PERFORMANCE.md, in order (about 15-20 min on a 2-core CPU).
+# Every benchmark of docs/PERFORMANCE.md, in order (about 7 min on a quiet 2-core CPU, 20 with THREADS=1).
 # THREADS=1 sh bench/run_all.sh  -> single-threaded runs (results/<name>-t1.json), the robust
 # choice on a shared machine; without THREADS torch's default thread count is used.
 set -e
