@@ -19,7 +19,7 @@ import argparse
 import statistics
 import time
 
-import _common as C  # noqa: E402  (puts the repo on sys.path)
+import _common as C  # puts the repo on sys.path
 import torch
 
 from edge.model.af2 import AF2, Sampling

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-import _common as C  # noqa: E402  (puts the repo on sys.path)
+import _common as C  # puts the repo on sys.path
 import torch
 
 from edge.model.af2 import AF2

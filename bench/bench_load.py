@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-import _common as C  # noqa: E402  (puts the repo on sys.path)
+import _common as C  # puts the repo on sys.path
 
 DTYPES = ("float32", "bfloat16")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import _common as C  # noqa: E402  (puts the repo on sys.path)
+import _common as C  # puts the repo on sys.path
 import torch
 from bench_decoder import PROMPT_LEN, WINDOWS, official_generate, ours_generate
 from bench_encoder import ensure_encoder_runs
@@ -65,7 +65,7 @@ def bench_dtype(dtype: torch.dtype, new_tokens: int, repeats: int) -> dict:
     prompt = torch.randint(0, cfg.lm.vocab_size, (PROMPT_LEN,), generator=g).tolist()
 
     # warm-up: a short query of each kind on 2 clips
-    ids_w, tok_w, _ = official_query(m, clips[:2], mask[:2], prompt, 2)
+    _, tok_w, _ = official_query(m, clips[:2], mask[:2], prompt, 2)
     our_query(m, tok_w, mask[:2], prompt, 2)
 
     ids_off, tokens, t_off = official_query(m, clips, mask, prompt, new_tokens)

@@ -75,9 +75,9 @@ def tensor_for(key: str, shape: list[int], salt: int = 0) -> torch.Tensor:
     if key.endswith("num_batches_tracked"):
         return torch.tensor(100, dtype=torch.int64)
     if key.endswith("relative_position_index"):
-        n = int(math.isqrt(shape[0]))
+        n = math.isqrt(shape[0])
         return torch.arange(shape[0] * shape[1], dtype=torch.int64).reshape(shape) % (2 * n - 1) ** 2
-    if key.endswith("running_var") or key.endswith("norm.weight") or key.endswith("layernorm.weight"):
+    if key.endswith(("running_var", "norm.weight")):
         return torch.ones(shape)
     g = torch.Generator().manual_seed(zlib.crc32(canonical(key).encode()) + salt)
     return torch.randn(shape, generator=g).mul_(0.02)
