@@ -6,8 +6,6 @@ On a synthetic checkpoint of several GB in the official layout (make_synthetic_c
 written first if --dir has none), each in a fresh child process:
 
   * ours     `AF2.load(dir, dtype)`: memory-mapped, only the kept tensors read, cast in place;
-  * ours_proposed  the same with one proposed change (each tensor read through its own
-             short-lived mmap, see child_ours_proposed);
   * official what the official inference script does: build the model (random init), load the
              AF-CLAP pickle into the encoder, `safetensors.torch.load_file` every chunk into one
              dict, `load_state_dict(strict=False)` (then `.to(dtype)` for bfloat16).
@@ -55,28 +53,6 @@ def child_ours(model_dir: str, dtype: str) -> dict:
         m = AF2.load(model_dir, dtype=getattr(torch, dtype))
     return {"wall_s": c.wall, "cpu_s": c.cpu, "model_bytes": model_bytes(m.modules),
             "baseline_rss": base.get("VmRSS", 0), **_peaks(s)}
-
-
-def child_ours_proposed(model_dir: str, dtype: str) -> dict:
-    """`AF2.load` with a proposed one-function change to edge/model/checkpoint.py: each tensor is
-    read through its own short-lived `safe_open` handle, so the memory-mapped pages of a tensor
-    are unmapped as soon as it has been copied (with one handle per file kept for the whole load,
-    every page read stays mapped, and counted in RSS, until the end)."""
-    from safetensors import safe_open
-
-    from edge.model import checkpoint
-    from edge.model.checkpoint import CheckpointError
-
-    def _reader(h, path, key):
-        def read():
-            try:
-                return safe_open(str(path), framework="pt").get_tensor(key)
-            except Exception as e:
-                raise CheckpointError(f"{path}: cannot read tensor {key} ({e})") from None
-        return read
-
-    checkpoint.SafeChunks._reader = staticmethod(_reader)
-    return child_ours(model_dir, dtype)
 
 
 def child_official(model_dir: str, dtype: str) -> dict:
@@ -153,7 +129,7 @@ def _peaks(s: C.PeakSampler) -> dict:
             **s.report()}
 
 
-CHILDREN = {"ours": child_ours, "ours_proposed": child_ours_proposed, "official": child_official}
+CHILDREN = {"ours": child_ours, "official": child_official}
 
 
 # ---- parent ---------------------------------------------------------------------------------------
@@ -199,7 +175,7 @@ def main() -> None:
 
     results: dict = {"checkpoint": info, "runs": {}}
     for dtype in args.dtypes.split(","):
-        for who in ("ours", "ours_proposed", "official"):
+        for who in ("ours", "official"):
             r = C.run_child([str(Path(__file__).resolve()), "--child", who, "--dtype", dtype,
                              "--dir", str(args.dir)], timeout=1800)
             mb = r["model_bytes"]

@@ -114,44 +114,56 @@ def load_clap_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 # ---- tensor sources ---------------------------------------------------------------------
 
+BLOCK_BYTES = 64 << 20  # large tensors are copied in row blocks of about this size
+
+
 @dataclass
 class Source:
-    """Where one tensor is read from."""
+    """Where one tensor is read from, and how to copy it into its destination."""
 
     file: Path
     key: str
     shape: tuple[int, ...]
-    read: Callable[[], torch.Tensor]
+    copy_into: Callable[[torch.Tensor], None]  # dst.copy_(source), casting to dst's dtype
 
 
 class SafeChunks:
-    """Lazily readable view over a set of safetensors files (memory-mapped)."""
+    """The tensors of a set of safetensors files, read lazily.
+
+    Only the headers are read here. Each tensor is later copied through a short-lived memory
+    map (a large one block by block), so the pages of a tensor already copied are unmapped and
+    peak RSS stays near the size of the model being built, not model + checkpoint."""
 
     def __init__(self, files: list[Path]) -> None:
         self.sources: dict[str, Source] = {}
-        self._handles = []
         for path in files:
             if not path.is_file():
                 raise CheckpointError(f"{path}: missing weights file")
             try:
-                h = safe_open(str(path), framework="pt")
-                keys = list(h.keys())
-                shapes = {k: tuple(h.get_slice(k).get_shape()) for k in keys}
+                with safe_open(str(path), framework="pt") as h:
+                    shapes = {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}
             except Exception as e:
                 raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from None
-            self._handles.append(h)
-            for k in keys:
-                self.sources.setdefault(k, Source(path, k, shapes[k], self._reader(h, path, k)))
+            for k, shape in shapes.items():
+                self.sources.setdefault(k, Source(path, k, shape, self._copier(path, k)))
 
     @staticmethod
-    def _reader(h, path: Path, key: str) -> Callable[[], torch.Tensor]:
-        def read() -> torch.Tensor:
+    def _copier(path: Path, key: str) -> Callable[[torch.Tensor], None]:
+        def copy_into(dst: torch.Tensor) -> None:
             try:
-                return h.get_tensor(key)
+                row_bytes = max(1, dst[0].numel() * 4) if dst.ndim else 4
+                rows = max(1, BLOCK_BYTES // row_bytes)
+                if dst.ndim == 0 or dst.shape[0] <= rows:
+                    with safe_open(str(path), framework="pt") as h:
+                        dst.copy_(h.get_tensor(key))
+                    return
+                for i in range(0, dst.shape[0], rows):
+                    with safe_open(str(path), framework="pt") as h:
+                        dst[i : i + rows].copy_(h.get_slice(key)[i : i + rows])
             except Exception as e:
                 raise CheckpointError(f"{path}: cannot read tensor {key} ({e})") from None
 
-        return read
+        return copy_into
 
 
 def official_files(model_dir: Path) -> list[Path]:
@@ -223,7 +235,7 @@ def _materialise(mods, device: torch.device, sources: dict[str, Source], where: 
     with torch.no_grad():
         for name, t in state.items():
             if name in plan:
-                t.copy_(plan[name].read())  # one source tensor alive at a time
+                plan[name].copy_into(t)  # one source tensor (or block) mapped at a time
             elif name.endswith("num_batches_tracked"):
                 t.zero_()
     return mods
@@ -326,7 +338,7 @@ def _official_sources(model_dir: Path, chunks: SafeChunks, names: list[str]) -> 
             key = "module.audio_branch." + name[len("encoder."):]
             if name.startswith("encoder.") and key in clap:
                 t = clap[key]
-                out[name] = Source(path, key, tuple(t.shape), lambda t=t: t)
+                out[name] = Source(path, key, tuple(t.shape), lambda dst, t=t: dst.copy_(t))
     return out
 
 

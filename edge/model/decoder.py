@@ -130,8 +130,9 @@ class CrossAttention(nn.Module):
         """(B, M, dim_audio) -> k, v each (B, heads, M, dim_head). Once per query."""
         B, M, _ = memory.shape
         k, v = self.to_kv(memory).chunk(2, dim=-1)
-        k = k.reshape(B, M, self.heads, self.dim_head).transpose(1, 2)
-        v = v.reshape(B, M, self.heads, self.dim_head).transpose(1, 2)
+        # contiguous once per query, not a strided copy inside every decoding step's matmul
+        k = k.reshape(B, M, self.heads, self.dim_head).transpose(1, 2).contiguous()
+        v = v.reshape(B, M, self.heads, self.dim_head).transpose(1, 2).contiguous()
         return k, v
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
