@@ -194,3 +194,24 @@ def _download(hub, plan: FetchPlan, token: str | None, revision: str | None) -> 
                 raise click.ClickException(f"{plan.lm_repo} has no {name}") from None
         except Exception as e:  # noqa: BLE001
             raise fail(plan.lm_repo, e) from None
+
+
+@model.command("convert")
+@click.argument("src", type=click.Path(file_okay=False, exists=True))
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float16",
+              show_default=True, help="Precision of the written weights.")
+def convert(src: str, dst: str, dtype: str) -> None:
+    """Write a compact checkpoint of SRC into DST: one deduplicated safetensors file in DTYPE
+    plus a small JSON config and the tokenizer. `AF2.load` (and --model) accept both layouts."""
+    import time
+
+    from edge.model.checkpoint import CheckpointError, convert as convert_checkpoint
+
+    t = time.perf_counter()
+    try:
+        out = convert_checkpoint(src, dst, dtype=dtype)
+    except (CheckpointError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    size = (out / "model.safetensors").stat().st_size
+    click.echo(f"wrote {out} ({size / 1e9:.2f} GB, {dtype}) in {time.perf_counter() - t:.1f} s")

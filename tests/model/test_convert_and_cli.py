@@ -69,3 +69,17 @@ def test_ask_cli_errors_are_one_line(fixture_dir, tmp_path):
     out = run_cli("ask", "--model", str(fixture_dir / "checkpoint"), str(bad_audio), "q",
                   "--greedy", "--seed", "3")
     assert out.returncode == 2 and "--greedy cannot be combined" in out.stderr
+
+
+def test_model_convert_cli_writes_a_loadable_compact_checkpoint(fixture_dir, tmp_path, expected):
+    dst = tmp_path / "fp32"
+    out = run_cli("model", "convert", str(fixture_dir / "checkpoint"), str(dst), "--dtype", "float32")
+    assert out.returncode == 0, out.stderr
+    assert "wrote" in out.stdout and is_compact(dst)
+    res = run_cli("ask", "--model", str(dst), str(fixture_dir / "input.wav"),
+                  "What sound is this? Is anything abnormal?", "--max-new-tokens", "24", "--json")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["prompt_ids"] + got["token_ids"] == expected["greedy_ids"].tolist()
+    bad = run_cli("model", "convert", str(tmp_path), str(tmp_path / "x"))
+    assert bad.returncode == 1 and "metadata.json: missing" in bad.stderr
