@@ -56,10 +56,23 @@ class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class EncoderConfig(_Base):
+    """Which backend runs the AF-CLAP encoder (docs/ENGINES.md). `torch` gives tokens that are
+    bit-identical to `AF2.encode`; `onnxruntime` and `tensorrt` agree within 1e-4 / fp16
+    tolerance and fall back (with a one-line reason in the log) when unavailable."""
+
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    device: str | None = None  # default: the model's device (tensorrt: cuda)
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # default: the model's
+    max_batch: int = Field(8, ge=1, le=64)  # clips per engine call
+    cache_dir: Path | None = None  # exported ONNX / built engines; default <data_dir>/engines
+
+
 class ModelConfig(_Base):
     dir: Path | None = None  # AF2 checkpoint directory; None = model-free gate only
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
 
 
 class LoudnessConfig(_Base):

@@ -264,7 +264,7 @@ class Daemon:
         self.sink = FanoutSink(sinks)
         self.worker = InferenceWorker(self.streams, st, model=self.model, sink=self.sink,
                                       metrics=self.metrics, lossless=self.lossless,
-                                      on_memory=self._on_memory)
+                                      on_memory=self._on_memory, encoder=self._encoder_backend())
         if self._sources_arg is not None:
             self.sources = list(self._sources_arg)
         else:
@@ -304,6 +304,20 @@ class Daemon:
         if self._notifier is not None:
             self._notifier.ready(f"{len(self.streams)} stream(s), {len(st.monitors)} monitor(s)")
         return self
+
+    def _encoder_backend(self) -> Any:
+        """The configured encoder backend for the model, or None (model-free / plain torch)."""
+        ec = self.settings.model.encoder
+        if self.model is None or not hasattr(self.model, "modules"):
+            return None
+        from .encoder_backends import make_backend
+
+        backend = make_backend(ec.backend, self.model, device=ec.device, dtype=ec.dtype,
+                               max_batch=ec.max_batch,
+                               cache_dir=ec.cache_dir or Path(self.data_dir) / "engines",
+                               log_fn=lambda msg: log.info(msg))
+        log.info("encoder backend", backend=backend.describe(), fallback=backend.fallback_reason)
+        return backend
 
     def _worker_main(self) -> None:
         assert self.worker is not None

@@ -114,10 +114,13 @@ class InferenceWorker:
         metrics: Metrics | None = None,
         lossless: bool = False,
         on_memory: Any = None,
+        encoder: Any = None,
     ) -> None:
         self.streams = streams
         self.settings = settings
         self.model = model
+        # the encoder backend (edge.encoder_backends); default: the model's own `encode`
+        self.encoder = encoder if encoder is not None else model
         self.sink = sink
         self.metrics = metrics or Metrics()
         self.lossless = lossless
@@ -258,7 +261,7 @@ class InferenceWorker:
                               for _, _, x, _ in items])
             t0 = time.perf_counter()
             with torch.inference_mode():
-                tokens = self.model.encode(torch.from_numpy(clips))
+                tokens = self.encoder.encode(torch.from_numpy(clips))
             m.encode_latency.observe(time.perf_counter() - t0)
         now = time.monotonic()
         for i, (s, spec, x, reading) in enumerate(items):

@@ -120,3 +120,39 @@ def test_replay_cli_json(model, recording, tmp_path):
         assert d["stream"] == "rec" and d["monitor"] == "recent"
     assert [d["end_s"] for d in lines] == [30.0, 60.0, 90.0, 120.0]
     assert lines[0]["start"] == "2025-01-01T00:00:00+00:00"
+
+
+def test_onnxruntime_encoder_backend_through_the_daemon(model, recording, tmp_path):
+    """`model.encoder.backend: onnxruntime` encodes the streamed clips with the exported graph;
+    the memory then agrees with the offline PyTorch memory within the export tolerance."""
+    pytest.importorskip("onnxruntime")
+    from edge.config import load_settings
+    from edge.daemon import CallbackSink, Daemon
+    from edge.windows import prepare_clip
+    from streams.file import FileSource
+
+    s = load_settings(data={
+        "data_dir": str(tmp_path),
+        "model": {"encoder": {"backend": "onnxruntime", "max_batch": 4}},
+        "streams": [{"id": "rec", "source": "file", "path": str(recording)}],
+        "monitors": [MONITORS[0]],
+    })
+    memories = {}
+    d = Daemon(s, model=model, sources=[FileSource(recording, "rec", speed=0, start_time=0.0)],
+               sinks=[CallbackSink(lambda r, a, sr: None)], lossless=True, alerts=False,
+               http=False, log_results=False,
+               on_memory=lambda st, clip, view, mem: memories.__setitem__(clip, view.tokens.clone()))
+    d.start()
+    try:
+        assert d.worker.encoder.describe().startswith("onnxruntime")
+        assert d.run(timeout=240)
+    finally:
+        d.stop()
+    assert list((tmp_path / "engines").glob("encoder-*.onnx"))  # exported once, cached
+    y, _ = sf.read(recording, dtype="float32")
+    clips = torch.from_numpy(np.stack([prepare_clip(y[i * 160000:(i + 1) * 160000])
+                                       for i in range(12)]))
+    offline = model.encode(clips)
+    streamed = memories[11]
+    assert streamed.shape == offline.shape
+    assert float((streamed - offline).norm() / offline.norm()) < 1e-4
