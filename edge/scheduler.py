@@ -38,7 +38,7 @@ from .metrics import Metrics
 from .monitors import Due, MonitorState, parse_answer, render_question
 from .results import MonitorResult
 from .ring import Ring
-from .windows import CLIP_SAMPLES, ClipScheduler, ClipSpec, prepare_clip
+from .windows import ClipScheduler, ClipSpec, prepare_clip
 
 log = logging.getLogger("flamingo_edge.scheduler")
 SR = 16000

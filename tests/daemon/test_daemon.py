@@ -1,7 +1,6 @@
 """The daemon with threads: model-free runs, the alert pipeline, http, misbehaving sources."""
 
 import json
-import threading
 import time
 import urllib.request
 

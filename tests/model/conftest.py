@@ -1,39 +1,11 @@
+"""Model tests: fixtures shared with other folders live in tests/conftest.py."""
+
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
-
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "af2-tiny"
-
-
-@pytest.fixture(scope="session")
-def fixture_dir() -> Path:
-    if not FIXTURE.is_dir():
-        pytest.fail(f"AF2 fixture not found at {FIXTURE} (expected ../shared/fixtures/af2-tiny)")
-    return FIXTURE
-
-
-@pytest.fixture(scope="session")
-def expected(fixture_dir) -> dict[str, torch.Tensor]:
-    return load_file(str(fixture_dir / "expected.safetensors"))
-
-
-@pytest.fixture(scope="session")
-def fixture_info(fixture_dir) -> dict:
-    return json.loads((fixture_dir / "fixture.json").read_text())
-
-
-@pytest.fixture(scope="session")
-def af2(fixture_dir):
-    from edge.model import AF2
-
-    return AF2.load(fixture_dir / "checkpoint", dtype=torch.float32, device="cpu")
 
 
 @pytest.fixture

@@ -4,10 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "af2-tiny"
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -15,22 +11,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="session")
-def fixture_dir() -> Path:
-    if not FIXTURE.is_dir():
-        pytest.fail(f"AF2 fixture not found at {FIXTURE} (expected ../shared/fixtures/af2-tiny)")
-    return FIXTURE
-
-
-@pytest.fixture(scope="session")
-def expected(fixture_dir) -> dict[str, torch.Tensor]:
-    return load_file(str(fixture_dir / "expected.safetensors"))
-
-
-@pytest.fixture(scope="session")
-def tiny(fixture_dir):
-    from edge.model import AF2
-
-    return AF2.load(fixture_dir / "checkpoint", dtype=torch.float32, device="cpu")
+def tiny(af2):
+    return af2
 
 
 @pytest.fixture(scope="session")
