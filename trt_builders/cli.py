@@ -33,7 +33,7 @@ def _load(model_dir, random_released, dtype):
     from edge.model import AF2, CheckpointError
 
     try:
-        return AF2.load(model_dir, dtype=dtype, device="cpu")
+        return AF2.load(model_dir, dtype=dtype, device="cpu", encoder_only=True)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
 

@@ -80,10 +80,12 @@ class AF2:
     # ---- construction ----------------------------------------------------------------
     @classmethod
     def load(cls, model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
-             device: str | torch.device = "cpu") -> "AF2":
+             device: str | torch.device = "cpu", encoder_only: bool = False) -> "AF2":
+        """Load an official or compact checkpoint. `encoder_only` loads just the AF-CLAP
+        encoder (`encode` works; `memory`/`ask` need the full model)."""
         from .checkpoint import load_model
 
-        return load_model(model_dir, dtype=dtype, device=device)
+        return load_model(model_dir, dtype=dtype, device=device, encoder_only=encoder_only)
 
     @classmethod
     def random(cls, config: AF2Config, dtype: torch.dtype = torch.float32,

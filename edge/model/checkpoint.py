@@ -209,9 +209,15 @@ def _skeleton(config: AF2Config, dtype: torch.dtype, device: torch.device):
     return mods.to(dtype)
 
 
-def _materialise(mods, device: torch.device, sources: dict[str, Source], where: str):
-    """Allocate uninitialised storage, then fill every tensor from its source, cast on the fly."""
-    expected = {k: tuple(v.shape) for k, v in mods.state_dict().items()}
+def _materialise(mods, device: torch.device, sources: dict[str, Source], where: str,
+                 encoder_only: bool = False):
+    """Allocate uninitialised storage, then fill every tensor from its source, cast on the fly.
+
+    `encoder_only` materialises the AF-CLAP encoder alone; the audio transformer and decoder
+    stay on the meta device (no memory) and cannot run."""
+    part = mods.encoder if encoder_only else mods
+    prefix = "encoder." if encoder_only else ""
+    expected = {prefix + k: tuple(v.shape) for k, v in part.state_dict().items()}
     plan: dict[str, Source] = {}
     missing = []
     for name, shape in expected.items():
@@ -229,9 +235,9 @@ def _materialise(mods, device: torch.device, sources: dict[str, Source], where: 
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         raise CheckpointError(f"{where}: missing tensors {', '.join(missing[:5])}{more}")
-    mods = mods.to_empty(device=device)
+    part.to_empty(device=device)
     mods.init_buffers()
-    state = mods.state_dict(keep_vars=True)
+    state = {prefix + k: v for k, v in part.state_dict(keep_vars=True).items()}
     with torch.no_grad():
         for name, t in state.items():
             if name in plan:
@@ -279,8 +285,9 @@ def is_compact(model_dir: Path) -> bool:
 
 
 def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
-               device: str | torch.device = "cpu"):
-    """Load either layout into an `AF2`."""
+               device: str | torch.device = "cpu", encoder_only: bool = False):
+    """Load either layout into an `AF2` (`encoder_only`: just the AF-CLAP encoder, e.g. to
+    export or build engines without holding the language model in memory)."""
     from .af2 import AF2
 
     model_dir = Path(model_dir)
@@ -316,7 +323,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
     skeleton = _skeleton(config, dtype, device)
     if not is_compact(model_dir):
         sources = _official_sources(model_dir, chunks, list(skeleton.state_dict()))
-    mods = _materialise(skeleton, device, sources, str(model_dir))
+    mods = _materialise(skeleton, device, sources, str(model_dir), encoder_only)
     return AF2(mods, tokenizer, config, dtype, device, model_id)
 
 

@@ -174,3 +174,10 @@ def test_large_tensors_are_copied_in_blocks_with_the_same_result(fixture_dir, af
     ref = AF2.load(fixture_dir / "checkpoint", dtype=torch.bfloat16)
     for (k, a), (_, b) in zip(m.modules.state_dict().items(), ref.modules.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_encoder_only_load_reads_no_language_model(fixture_dir, af2, expected):
+    m = AF2.load(fixture_dir / "checkpoint", encoder_only=True)
+    assert torch.equal(m.encode(expected["clips"][:1]), af2.encode(expected["clips"][:1]))
+    assert m.modules.decoder.embed_tokens.weight.device.type == "meta"  # never allocated
+    assert m.modules.audio_transformer.layer_norm.weight.device.type == "meta"
