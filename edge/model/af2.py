@@ -197,7 +197,10 @@ class AF2:
         gen = None
         if not sampling.greedy:
             gen = torch.Generator(device=self.device)
-            gen.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
+            if sampling.seed is not None:
+                gen.manual_seed(sampling.seed)
+            else:
+                gen.seed()  # fresh entropy, without reseeding the global RNG
         T = len(prompt_ids)
         dec.setup_cache(1, T + max_new_tokens)
         t0 = time.perf_counter()

@@ -26,7 +26,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -201,7 +201,8 @@ def official_candidates(name: str) -> list[str]:
 
 # ---- building -----------------------------------------------------------------------------
 
-def _skeleton(config: AF2Config, dtype: torch.dtype, device: torch.device):
+def meta_skeleton(config: AF2Config, dtype: torch.dtype = torch.float32):
+    """The module tree on the meta device: names and shapes, no memory."""
     from .af2 import AF2Modules
 
     with torch.device("meta"):
@@ -320,7 +321,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
         config = _lm_config(model_dir, emb.shape[0], _encoder_config(model_dir))
         model_id = None
     tokenizer = _tokenizer(model_dir, config.lm.vocab_size)
-    skeleton = _skeleton(config, dtype, device)
+    skeleton = meta_skeleton(config, dtype)
     if not is_compact(model_dir):
         sources = _official_sources(model_dir, chunks, list(skeleton.state_dict()))
     mods = _materialise(skeleton, device, sources, str(model_dir), encoder_only)
@@ -386,10 +387,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def iter_official_keys(model_dir: Path) -> Iterator[str]:  # used by tests and tools
-    yield from SafeChunks(official_files(Path(model_dir))).sources
 
 
 # ---- writing the official layout (synthetic checkpoints for tests and benchmarks) -----------

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from edge.model.checkpoint import _skeleton, official_candidates
+from edge.model.checkpoint import meta_skeleton, official_candidates
 from edge.model.config import RELEASES, AF2Config
 
 
@@ -24,7 +24,7 @@ def test_released_checkpoint_has_every_tensor_we_load(layout, release):
     vocab = keys["lang_encoder.model.embed_tokens.weight"][0]
     cfg = AF2Config.released(release)
     cfg = cfg.with_lm(replace(cfg.lm, vocab_size=vocab))
-    skeleton = _skeleton(cfg, torch.float32, torch.device("meta"))  # no memory
+    skeleton = meta_skeleton(cfg)  # no memory
     for name, t in skeleton.state_dict().items():
         if name.endswith("num_batches_tracked"):
             continue
