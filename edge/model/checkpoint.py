@@ -352,8 +352,7 @@ def _official_sources(model_dir: Path, chunks: SafeChunks, names: list[str]) -> 
 
 # ---- compact conversion --------------------------------------------------------------------
 
-def convert(src: str | Path, dst: str | Path, dtype: torch.dtype | str = torch.float16,
-            progress: Callable[[str], None] | None = None) -> Path:
+def convert(src: str | Path, dst: str | Path, dtype: torch.dtype | str = torch.float16) -> Path:
     """Write a deduplicated single-file checkpoint of `src` in `dtype` to `dst`."""
     from safetensors.torch import save_file
 
