@@ -148,6 +148,11 @@ class MqttSink:
     def set_state(self, stream: str, monitor: str, state: str) -> None:
         self._set_retained(self.topics.state(stream, monitor), state)
 
+    def initial_state(self, stream: str, monitor: str, state: str = "OFF") -> None:
+        """Publish ``state`` unless this run already has one for the pair: a new run's rules
+        start OFF, and the broker may still hold the last run's retained ``ON``."""
+        self._set_retained(self.topics.state(stream, monitor), state, only_if_unset=True)
+
     def set_answer(self, stream: str, monitor: str, payload: dict[str, Any]) -> None:
         self._set_retained(self.topics.answer(stream, monitor), json.dumps(payload, separators=(",", ":"), default=str))
 
@@ -155,8 +160,10 @@ class MqttSink:
         with self._lock:
             self._levels[stream] = float(dbfs)
 
-    def _set_retained(self, topic: str, payload: str) -> None:
+    def _set_retained(self, topic: str, payload: str, only_if_unset: bool = False) -> None:
         with self._lock:
+            if only_if_unset and topic in self._retained:
+                return
             self._retained[topic] = payload
             if len(self._live) >= self._cfg.live_queue_size:
                 self._live.popleft()

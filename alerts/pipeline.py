@@ -112,6 +112,8 @@ class AlertPipeline:
             if self.history is not None:
                 for stream, monitor in self.history.known_monitors():
                     self.mqtt.declare(stream, monitor)
+                    # the previous run may have left a retained ON; this run starts OFF
+                    self.mqtt.initial_state(stream, monitor)
         if c.webhook.enabled:
             self.webhook = WebhookSink(c.webhook, outbox=self.outbox, metrics=self.metrics)
             self._sinks.append("webhook")
@@ -177,6 +179,7 @@ class AlertPipeline:
         for m in monitors:
             if self.mqtt is not None:
                 self.mqtt.declare(stream, m)
+                self.mqtt.initial_state(stream, m)
             if self.history is not None:
                 self.history.record_monitor(stream, m)
 

@@ -288,3 +288,30 @@ def test_online_carries_boot_id_as_mqtt5_user_property(broker: Mosquitto, tmp_pa
         sub.disconnect()
     online = next(m for m in got if m.payload == b"online")
     assert ("boot_id", "boot-V5") in online.properties.UserProperty
+
+
+def test_restart_clears_a_stale_retained_on_state(
+    broker: Mosquitto, recorder_factory: Callable[..., Recorder], tmp_path: Path,
+) -> None:
+    """A state left ON by the previous run (crash, or stop while ON) must not stay ON in
+    Home Assistant: the new run's rule engine starts OFF, so it says so on connect."""
+    p = AlertPipeline(fast_config(broker), Metrics(), "boot-1", tmp_path).start()
+    try:
+        p.submit(result("positive"))
+        rec = recorder_factory(broker, ["fe-test/s1/knock/state"])
+        assert rec.wait_for(lambda: rec.payloads("fe-test/s1/knock/state")[-1:] == ["ON"], 10)
+    finally:
+        p.stop(5)
+    p2 = AlertPipeline(fast_config(broker), Metrics(), "boot-2", tmp_path).start()
+    try:
+        p2.declare("s2", ["glass"])  # configured but never seen: announced OFF as well
+        assert wait_until(lambda: p2.mqtt is not None and p2.mqtt.connected, 10)
+        late = recorder_factory(broker, ["fe-test/s1/knock/state", "fe-test/s2/glass/state"], client_id="late")
+        assert late.wait_for(lambda: len(late.messages) >= 2 and late.payloads("fe-test/s1/knock/state")[-1:]
+                             == ["OFF"], 5), late.payloads("fe-test/s1/knock/state")
+        assert late.payloads("fe-test/s2/glass/state")[-1:] == ["OFF"]
+        # a positive after the restart still turns it ON, and ON is the last word
+        p2.submit(result("positive"))
+        assert late.wait_for(lambda: late.payloads("fe-test/s1/knock/state")[-1:] == ["ON"], 5)
+    finally:
+        p2.stop(5)
