@@ -9,8 +9,10 @@ Per stream the source keeps the sequence number and the 16 kHz sample clock:
   fills with silence (``fe_gap_samples``); gaps longer than ``max_gap_s`` are capped there;
 - the same sequence number again is a ``duplicate``, an older one (within ``late_window``) is
   ``late``; both are dropped;
-- a jump backwards beyond ``late_window`` means the publisher restarted: the sequence is
-  re-synchronised and the clock continues.
+- a jump backwards beyond ``late_window``, or any jump backwards whose capture time is later
+  than the last accepted frame's, means the publisher restarted: the sequence is
+  re-synchronised and the time it was away (by its capture times, capped at ``max_gap_s``)
+  becomes silence.
 
 Nothing in a message can raise out of `handle`: the paho network thread must survive anything.
 """
@@ -40,6 +42,8 @@ class _StreamClock:
     anchor: float | None = None
     rate: int = 0
     conv: Converter | None = None
+    last_ns: int | None = None  # capture time of the last accepted frame (publisher's clock)
+    last_dur_ns: int = 0  # its duration
 
 
 class MqttAudioSource(Source):
@@ -108,16 +112,26 @@ class MqttAudioSource(Source):
                 self._reject(stream, "duplicate")
                 return
             if d < 0:
-                if -d <= self.late_window:
+                # a late frame was captured before the last accepted one; a restarted
+                # publisher (sequence from 0 again) captures after it
+                later = c.last_ns is not None and f.capture_time_ns > c.last_ns
+                if -d <= self.late_window and not later:
                     self._reject(stream, "late")
                     return
                 log.info("stream %s: sequence restarted (%d -> %d)", stream, c.last_seq, f.seq)
+                if later:  # the time the publisher was away becomes silence
+                    away_ns = f.capture_time_ns - (c.last_ns + c.last_dur_ns)
+                    if away_ns > 0:
+                        self.gaps += 1
+                        c.index += min(int(round(away_ns * SAMPLE_RATE / 1e9)), self.max_gap)
             elif d > 1:
                 self.gaps += 1
                 c.index += min((d - 1) * nominal, self.max_gap)
         if c.anchor is None:
             c.anchor = f.capture_time
         c.last_seq = f.seq
+        c.last_ns = f.capture_time_ns
+        c.last_dur_ns = int(f.frames * 1e9 / f.sample_rate)
         self.accepted += 1
         y = c.conv(f.pcm)
         if y.size == 0:  # the resampler keeps very short frames in its pipeline

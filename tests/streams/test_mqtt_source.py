@@ -82,6 +82,32 @@ def test_sequence_wraparound_and_publisher_restart():
     assert np.allclose(ring.read(ring.write_pos - N, ring.write_pos), 0.3)
 
 
+def test_publisher_restart_from_seq_0_is_not_dropped_as_late():
+    # publish-audio always starts at seq 0: a publisher restarted after 20 s of audio must not
+    # have its next 20 s (up to late_window frames) thrown away as "late"
+    m = Metrics()
+    src, ring, frames = make(m)
+    t0 = 1_700_000_000_000_000_000
+    for s in range(200):  # 20 s
+        src.handle("fe/audio/a", encode_frame(np.full(N, 0.1, np.float32), 16000, s,
+                                              t0 + s * 100_000_000, "float32"))
+    # restart 5 s after the last frame ended: seq 0 again, capture times move on
+    t1 = t0 + 200 * 100_000_000 + 5_000_000_000
+    for s in range(10):
+        src.handle("fe/audio/a", encode_frame(np.full(N, 0.4, np.float32), 16000, s,
+                                              t1 + s * 100_000_000, "float32"))
+    assert src.rejects == {}
+    assert src.accepted == 210
+    # the 5 s the publisher was away became silence, so clip spans stay on wall time
+    assert ring.gap_samples == 5 * 16000
+    assert frames[200].sample_index == 200 * N + 5 * 16000
+    assert np.allclose(ring.read(ring.write_pos - 10 * N, ring.write_pos), 0.4)
+    # a genuinely late frame of the new session is still dropped
+    src.handle("fe/audio/a", encode_frame(np.full(N, 0.9, np.float32), 16000, 3,
+                                          t1 + 3 * 100_000_000, "float32"))
+    assert src.rejects == {"late": 1}
+
+
 def test_resampling_and_downmix_keep_the_clock():
     src, ring, _ = make()
     for s in range(20):
