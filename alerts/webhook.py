@@ -15,7 +15,8 @@ The receiver recomputes the HMAC over ``timestamp + "." + raw body`` with the sh
 secret, compares in constant time, and may reject stale timestamps (replay guard).
 
 Delivery: a thread reads the ``webhook`` rows of the outbox in order, one at a time.
-2xx: delivered (row deleted). 408, 429, 5xx and network errors: retried with
+2xx: delivered (row deleted). 3xx (redirects are never followed), 408, 429, 5xx and
+network errors: retried with
 exponential backoff (``backoff_initial_s`` doubling up to ``backoff_max_s``, +-20 %
 jitter; a ``Retry-After`` in seconds is honoured up to ``backoff_max_s``). Other 4xx
 mean the receiver will never accept this payload: the row is dropped, counted
@@ -46,6 +47,18 @@ SINK = "webhook"
 SIGNATURE_HEADER = "X-Flamingo-Edge-Signature-256"
 TIMESTAMP_HEADER = "X-Flamingo-Edge-Timestamp"
 ID_HEADER = "X-Flamingo-Edge-Alert-Id"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib answers a 301/302/303 to a POST with a body-less
+    GET, whose 2xx would mark an alert delivered that no receiver got. The 3xx is
+    returned as an HTTPError and retried like a 5xx until the URL is fixed."""
+
+    def redirect_request(self, *_a, **_kw):  # type: ignore[no-untyped-def]
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -114,7 +127,7 @@ class WebhookSink:
         self.attempts += 1
         retry_after: float | None = None
         try:
-            with urllib.request.urlopen(req, timeout=self._cfg.timeout_s) as resp:
+            with _opener.open(req, timeout=self._cfg.timeout_s) as resp:
                 status = resp.status
         except urllib.error.HTTPError as e:
             status = e.code
@@ -134,6 +147,8 @@ class WebhookSink:
         self._metrics.alerts_failed.labels(SINK).inc()
         if status is not None:
             self.last_error = f"HTTP {status}"
+            if 300 <= status < 400:
+                self.last_error += " (redirects are not followed: set alerts.webhook.url to the final URL)"
         if status is not None and 400 <= status < 500 and status not in (408, 429):
             log.error("webhook rejected alert; dropping it", alert_id=alert_id, status=status)
             self._outbox.drop(row_id, "webhook_rejected")

@@ -149,3 +149,49 @@ def test_unreachable_receiver_keeps_alerts_for_the_next_start(tmp_path: Path, re
         assert json.loads(rx.requests[0]["body"])["boot_id"] == "b1"
     finally:
         p2.stop(2)
+
+
+def test_redirect_is_not_taken_for_delivery(tmp_path: Path) -> None:
+    """urllib follows a 301/302/303 answer to a POST with a body-less GET; a 200 to that GET
+    must not count as delivered (the alert never reached anyone)."""
+    posts: list[str] = []
+    gets: list[str] = []
+    redirect = {"on": True}
+
+    class H(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(self.path)
+            self.send_response(301 if redirect["on"] else 200)
+            if redirect["on"]:
+                self.send_header("Location", "/moved")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:  # noqa: N802
+            gets.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    m = Metrics()
+    p = AlertPipeline(_cfg(f"http://127.0.0.1:{srv.server_address[1]}/hook"), m, "b", tmp_path).start()
+    try:
+        for r in alternating(1):
+            p.submit(r)
+        assert wait_until(lambda: len(posts) >= 2, 10)
+        assert gets == []
+        assert p.outbox.count("webhook") == 1  # type: ignore[union-attr]
+        assert not m.registry.get_sample_value("fe_alerts_sent_total", {"sink": "webhook"})
+        assert "301" in (p.webhook.last_error or "")  # type: ignore[union-attr]
+        redirect["on"] = False  # the operator fixed the URL / the receiver
+        assert wait_until(lambda: p.outbox.count("webhook") == 0, 10)  # type: ignore[union-attr]
+    finally:
+        p.stop(2)
+        srv.shutdown()
+        srv.server_close()
