@@ -1,7 +1,7 @@
 """Microphone source (PortAudio through sounddevice, imported lazily).
 
 The PortAudio callback only copies the block into a bounded queue (overflows are counted,
-never waited on). The source thread drains the queue, downmixes/resamples to 16 kHz mono and
+never waited on, and the lost blocks become silence on the sample clock). The source thread drains the queue, downmixes/resamples to 16 kHz mono and
 emits frames. If no audio arrives for ``stall_timeout`` seconds, or the stream stops being
 active (device unplugged), the stream is closed and reopened with exponential backoff; the
 time the device was away becomes silence on the stream's sample clock, so clip spans stay
@@ -79,6 +79,7 @@ class MicSource(Source):
         self.metrics = metrics
         self.clock = clock
         self.overflows = 0  # blocks lost because the queue was full
+        self._lost_frames = 0  # device frames in those blocks (written by the callback only)
         self.status_flags = 0  # PortAudio reported input overflow/underflow
         self.opens = 0
         self.reopens = 0
@@ -92,9 +93,12 @@ class MicSource(Source):
         if status:
             self.status_flags += 1
         try:
-            self._q.put_nowait((np.array(indata, dtype=np.float32, copy=True), self.clock()))
+            # the running total of lost frames tells the reader where a hole goes
+            self._q.put_nowait((np.array(indata, dtype=np.float32, copy=True), self.clock(),
+                                self._lost_frames))
         except queue.Full:
             self.overflows += 1
+            self._lost_frames += int(frames)
             if self.metrics is not None:
                 self.metrics.source_overflows.labels(self.stream).inc()
 
@@ -135,7 +139,7 @@ class MicSource(Source):
             try:
                 while not stop.is_set():
                     try:
-                        block, t_cb = self._q.get(timeout=0.05)
+                        block, t_cb, lost_total = self._q.get(timeout=0.05)
                     except queue.Empty:
                         if time.monotonic() - last_data > self.stall_timeout:
                             log.warning("microphone %r for %s stalled; reopening", self.device,
@@ -152,11 +156,15 @@ class MicSource(Source):
                     y = conv(block)
                     if session_start:
                         session_start = False
+                        lost_seen = lost_total
                         if self._anchor is None:
                             self._anchor = t_cap
                         else:  # after a reopen: the time away becomes silence
                             self._index = max(self._index,
                                               int(round((t_cap - self._anchor) * SAMPLE_RATE)))
+                    elif lost_total > lost_seen:  # blocks lost to a full queue: silence
+                        self._index += int(round((lost_total - lost_seen) * SAMPLE_RATE / rate))
+                        lost_seen = lost_total
                     if y.size:
                         emit(Frame(self.stream, self._index,
                                    self._anchor + self._index / SAMPLE_RATE, self._seq, y))

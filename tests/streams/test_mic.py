@@ -150,6 +150,44 @@ def test_stall_is_detected_and_reopened_with_the_gap_as_silence():
     assert src.reopens >= 1 and m.source_reopens.labels("m")._value.get() >= 1
 
 
+def test_overflowed_blocks_become_silence_so_the_clock_stays_on_wall_time():
+    # blocks lost to a full queue must not shift everything after them earlier in time
+    f = Factory()
+    src = MicSource("m", samplerate=16000, queue_blocks=2, stream_factory=f, clock=Clock())
+    ring = Ring(16000 * 120)
+    stop, entered, release = threading.Event(), threading.Event(), threading.Event()
+
+    def emit(fr):
+        if not entered.is_set():  # hold the consumer on the first frame
+            entered.set()
+            release.wait(5)
+        ring.append(fr.sample_index, fr.samples, fr.capture_time)
+
+    th = threading.Thread(target=src.run, args=(emit, stop))
+    th.start()
+    try:
+        assert wait_for(lambda: f.streams and f.streams[0].started)
+        st = f.streams[0]
+        st.push(np.full(1600, 0.1))  # A: taken, consumer held in emit
+        assert entered.wait(5)
+        for v in (0.2, 0.3, 0.4, 0.5):  # B, C queued; D, E overflow
+            st.push(np.full(1600, v))
+        assert src.overflows == 2
+        release.set()
+        assert wait_for(lambda: ring.write_pos == 3 * 1600)
+        st.push(np.full(1600, 0.6))  # F: comes after the two lost blocks
+        assert wait_for(lambda: ring.write_pos >= 6 * 1600)
+    finally:
+        release.set()
+        stop.set()
+        th.join(5)
+    assert ring.write_pos == 6 * 1600
+    assert ring.gap_samples == 2 * 1600
+    x = ring.read(0, 6 * 1600)
+    assert np.allclose(x[2 * 1600:3 * 1600], 0.3) and np.all(x[3 * 1600:5 * 1600] == 0)
+    assert np.allclose(x[5 * 1600:], 0.6)
+
+
 def test_vanished_device_reopens_and_open_failures_back_off():
     f = Factory(failures=2)
     src = MicSource("m", stall_timeout=5, backoff_initial=0.01, backoff_max=0.02,
