@@ -37,6 +37,9 @@ _STRONG_KEY = re.compile(r"pass(?:word|wd|phrase)?|secret|api[_-]?key|credential
 _PATTERNS = [
     # (first) Authorization: Bearer xyz / Basic xyz
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), rf"\1 {MASK}"),
+    # password/secret-like key=value: masked even when the value is a number (a PIN)
+    (re.compile(r"(?i)(\b[\w-]*(?:pass(?:word|wd|phrase)|secret|api[_-]?key|credential|private[_-]?key)[\w-]*"
+                rf"\s*[=:]\s*)(?!['\"])(?=[-+]?\d)([^\s,;)}}\]]+)"), rf"\1{MASK}"),
     # key=value, key: value (unquoted, up to whitespace/comma/bracket)
     # (plain numbers are left alone: `tokens_per_second=41.5` is not a secret)
     (re.compile(rf"(?i)(\b{_KEY}\s*[=:]\s*)(?!['\"])(?![-+]?\d+(?:\.\d+)?(?:[\s,;)}}\]]|$))([^\s,;)}}\]]+)"),
