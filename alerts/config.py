@@ -30,7 +30,10 @@ def default_node_id() -> str:
 def _read_secret_file(path: Path | None) -> SecretStr | None:
     if path is None:
         return None
-    return SecretStr(Path(path).read_text(encoding="utf-8").strip())
+    try:
+        return SecretStr(Path(path).read_text(encoding="utf-8").strip())
+    except OSError as e:  # a ValueError, so that it becomes a config error naming the key
+        raise ValueError(f"cannot read secret file {path} ({e.strerror or type(e).__name__})") from None
 
 
 class _Base(BaseModel):

@@ -125,3 +125,20 @@ def test_numbers_and_token_ids_are_not_over_redacted(log_capture: io.StringIO) -
     assert ev[0]["auth_token"] == MASK and ev[0]["password"] == MASK
     assert "tokens_per_second=41.5" in ev[1]["event"] and "n_tokens: 12" in ev[1]["event"]
     assert "tok-Secret-99" not in log_capture.getvalue()
+
+
+@pytest.mark.parametrize("text", [
+    "password=98765432", "FLAMINGO_EDGE_ALERTS__MQTT__PASSWORD=20240101", "webhook secret: 424242",
+    "key_passphrase=1234.5678",
+])
+def test_numeric_passwords_in_text_are_masked(text: str) -> None:
+    """A PIN-like password is still a password: only token/auth-like keys keep numbers."""
+    out = redact_text(text)
+    assert not any(ch.isdigit() for ch in out.split("=")[-1].split(":")[-1]), out
+    assert MASK in out
+
+
+def test_unreadable_secret_file_is_a_config_error(tmp_path) -> None:
+    with pytest.raises(ValidationError) as ei:
+        AlertsConfig.model_validate({"mqtt": {"username": "u", "password_file": str(tmp_path / "missing")}})
+    assert "mqtt" in format_validation_error(ei.value) and "cannot read" in format_validation_error(ei.value)
