@@ -27,7 +27,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from alerts.config import AlertsConfig, MqttConfig
 
@@ -364,6 +369,12 @@ def load_settings(path: str | Path | None = None, data: dict[str, Any] | None = 
         return Settings(**overrides)
     except ValidationError as e:
         raise ConfigError(source, _format_errors(e)) from None
+    except SettingsError as e:  # an environment value that is not valid JSON
+        m = re.search(r'field "([^"]+)"', str(e))
+        key = m.group(1) if m else "(environment)"
+        var = f"FLAMINGO_EDGE_{key.upper()}" if m else "a FLAMINGO_EDGE_* variable"
+        raise ConfigError(source, [f"{key}: the value from the environment ({var} or one of "
+                                   f"its __ sub-keys) is not valid JSON"]) from None
     finally:
         _YAML_DATA.reset(token)
 

@@ -79,3 +79,14 @@ def test_yaml_syntax_error_does_not_echo_content(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_settings(p)
     assert "YAML syntax error" in str(e.value) and "topsecret" not in str(e.value)
+
+
+def test_unparsable_env_json_is_a_config_error_naming_the_variable(monkeypatch):
+    # complex fields from the environment are JSON; a typo must fail like any other bad
+    # value (key + reason, no value), not with a pydantic-settings traceback
+    monkeypatch.setenv("FLAMINGO_EDGE_STREAMS", '[{"id": "s", "password": "s3cr3t-env"')
+    with pytest.raises(ConfigError) as e:
+        load_settings(data={})
+    text = str(e.value)
+    assert "streams" in text and "FLAMINGO_EDGE_STREAMS" in text
+    assert "s3cr3t" not in text
