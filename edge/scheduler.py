@@ -309,8 +309,25 @@ class InferenceWorker:
                 d = cfg.deadline if cfg.deadline is not None else max(30.0, cfg.every or cfg.cooldown)
                 deadlines[cfg.name] = now + d
             with self._lock:
+                self._prune_expired(now)
                 self.queries.append(QueryGroup(s.id, spec.index, due_af2, now, reading,
                                                (spec.start, spec.end), deadlines))
+
+    def _prune_expired(self, now: float) -> None:
+        """Drop (and count) query groups none of whose monitors can still meet its deadline,
+        so the queue stays bounded while encoding keeps the worker busy. Caller holds the lock."""
+        if self.lossless:
+            return
+        keep: deque[QueryGroup] = deque()
+        for g in self.queries:
+            if all(now > g.deadlines[cfg.name] for cfg, _ in g.monitors):
+                for cfg, _ in g.monitors:
+                    self.metrics.queries_missed.labels(g.stream, cfg.name).inc()
+                log.warning("queries %s/%s skipped: past their deadline", g.stream,
+                            ",".join(cfg.name for cfg, _ in g.monitors))
+            else:
+                keep.append(g)
+        self.queries = keep
 
     def _run_queries(self, q: QueryGroup) -> None:
         import torch

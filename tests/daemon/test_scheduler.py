@@ -120,6 +120,21 @@ def test_queries_past_their_deadline_are_skipped_and_counted():
     assert results == [] and m.queries_missed.labels("a", "k")._value.get() == 1
 
 
+def test_query_queue_stays_bounded_while_encoding_keeps_the_worker_busy():
+    # encoding always comes first: while clips keep arriving the queries never get a turn,
+    # and the groups that can no longer meet their deadline must not pile up for ever
+    model = FakeModel()
+    w, st, results, m = setup([{"name": "k", "question": "q", "every": "10s", "deadline": "10ms"}],
+                              streams=("a",), model=model)
+    for _ in range(20):
+        feed(st["a"].ring, 10)
+        assert w.step()  # one clip encoded, a query group falls due
+        time.sleep(0.02)
+    assert len(w.queries) <= 1
+    assert m.queries_missed.labels("a", "k")._value.get() >= 19
+    assert results == []
+
+
 def test_without_a_model_only_gate_monitors_run():
     mons = [{"name": "k", "question": "q", "every": "10s"},
             {"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -30"], "cooldown": 0}]
