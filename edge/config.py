@@ -129,7 +129,7 @@ class StreamConfig(_Base):
     loop: bool = False
     # mic
     device: str | int | None = None
-    samplerate: int | None = None
+    samplerate: int | None = Field(None, ge=1000, le=384000)  # None: the device default
     channels: int = Field(1, ge=1, le=32)
     # free-form labels usable in question templates, e.g. {location}
     labels: dict[str, str] = Field(default_factory=dict)

@@ -90,3 +90,13 @@ def test_unparsable_env_json_is_a_config_error_naming_the_variable(monkeypatch):
     text = str(e.value)
     assert "streams" in text and "FLAMINGO_EDGE_STREAMS" in text
     assert "s3cr3t" not in text
+
+
+def test_mic_samplerate_is_range_checked():
+    # samplerate 0 used to pass and then crash in the resampler / reopen the device forever
+    for bad in (0, -16000, 10_000_000):
+        with pytest.raises(ConfigError) as e:
+            load_settings(data={"streams": [{"id": "m", "source": "mic", "samplerate": bad}]})
+        assert "streams.0.samplerate" in str(e.value)
+    s = load_settings(data={"streams": [{"id": "m", "source": "mic", "samplerate": 48000}]})
+    assert s.streams[0].samplerate == 48000
