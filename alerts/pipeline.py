@@ -20,8 +20,9 @@ Contract the caller relies on:
   ``<prefix>/<stream>/<monitor>/answer``, runs the hysteresis rules
   (`alerts.rules`), publishes ON/OFF state changes, and when an alert is raised saves
   the evidence clip (``audio`` is the span the result is about; pass None to skip the
-  clip), records the alert and writes it to the durable outbox *before* any sink sends
-  it. ``seq`` restarts at 1 for every ``boot_id``.
+  clip), writes it to the durable outbox *before* any sink sends it, then records it in
+  the history. History writes are best effort (logged as ``history write failed``): a
+  broken history never costs an alert. ``seq`` restarts at 1 for every ``boot_id``.
 * **`stop(timeout)`** stops accepting results, lets the worker finish the queued ones,
   flushes the outbox to MQTT, publishes ``offline`` (retained), disconnects, and returns
   within about ``timeout`` seconds. Alerts not delivered by then stay in the outbox and
@@ -223,11 +224,19 @@ class AlertPipeline:
                 log.exception("alert worker error")
             self.last_progress = time.monotonic()
 
+    def _history(self, what: str, fn: Callable[..., None], *args: Any, **kw: Any) -> None:
+        """A history write that may fail without costing an alert (the history is local
+        convenience; the outbox is what delivery depends on)."""
+        try:
+            fn(*args, **kw)
+        except Exception as e:
+            log.error("history write failed", what=what, error=f"{type(e).__name__}: {e}")
+
     def _handle(self, r: MonitorResult, audio: np.ndarray | None, sample_rate: int) -> None:
         if self.history is not None:
             if self.config.history.record_results:
-                self.history.record_result(r, self.boot_id, ts=self._clock())
-            self.history.record_monitor(r.stream, r.monitor, ts=self._clock())
+                self._history("result", self.history.record_result, r, self.boot_id, ts=self._clock())
+            self._history("monitor", self.history.record_monitor, r.stream, r.monitor, ts=self._clock())
         if self.mqtt is not None:
             self.mqtt.declare(r.stream, r.monitor)
             self.mqtt.set_answer(r.stream, r.monitor, {
@@ -248,7 +257,8 @@ class AlertPipeline:
         if self.mqtt is not None:
             self.mqtt.set_state(tr.stream, tr.monitor, tr.state)
         if self.history is not None:
-            self.history.record_transition(tr.stream, tr.monitor, tr.state, tr.reason, ts=tr.at)
+            self._history("transition", self.history.record_transition, tr.stream, tr.monitor, tr.state,
+                          tr.reason, ts=tr.at)
         log.info("state changed", stream=tr.stream, monitor=tr.monitor, state=tr.state, reason=tr.reason)
 
     def _raise(self, r: MonitorResult, audio: np.ndarray | None, sample_rate: int) -> None:
@@ -262,10 +272,10 @@ class AlertPipeline:
             except Exception as e:  # a clip is evidence, not a reason to lose the alert
                 log.error("evidence clip not saved", alert_id=alert.id, error=str(e))
         payload = alert.to_json()
-        if self.history is not None:
-            self.history.record_alert(alert)
         if self.outbox is not None and self._sinks:
             self.outbox.add(alert.id, payload, self._sinks)
+        if self.history is not None:
+            self._history("alert", self.history.record_alert, alert)
         self.metrics.alerts_raised.labels(r.stream, r.monitor).inc()
         log.info("alert raised", alert_id=alert.id, seq=alert.seq, stream=r.stream, monitor=r.monitor,
                  severity=r.severity)

@@ -315,3 +315,29 @@ def test_restart_clears_a_stale_retained_on_state(
         assert late.wait_for(lambda: late.payloads("fe-test/s1/knock/state")[-1:] == ["ON"], 5)
     finally:
         p2.stop(5)
+
+
+def test_a_failing_history_does_not_lose_alerts(
+    broker: Mosquitto, recorder_factory: Callable[..., Recorder], tmp_path: Path, log_capture: io.StringIO,
+) -> None:
+    """The history is a local convenience; a write error there (disk, corruption, a lock)
+    must not keep an alert from the outbox and the sinks."""
+    import sqlite3
+
+    rec = recorder_factory(broker, ["fe-test/events"])
+    p = AlertPipeline(fast_config(broker), Metrics(), "boot-H", tmp_path).start()
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    assert p.history is not None
+    p.history.record_result = broken  # type: ignore[method-assign]
+    p.history.record_alert = broken  # type: ignore[method-assign]
+    try:
+        for r in alternating(2):
+            p.submit(r)
+        assert len(rec.wait_count("fe-test/events", 2, timeout=10)) == 2
+    finally:
+        p.stop(5)
+    assert [e["seq"] for e in rec.events()] == [1, 2]
+    assert any(e["event"] == "history write failed" for e in log_events(log_capture))
