@@ -51,6 +51,8 @@ def mic_blocks(device=None, samplerate: int = 16000, channels: int = 1, frame_ms
                stop: threading.Event | None = None) -> Iterator[tuple[np.ndarray, int]]:
     from .mic import sounddevice_factory
 
+    if isinstance(device, str) and device.strip().isdigit():
+        device = int(device)  # an index, as for the daemon's mic streams (else a name)
     q: queue.Queue = queue.Queue(maxsize=100)
 
     def cb(indata, frames, t, status):

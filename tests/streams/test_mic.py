@@ -223,3 +223,27 @@ def test_missing_portaudio_gives_an_actionable_error(monkeypatch):
         assert "mic" in str(e)
     else:
         raise AssertionError("expected RuntimeError")
+
+
+def test_publisher_mic_device_index_given_as_text_is_an_index(monkeypatch):
+    # `publish-audio --mic --device 3` passes "3"; sounddevice reads a string as a name
+    # substring, so it must become the index 3 as it does for the daemon's mic streams
+    import streams.mic
+    from streams.publisher import mic_blocks
+
+    f = Factory()
+    monkeypatch.setattr(streams.mic, "sounddevice_factory", f)
+    stop = threading.Event()
+    gen = mic_blocks("3", stop=stop)
+
+    def feed():
+        assert wait_for(lambda: f.streams and f.streams[0].started)
+        f.streams[0].push(np.full(1600, 0.5))
+
+    th = threading.Thread(target=feed)
+    th.start()
+    block, rate = next(gen)
+    th.join(5)
+    stop.set()
+    gen.close()
+    assert f.calls[0][0] == 3 and rate == 16000 and np.allclose(block, 0.5)
