@@ -133,7 +133,8 @@ class HomeAssistantConfig(_Base):
 
 class OutboxConfig(_Base):
     """Store-and-forward bounds. Undelivered alerts older than `max_age_s`, or beyond the
-    newest `max_rows`, are dropped (counted in ``fe_alerts_dropped`` and logged)."""
+    newest `max_rows` of one sink (each sink keeps its own backlog of up to `max_rows`),
+    are dropped (counted in ``fe_alerts_dropped`` and logged)."""
 
     max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
     max_rows: int = Field(10_000, ge=1)

@@ -7,7 +7,7 @@ left after a crash or a broker outage are therefore replayed, in order, by the n
 connection or the next process: delivery is at-least-once, and the alert id in the
 payload is stable so consumers de-duplicate.
 
-The queue is bounded by age and by row count (`OutboxConfig`). `enforce_bounds`
+The queue is bounded by age and by row count per sink (`OutboxConfig`). `enforce_bounds`
 drops the oldest rows beyond those bounds; every drop is counted in
 ``fe_alerts_dropped{reason="age"|"count"}`` and logged with the alert id.
 
@@ -126,7 +126,7 @@ class Outbox:
         self._update_gauge()
 
     def enforce_bounds(self, now: float | None = None) -> int:
-        """Drop rows older than ``max_age_s`` and the oldest beyond ``max_rows``."""
+        """Drop rows older than ``max_age_s`` and, per sink, the oldest beyond ``max_rows``."""
         now = time.time() if now is None else now
         dropped: list[tuple[str, str, str]] = []
         with self._lock:
@@ -136,13 +136,17 @@ class Outbox:
                     "SELECT row_id, alert_id, sink FROM outbox WHERE created < ?",
                     (now - self._config.max_age_s,),
                 ).fetchall()
-                n = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] - len(old)
-                excess = []
-                if n > self._config.max_rows:
-                    excess = self._db.execute(
-                        "SELECT row_id, alert_id, sink FROM outbox WHERE created >= ? ORDER BY row_id LIMIT ?",
-                        (now - self._config.max_age_s, n - self._config.max_rows),
-                    ).fetchall()
+                excess = []  # per sink: a dead webhook must not eat the MQTT backlog's room
+                for sink, n in self._db.execute(
+                    "SELECT sink, COUNT(*) FROM outbox WHERE created >= ? GROUP BY sink",
+                    (now - self._config.max_age_s,),
+                ).fetchall():
+                    if n > self._config.max_rows:
+                        excess += self._db.execute(
+                            "SELECT row_id, alert_id, sink FROM outbox WHERE sink=? AND created >= ?"
+                            " ORDER BY row_id LIMIT ?",
+                            (sink, now - self._config.max_age_s, n - self._config.max_rows),
+                        ).fetchall()
                 for reason, rows in (("age", old), ("count", excess)):
                     for row_id, alert_id, sink in rows:
                         self._db.execute("DELETE FROM outbox WHERE row_id=?", (row_id,))

@@ -78,6 +78,18 @@ def test_outbox_count_bound(tmp_path: Path) -> None:
     assert _sample(m, "fe_alerts_dropped_total", reason="count") == 3
 
 
+def test_outbox_count_bound_is_per_sink(tmp_path: Path) -> None:
+    """`max_rows` bounds each sink's backlog: with MQTT and the webhook on, 3 means the 3
+    newest alerts for each, not 3 rows shared (1.5 alerts)."""
+    m = Metrics()
+    ob = Outbox(tmp_path / "o.db", OutboxConfig(max_rows=3, max_age_s=1e9), m)
+    for i in range(5):
+        ob.add(f"a{i}", "{}", ["mqtt", "webhook"])
+    assert [r.alert_id for r in ob.pending("mqtt")] == ["a2", "a3", "a4"]
+    assert [r.alert_id for r in ob.pending("webhook")] == ["a2", "a3", "a4"]
+    assert _sample(m, "fe_alerts_dropped_total", reason="count") == 4  # a0, a1 for each sink
+
+
 # ----------------------------------------------------------------------------- history
 def test_history_records_lists_shows_and_prunes(tmp_path: Path) -> None:
     h = History(tmp_path / "h.db")
