@@ -100,9 +100,9 @@ class ClipStore:
         self._track(flac)
         png_rel = None
         if self._config.spectrogram:
-            mono = a.mean(axis=1) if a.ndim == 2 else a
-            if mono.dtype.kind in "iu":
-                mono = mono / float(np.iinfo(mono.dtype).max)
+            # scale integers to [-1, 1] before the channel mean turns them into floats
+            x = a / float(np.iinfo(a.dtype).max) if a.dtype.kind in "iu" else a
+            mono = x.mean(axis=1) if x.ndim == 2 else x
             png = day / f"{alert_id}.png"
             write_png(png, spectrogram_rgb(mono, self._config.n_fft, self._config.max_width))
             self._track(png)

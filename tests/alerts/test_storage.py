@@ -180,3 +180,9 @@ def test_clip_store_accepts_int16_and_stereo(tmp_path: Path) -> None:
     data, sr = sf.read(str(tmp_path / flac), dtype="int16")
     assert sr == 8000 and np.array_equal(data, pcm)
     assert png is not None
+    # the spectrogram of int16 stereo is scaled like the same audio as float, not saturated
+    chunks = _png_chunks((tmp_path / png).read_bytes())
+    w, h = struct.unpack(">II", chunks[0][1][:8])
+    rgb = np.frombuffer(zlib.decompress(chunks[1][1]), np.uint8).reshape(h, 1 + w * 3)[:, 1:].reshape(h, w, 3)
+    want = spectrogram_rgb((pcm / 32767.0).mean(axis=1))
+    assert np.abs(rgb.astype(int) - want.astype(int)).max() <= 1
