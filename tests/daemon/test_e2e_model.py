@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-torch = pytest.importorskip("torch")
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / ".." / "shared" / "fixtures" / "af2-tiny"
@@ -23,7 +22,7 @@ def _model_dir():
     for d in (FIXTURE / "checkpoint", FIXTURE):
         if (d / "safe_ckpt").exists():
             return d
-    pytest.skip("fixture model not available")
+    pytest.fail(f"AF2 fixture model not found under {FIXTURE} (expected ../shared/fixtures/af2-tiny)")
 
 
 @pytest.fixture(scope="module")
