@@ -15,7 +15,9 @@ Build (`build_engine`):
 * the serialised engine and its metadata JSON written atomically side by side.
 
 Runtime (`TRTEncoder`): deserialise with `trt.Runtime`, named I/O tensors, torch-allocated CUDA
-buffers, `execute_async_v3` on `torch.cuda.current_stream()`. No pycuda.
+buffers, `set_input_shape` + `set_tensor_address` for every I/O tensor, then `execute_async_v3` on
+a torch-created non-default stream that waits on (and is waited on by) torch's current stream.
+No pycuda.
 """
 
 from __future__ import annotations
@@ -282,6 +284,7 @@ class TRTEncoder:
             if self.engine is None:
                 raise RuntimeError(f"{engine_path}: TensorRT could not deserialise the engine")
             self.context = self.engine.create_execution_context()
+            self.stream = torch.cuda.Stream(self.device)  # non-default: see _run
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -294,18 +297,28 @@ class TRTEncoder:
         self.min_batch, self.max_batch = int(shapes[0][0]), int(shapes[2][0])
 
     def _run(self, x):
+        """One execute_async_v3 on the engine's own stream, ordered after and before torch's
+        current stream (TensorRT's docs warn that the default stream makes it add
+        cudaDeviceSynchronize calls; torch's current stream is usually that default stream)."""
         import torch
 
         ctx = self.context
-        ctx.set_input_shape(self.input_name, tuple(x.shape))
+        if not ctx.set_input_shape(self.input_name, tuple(x.shape)):
+            raise RuntimeError(f"TensorRT rejected input shape {tuple(x.shape)} for {self.input_name!r} "
+                               f"(profile batch {self.min_batch}..{self.max_batch})")
         out_shape = tuple(ctx.get_tensor_shape(self.output_name))
         y = torch.empty(out_shape, dtype=self.out_dtype, device=self.device)
         ctx.set_tensor_address(self.input_name, x.data_ptr())
         ctx.set_tensor_address(self.output_name, y.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not ctx.execute_async_v3(stream.cuda_stream):
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)  # x was written on the current stream
+        if not ctx.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
-        return y  # ordered on the current stream: later torch ops on it see the result
+        # the caching allocator must not hand x / y to other work before TensorRT is done with them
+        x.record_stream(self.stream)
+        y.record_stream(self.stream)
+        current.wait_stream(self.stream)  # later torch ops on the current stream see y
+        return y
 
     def __call__(self, clips):
         import torch
