@@ -184,9 +184,16 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, target: BuildTa
     if timing_cache_dir is not None:
         cache_file = Path(timing_cache_dir) / timing_cache_name(target.trt_version, target.compute_capability)
         blob = cache_file.read_bytes() if cache_file.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
+        # create_timing_cache(b"") makes a new cache; a corrupt blob may give None, and
+        # set_timing_cache returns False when the header (device / version) does not match.
+        try:
+            cache = config.create_timing_cache(blob) if blob else None
+        except Exception:  # noqa: BLE001 - an unreadable cache only costs build time
+            cache = None
+        if blob and (cache is None or not config.set_timing_cache(cache, ignore_mismatch=False)):
             log(f"timing cache {cache_file.name} rejected; starting an empty one")
+            cache = None
+        if cache is None:
             config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     log(f"building TensorRT {target.trt_version} engine: {target.precision}"
         f"{' strongly typed' if target.strongly_typed else ''}, batch {p}, "
