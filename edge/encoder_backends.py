@@ -151,6 +151,33 @@ def ort_providers_for(device: str, available: list[str] | tuple[str, ...],
     return chosen + [ORT_CPU]
 
 
+def ort_trt_options(max_batch: int, cache_dir: str | Path | None = None) -> dict[str, object]:
+    """TensorrtExecutionProvider options (onnxruntime.ai, TensorRT EP "Configurations").
+
+    * float32 only: `trt_fp16_enable` is left off. It lets TensorRT pick FP16 for *any* layer, with
+      no per-layer constraint; the mel front end's power spectrum reaches ~2.6e5 > 65504 (float16
+      max), which is why our own engines pin it to float32 (metadata.keep_fp32). Use the
+      `tensorrt` backend for FP16.
+    * one explicit profile over the batch axis (`trt_profile_{min,opt,max}_shapes`,
+      "name:d0xd1"), so a new batch size within 1..max_batch does not rebuild the engine;
+    * the engine cache under `<cache_dir>/ort-trt` (created here) when a cache directory is given.
+    """
+    from trt_builders.export import INPUT_NAME
+
+    shape = lambda b: f"{INPUT_NAME}:{b}x{CLIP_SAMPLES}"  # noqa: E731
+    opts: dict[str, object] = {
+        "trt_fp16_enable": False,
+        "trt_profile_min_shapes": shape(1),
+        "trt_profile_opt_shapes": shape(max_batch),
+        "trt_profile_max_shapes": shape(max_batch),
+    }
+    if cache_dir is not None:
+        path = Path(cache_dir) / "ort-trt"
+        path.mkdir(parents=True, exist_ok=True)
+        opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(path)})
+    return opts
+
+
 class OnnxRuntimeBackend(EncoderBackend):
     kind = "onnxruntime"
 
@@ -168,10 +195,9 @@ class OnnxRuntimeBackend(EncoderBackend):
             so.intra_op_num_threads = threads
         so.log_severity_level = 3
         providers = ort_providers_for(device, ort.get_available_providers(), use_trt_provider)
-        if ORT_TRT in providers and cache_dir is not None:
-            opts = {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
-                    "trt_engine_cache_path": str(Path(cache_dir) / "ort-trt")}
-            providers = [(ORT_TRT, opts) if p == ORT_TRT else p for p in providers]
+        if ORT_TRT in providers:
+            providers = [(ORT_TRT, ort_trt_options(max_batch, cache_dir)) if p == ORT_TRT else p
+                         for p in providers]
         self.session = ort.InferenceSession(str(onnx_path), so, providers=providers)
         self.providers = self.session.get_providers()
         if device != "cpu" and self.providers[0] == ORT_CPU:

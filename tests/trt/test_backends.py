@@ -17,6 +17,7 @@ from edge.encoder_backends import (
     fallback_chain,
     make_backend,
     ort_providers_for,
+    ort_trt_options,
     select_backend,
     unavailable_reason,
 )
@@ -78,6 +79,17 @@ def test_ort_providers():
     assert ort_providers_for("cuda", avail, True)[0] == "TensorrtExecutionProvider"
     with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
         ort_providers_for("cuda", ["CPUExecutionProvider"])
+
+
+def test_ort_trt_provider_options(tmp_path):
+    # float32 only (weak FP16 without per-layer constraints would overflow the mel front end),
+    # one explicit batch profile in the documented "name:d0xd1" format, the cache dir created
+    o = ort_trt_options(8, tmp_path)
+    assert o["trt_fp16_enable"] is False
+    assert (o["trt_profile_min_shapes"], o["trt_profile_opt_shapes"], o["trt_profile_max_shapes"]) == \
+        ("clips:1x160000", "clips:8x160000", "clips:8x160000")
+    assert o["trt_engine_cache_enable"] is True and (tmp_path / "ort-trt").is_dir()
+    assert "trt_engine_cache_path" not in ort_trt_options(2)
 
 
 # ---- selection on this machine ---------------------------------------------------------
