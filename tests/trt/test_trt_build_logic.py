@@ -19,18 +19,21 @@ from trt_builders.metadata import EngineMeta, Profile, engine_problems, meta_pat
 
 
 class _Enum:
-    def __init__(self, kind, name):
-        self.kind, self.name = kind, name
+    """A pybind11 enum value: `.name`, `str()` -> 'Kind.NAME', `int()` -> its C++ value."""
+
+    def __init__(self, kind, name, value=0):
+        self.kind, self.name, self.value = kind, name, value
 
     def __str__(self):
         return f"{self.kind}.{self.name}"
 
     def __int__(self):
-        return hash(self.name) % 16
+        return self.value
 
 
-def _ns(kind, *names):
-    return types.SimpleNamespace(**{n: _Enum(kind, n) for n in names})
+def _ns(kind, *names, values=None):
+    values = values or {}
+    return types.SimpleNamespace(**{n: _Enum(kind, n, values.get(n, i)) for i, n in enumerate(names)})
 
 
 class FakeTensor:
@@ -39,17 +42,31 @@ class FakeTensor:
 
 
 class FakeLayer:
-    def __init__(self, trt, name, ltype, out_dtype):
+    """ILayer. As in TensorRT 10 (NvInfer.h, ILayer::setPrecision / setOutputType), a strongly
+    typed network rejects both; TensorRT 11 has neither (weak typing removed)."""
+
+    def __init__(self, trt, name, ltype, out_dtype, strongly_typed=False):
         self.name, self.type = name, getattr(trt.LayerType, ltype)
         self.outputs = [FakeTensor(name + ":0", getattr(trt, out_dtype))]
         self.num_outputs = 1
-        self.precision = None
+        self._precision = None
         self.output_types = {}
+        self.strongly_typed = strongly_typed
+
+    @property
+    def precision(self):
+        return self._precision
+
+    @precision.setter
+    def precision(self, dt):
+        assert not self.strongly_typed, "strongly typed networks reject ILayer.precision"
+        self._precision = dt
 
     def get_output(self, j):
         return self.outputs[j]
 
     def set_output_type(self, j, t):
+        assert not self.strongly_typed, "strongly typed networks reject ILayer.set_output_type"
         self.output_types[j] = t
 
 
@@ -95,10 +112,15 @@ class FakeConfig:
     def add_optimization_profile(self, p):
         self.profiles.append(p)
 
-    def create_timing_cache(self, blob):
-        return FakeCache(bytes(blob))
+    def create_timing_cache(self, serialized_timing_cache):
+        blob = bytes(serialized_timing_cache)
+        return None if blob.startswith(b"corrupt") else FakeCache(blob)  # nullptr -> None
 
     def set_timing_cache(self, cache, ignore_mismatch):
+        if not isinstance(cache, FakeCache):  # pybind: ITimingCache const& -> no None
+            raise TypeError("set_timing_cache(): incompatible function arguments")
+        if cache.blob.startswith(b"other-gpu") and not ignore_mismatch:
+            return False
         self.cache = cache
         return True
 
@@ -123,11 +145,18 @@ def make_fake_trt(version="10.3.0", weak_fp16=True):
     trt.FLOAT, trt.HALF, trt.INT64 = trt.float32, trt.float16, trt.int64
     trt.LayerType = _ns("LayerType", "NORMALIZATION", "SOFTMAX", "REDUCE", "MATRIX_MULTIPLY",
                         "CONVOLUTION", "UNARY", "CONSTANT", "SHAPE", "ELEMENTWISE")
-    flags = ["OBEY_PRECISION_CONSTRAINTS", "TF32"] + (["FP16"] if weak_fp16 else [])
+    # TensorRT 10: FP16, TF32, OBEY_PRECISION_CONSTRAINTS; TensorRT 11 removed FP16 and
+    # OBEY/PREFER_PRECISION_CONSTRAINTS (docs: "Removed Python APIs", 10.x -> 11.x migration)
+    flags = ["TF32"] + (["FP16", "OBEY_PRECISION_CONSTRAINTS"] if weak_fp16 else [])
     trt.BuilderFlag = _ns("BuilderFlag", *flags)
-    trt.NetworkDefinitionCreationFlag = _ns("NetworkDefinitionCreationFlag", "STRONGLY_TYPED")
+    # NvInfer.h (10.3): kEXPLICIT_BATCH = 0 (deprecated, ignored), kSTRONGLY_TYPED = 1
+    trt.NetworkDefinitionCreationFlag = (
+        _ns("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH", "STRONGLY_TYPED") if weak_fp16 else
+        _ns("NetworkDefinitionCreationFlag", "STRONGLY_TYPED", values={"STRONGLY_TYPED": 1}))
     trt.MemoryPoolType = _ns("MemoryPoolType", "WORKSPACE")
-    trt.Logger = type("Logger", (), {"WARNING": 2, "VERBOSE": 4, "__init__": lambda s, lvl=2: None})
+    trt.TensorIOMode = _ns("TensorIOMode", "NONE", "INPUT", "OUTPUT")
+    trt.Logger = type("Logger", (), {"WARNING": 2, "VERBOSE": 4,
+                                     "__init__": lambda s, min_severity=2: None})
     trt.built = []
 
     class Builder:
@@ -152,8 +181,9 @@ def make_fake_trt(version="10.3.0", weak_fp16=True):
             self.network = network
             self.num_errors = 0
 
-        def parse_from_file(self, path):
-            L = lambda *a: FakeLayer(trt, *a)  # noqa: E731
+        def parse_from_file(self, model):
+            strong = bool(self.network.flags & (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
+            L = lambda *a: FakeLayer(trt, *a, strongly_typed=strong)  # noqa: E731
             self.network.layers = [
                 L("/front/Conv", "CONVOLUTION", "float32"), L("/front/Log", "UNARY", "float32"),
                 L("/front/Constant", "CONSTANT", "float32"),
@@ -165,7 +195,91 @@ def make_fake_trt(version="10.3.0", weak_fp16=True):
             return True
 
     trt.Builder, trt.OnnxParser = Builder, OnnxParser
+    trt.Runtime = FakeRuntime
+    trt.engine_profile = (1, 2, 4)  # what deserialised fake engines report (min, opt, max batch)
+    trt.contexts = []
     return trt
+
+
+# ---- runtime stand-in: the TensorRT 10 name-based I/O API only (no binding indices) ----------
+class FakeRuntime:
+    def __init__(self, logger):
+        self.logger = logger
+
+    def deserialize_cuda_engine(self, serialized_engine):
+        trt = sys.modules["tensorrt"]
+        return FakeEngine(trt) if bytes(serialized_engine).startswith(b"ENGINE") else None
+
+
+class FakeEngine:
+    D = 8
+
+    def __init__(self, trt):
+        self.trt, self.num_io_tensors = trt, 2
+        self._names = ["clips", "tokens"]
+
+    def get_tensor_name(self, index):
+        return self._names[index]
+
+    def get_tensor_mode(self, name):
+        return self.trt.TensorIOMode.INPUT if name == "clips" else self.trt.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        return self.trt.float32
+
+    def get_tensor_profile_shape(self, name, profile_index):
+        assert name == "clips" and profile_index == 0
+        return [(b, 160000) for b in self.trt.engine_profile]
+
+    def create_execution_context(self):
+        ctx = FakeContext(self)
+        self.trt.contexts.append(ctx)
+        return ctx
+
+
+class FakeContext:
+    """IExecutionContext: set_input_shape -> get_tensor_shape -> set_tensor_address (every I/O
+    tensor) -> execute_async_v3(stream_handle). Output = x[:, :64, None] * 2 + arange(D)."""
+
+    def __init__(self, engine):
+        self.engine, self.shape, self.addresses, self.streams = engine, None, {}, []
+
+    def set_input_shape(self, name, shape):
+        lo, _, hi = self.engine.trt.engine_profile
+        shape = tuple(int(d) for d in shape)
+        if name != "clips" or len(shape) != 2 or shape[1] != 160000 or not lo <= shape[0] <= hi:
+            return False
+        self.shape = shape
+        return True
+
+    def get_tensor_shape(self, name):
+        b = self.shape[0] if self.shape else -1
+        return (b, 160000) if name == "clips" else (b, 64, FakeEngine.D)
+
+    def set_tensor_address(self, name, memory):
+        assert isinstance(memory, int) and name in ("clips", "tokens")
+        self.addresses[name] = memory
+        return True
+
+    def execute_async_v3(self, stream_handle):
+        import ctypes
+
+        import numpy as np
+
+        assert isinstance(stream_handle, int)
+        if self.shape is None or set(self.addresses) != {"clips", "tokens"}:
+            return False
+        self.streams.append(stream_handle)
+
+        def view(ptr, shape):
+            n = int(np.prod(shape))
+            return np.frombuffer((ctypes.c_float * n).from_address(ptr), np.float32).reshape(shape)
+
+        b = self.shape[0]
+        x = view(self.addresses["clips"], (b, 160000))
+        y = view(self.addresses["tokens"], (b, 64, FakeEngine.D))
+        y[...] = x[:, :64, None] * 2 + np.arange(FakeEngine.D, dtype=np.float32)
+        return True
 
 
 @pytest.fixture
@@ -219,8 +333,113 @@ def test_build_strongly_typed_on_trt11(fake_trt, tiny_onnx, tmp_path):
     assert target.strongly_typed
     te.build_engine(tiny_onnx, tmp_path / "e.engine", target, log=lambda s: None)
     network, config = trt.built[-1]
-    assert network.flags != 0 and "FP16" not in config.flags
+    assert network.flags == 1 << 1 and "FP16" not in config.flags  # kSTRONGLY_TYPED = 1
     assert all(l.precision is None for l in network.layers)
+
+
+def test_build_strongly_typed_on_trt10_sets_no_layer_precision(fake_trt, tiny_onnx, tmp_path):
+    trt = fake_trt()
+    target = te.current_target(onnx_sha256(tiny_onnx), "fp16", Profile(1, 2, 2), strongly_typed=True)
+    te.build_engine(tiny_onnx, tmp_path / "e.engine", target, log=lambda s: None)  # layers would assert
+    network, config = trt.built[-1]
+    assert network.flags == 1 << 1 and config.flags == set()
+
+
+def test_weak_fp16_build_uses_no_creation_flags(fake_trt, tiny_onnx, tmp_path):
+    trt = fake_trt()
+    target = te.current_target(onnx_sha256(tiny_onnx), "fp16", Profile(1, 2, 2))
+    te.build_engine(tiny_onnx, tmp_path / "e.engine", target, log=lambda s: None)
+    assert trt.built[-1][0].flags == 0  # EXPLICIT_BATCH is deprecated and ignored in TensorRT 10
+
+
+@pytest.mark.parametrize("blob", [b"corrupt", b"other-gpu"])
+def test_unusable_timing_cache_is_replaced(fake_trt, tiny_onnx, tmp_path, blob):
+    trt = fake_trt()
+    target = te.current_target(onnx_sha256(tiny_onnx), "fp16", Profile(1, 2, 2))
+    cache = tmp_path / "timing-trt10.3.0-sm87.cache"
+    cache.write_bytes(blob)
+    logs = []
+    te.build_engine(tiny_onnx, tmp_path / "e.engine", target, timing_cache_dir=tmp_path, log=logs.append)
+    assert any("rejected" in line for line in logs)
+    assert cache.read_bytes() == b"+timed"  # a fresh cache was used and saved
+
+
+# ---- runtime ---------------------------------------------------------------------------
+class _Stream:
+    def __init__(self, handle):
+        self.cuda_stream, self.waited = handle, []
+
+    def wait_stream(self, other):
+        self.waited.append(other.cuda_stream)
+
+
+@pytest.fixture
+def cpu_runtime(fake_trt, monkeypatch, tmp_path):
+    """TRTEncoder on the CPU: torch's CUDA stream/device calls are stubbed, buffers live in RAM."""
+    import contextlib
+
+    trt = fake_trt()
+    current, recorded = _Stream(0), []
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _Stream(1234))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, s: recorded.append(s.cuda_stream))
+    engine = tmp_path / "e.engine"
+    engine.write_bytes(b"ENGINE:fake")
+
+    def make(profile=(1, 2, 4)):
+        trt.engine_profile = profile
+        enc = te.TRTEncoder(engine)
+        enc.device = torch.device("cpu")
+        return enc
+    return types.SimpleNamespace(trt=trt, make=make, current=current, recorded=recorded, engine=engine)
+
+
+def _expected(x):
+    return x[:, :64, None] * 2 + torch.arange(FakeEngine.D, dtype=torch.float32)
+
+
+def test_trt_encoder_runs_named_io_on_its_own_stream(cpu_runtime):
+    enc = cpu_runtime.make((1, 2, 4))
+    assert (enc.input_name, enc.output_name, enc.min_batch, enc.max_batch) == ("clips", "tokens", 1, 4)
+    x = torch.rand(3, 160000)
+    out = enc(x)
+    assert out.shape == (3, 64, FakeEngine.D) and out.dtype == torch.float32
+    assert torch.equal(out, _expected(x))
+    (ctx,) = cpu_runtime.trt.contexts
+    assert ctx.streams == [1234]  # never the default stream (handle 0)
+    assert cpu_runtime.current.waited == [1234] and set(cpu_runtime.recorded) == {1234}
+
+
+def test_trt_encoder_splits_and_pads_to_the_profile(cpu_runtime):
+    enc = cpu_runtime.make((2, 2, 4))
+    x = torch.rand(5, 160000)  # 4 + 1 (padded to the profile's min batch 2)
+    assert torch.equal(enc(x), _expected(x))
+    assert [s for s in cpu_runtime.trt.contexts[0].streams] == [1234, 1234]
+
+
+def test_trt_encoder_rejected_shape_is_an_error(cpu_runtime):
+    enc = cpu_runtime.make((1, 2, 4))
+    with pytest.raises(RuntimeError, match="rejected input shape"):
+        enc._run(torch.zeros(5, 160000))
+
+
+def test_trt_encoder_bad_engine_bytes(cpu_runtime):
+    cpu_runtime.engine.write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="could not deserialise"):
+        te.TRTEncoder(cpu_runtime.engine)
+
+
+def test_tensorrt_backend_on_the_stand_in(cpu_runtime):
+    from edge.encoder_backends import TensorRTBackend
+    from edge.model.audio import int16_roundtrip_torch
+
+    cpu_runtime.trt.engine_profile = (1, 2, 4)
+    b = TensorRTBackend(cpu_runtime.engine, max_batch=8, num_features=FakeEngine.D)
+    b.runner.device = torch.device("cpu")
+    assert b.max_batch == 4  # capped at the engine profile's max
+    x = torch.rand(6, 160000) * 2.4 - 1.2
+    assert torch.equal(b.encode(x), _expected(int16_roundtrip_torch(x)))
 
 
 def test_fp32_build_clears_tf32(fake_trt, tiny_onnx, tmp_path):
