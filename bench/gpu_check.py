@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -31,6 +32,15 @@ FLOP_FLOOR_GFLOP = 121.4
 # relative-error bounds vs torch float32 on the same GPU
 BOUNDS = {"float32": 1e-4, "onnxruntime": 1e-3, "float16": 2e-2, "bfloat16": 5e-2,
           "tensorrt fp16": 2e-2, "tensorrt fp32": 1e-3}
+
+
+class Deadline(BaseException):
+    """SIGTERM (scripts/gpu_check.sh's `timeout`): stop measuring, still print the table.
+    A BaseException so `record`'s per-backend `except Exception` does not swallow it."""
+
+
+def _on_sigterm(signum, frame):
+    raise Deadline()
 
 
 def _sync():
@@ -113,33 +123,63 @@ def main() -> int:
         print(f"{name}: rel err {err:.2e} ({'ok' if ok else 'FAIL'}), {cps:.1f} clips/s", flush=True)
         return b
 
-    record(f"torch {dev} float32", lambda: ref_backend, "float32")
-    for dt in ("float16", "bfloat16"):
-        record(f"torch {dev} {dt}", lambda dt=dt: TorchBackend(model, dev, dt, max_batch=args.batch,
-                                                              batch_invariant=False), dt)
-    if dev == "cpu" and env.onnxruntime:  # dry run: exercise the ORT path on the CPU provider
-        from edge.encoder_backends import ensure_onnx
+    def run_all():
+        record = recording
+        record(f"torch {dev} float32", lambda: ref_backend, "float32")
+        for dt in ("float16", "bfloat16"):
+            record(f"torch {dev} {dt}", lambda dt=dt: TorchBackend(model, dev, dt, max_batch=args.batch,
+                                                                  batch_invariant=False), dt)
+        if dev == "cpu" and env.onnxruntime:  # dry run: exercise the ORT path on the CPU provider
+            from edge.encoder_backends import ensure_onnx
 
-        record("onnxruntime CPU", lambda: OnnxRuntimeBackend(
-            ensure_onnx(model, cache), "cpu", max_batch=args.batch), "onnxruntime")
-    elif "CUDAExecutionProvider" in env.ort_providers:
-        from edge.encoder_backends import ensure_onnx
+            record("onnxruntime CPU", lambda: OnnxRuntimeBackend(
+                ensure_onnx(model, cache), "cpu", max_batch=args.batch), "onnxruntime")
+        elif "CUDAExecutionProvider" in env.ort_providers:
+            from edge.encoder_backends import ensure_onnx
 
-        record("onnxruntime CUDA", lambda: OnnxRuntimeBackend(
-            ensure_onnx(model, cache), "cuda", max_batch=args.batch), "onnxruntime")
-    else:
-        rows.append({"backend": "onnxruntime CUDA", "skipped": "no CUDAExecutionProvider"})
-    if env.tensorrt is None:
-        for prec in ("fp16",) + (("fp32",) if args.trt_fp32 else ()):
-            def make(prec=prec):
-                res = prepare_engine(model, cache_dir=cache, precision=prec, max_batch=args.batch)
-                again = prepare_engine(model, cache_dir=cache, precision=prec, max_batch=args.batch)
-                assert not again.built, f"second prepare_engine rebuilt: {again.reasons}"
-                return TensorRTBackend(res.engine_path, args.batch, model.modules.encoder.d.num_features)
-            record(f"tensorrt {prec}", make, f"tensorrt {prec}")
-    else:
-        rows.append({"backend": "tensorrt", "skipped": env.tensorrt})
+            record("onnxruntime CUDA", lambda: OnnxRuntimeBackend(
+                ensure_onnx(model, cache), "cuda", max_batch=args.batch), "onnxruntime")
+        else:
+            rows.append({"backend": "onnxruntime CUDA", "skipped": "no CUDAExecutionProvider"})
+        if env.tensorrt is None:
+            for prec in ("fp16",) + (("fp32",) if args.trt_fp32 else ()):
+                def make(prec=prec):
+                    res = prepare_engine(model, cache_dir=cache, precision=prec, max_batch=args.batch)
+                    again = prepare_engine(model, cache_dir=cache, precision=prec, max_batch=args.batch)
+                    assert not again.built, f"second prepare_engine rebuilt: {again.reasons}"
+                    return TensorRTBackend(res.engine_path, args.batch, model.modules.encoder.d.num_features)
+                record(f"tensorrt {prec}", make, f"tensorrt {prec}")
+        else:
+            rows.append({"backend": "tensorrt", "skipped": env.tensorrt})
 
+    def recording(*a):
+        try:
+            return record(*a)
+        finally:
+            _write_json(rows, gpu, cc, env, args)  # partial results survive a SIGKILL
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        run_all()
+    except Deadline:
+        rows.append({"backend": "(stopped)", "error": "time limit reached (SIGTERM); remaining "
+                     "backends not measured"})
+        print("gpu_check: time limit reached; printing what was measured", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _report(rows, gpu, cc, env, args)
+    return 1 if failed else 0
+
+
+def _write_json(rows, gpu, cc, env, args):
+    out = {"gpu": gpu, "compute_capability": cc, "torch": torch.__version__,
+           "tensorrt": env.tensorrt or _trt_version(), "batch": args.batch, "clips": args.clips,
+           "model": args.model or "random released dims", "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+def _report(rows, gpu, cc, env, args):
     print()
     print(f"{'backend':22s} {'rel err':>9s} {'clips/s':>9s} {'RTF':>9s} {'GFLOP/s':>8s} {'streams':>8s}")
     for r in rows:
@@ -148,13 +188,8 @@ def main() -> int:
                   f"{r['gflops']:8d} {r['streams_at_70pct_10s_hop']:8d}{'' if r['ok'] else '  FAIL'}")
         else:
             print(f"{r['backend']:22s} {r.get('skipped') or r.get('error')}")
-    out = {"gpu": gpu, "compute_capability": cc, "torch": torch.__version__,
-           "tensorrt": env.tensorrt or _trt_version(), "batch": args.batch, "clips": args.clips,
-           "model": args.model or "random released dims", "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    _write_json(rows, gpu, cc, env, args)
     print(f"written {args.out}")
-    return 1 if failed else 0
 
 
 def _trt_version():

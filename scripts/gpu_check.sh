@@ -6,7 +6,8 @@
 #   scripts/gpu_check.sh [--model DIR] [--batch 8] [--clips 16] [--trt-fp32]
 #
 # Results go to $OUT/gpu_check.json when $OUT is set (device runners), else
-# bench/results/gpu_check.json. Bounded by GPU_CHECK_TIMEOUT seconds (default 540).
+# bench/results/gpu_check.json. Bounded by GPU_CHECK_TIMEOUT seconds (default 540); at the limit
+# it prints the table of what it measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-bench/results}"
@@ -19,4 +20,6 @@ import importlib.util as u
 for m in ("torch", "onnxruntime", "tensorrt", "onnx"):
     print(f"{m}: {'present' if u.find_spec(m) else 'absent'}")
 PY
-exec timeout "${GPU_CHECK_TIMEOUT:-540}" python bench/gpu_check.py --out "$out_dir/gpu_check.json" "$@"
+# SIGTERM at the limit makes gpu_check.py stop and print its table; a TensorRT build holds the
+# signal until it returns, so SIGKILL follows 20 s later (the JSON is rewritten after every row).
+exec timeout -k 20 "${GPU_CHECK_TIMEOUT:-540}" python bench/gpu_check.py --out "$out_dir/gpu_check.json" "$@"
