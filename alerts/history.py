@@ -141,13 +141,8 @@ class History:
         self, *, stream: str | None = None, monitor: str | None = None, since: float | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
-        q, args = "SELECT payload FROM alerts WHERE 1=1", []
-        if stream:
-            q += " AND stream=?"
-            args.append(stream)
-        if monitor:
-            q += " AND monitor=?"
-            args.append(monitor)
+        where, args = _filters(stream, monitor)
+        q = "SELECT payload FROM alerts WHERE 1=1" + where
         if since is not None:
             q += " AND ts>=?"
             args.append(since)
@@ -166,13 +161,8 @@ class History:
         return json.loads(rows[0][0]) if len(rows) == 1 else None
 
     def list_results(self, *, stream: str | None = None, monitor: str | None = None, limit: int = 50) -> list[dict]:
-        q, args = "SELECT ts, stream, monitor, verdict, severity, answer FROM results WHERE 1=1", []
-        if stream:
-            q += " AND stream=?"
-            args.append(stream)
-        if monitor:
-            q += " AND monitor=?"
-            args.append(monitor)
+        where, args = _filters(stream, monitor)
+        q = "SELECT ts, stream, monitor, verdict, severity, answer FROM results WHERE 1=1" + where
         q += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         with self._lock:
@@ -182,3 +172,13 @@ class History:
         assert table in ("results", "transitions", "alerts", "monitors")
         with self._lock:
             return self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def _filters(stream: str | None, monitor: str | None) -> tuple[str, list[Any]]:
+    """SQL `AND` clauses and their arguments for the optional stream / monitor filters."""
+    where, args = "", []
+    for col, val in (("stream", stream), ("monitor", monitor)):
+        if val:
+            where += f" AND {col}=?"
+            args.append(val)
+    return where, args

@@ -198,6 +198,19 @@ def _git_commit() -> str | None:
         return None
 
 
+def add_model_args(ap) -> None:
+    """The options every model benchmark takes: which dtypes, how many torch threads."""
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+
+
+def apply_threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def machine_info() -> dict[str, Any]:
     import torch
 

@@ -106,11 +106,9 @@ def bench_dtype(dtype: torch.dtype, clips: torch.Tensor, repeats: int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    C.add_model_args(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    C.apply_threads(args)
     machine = C.machine_info()
     torch.manual_seed(0)
     clips = (torch.rand(3, 160000) * 2 - 1) * 0.5

@@ -99,11 +99,9 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2, help="runs of our query (best kept); "
                     "the official one runs once")
-    ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    C.add_model_args(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    C.apply_threads(args)
     machine = C.machine_info()
     results = {"release": "0.5B", "dtypes": {}}
     for name in args.dtypes.split(","):

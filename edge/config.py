@@ -57,6 +57,13 @@ def parse_duration(v: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _identifier(v: str, what: str) -> str:
+    """Stream ids and monitor names end up in MQTT topics, file names and metric labels."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
+        raise ValueError(f"{what}: 1-64 letters, digits, '_', '.' or '-'")
+    return v
+
+
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -137,9 +144,7 @@ class StreamConfig(_Base):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
-            raise ValueError("stream id: 1-64 letters, digits, '_', '.' or '-'")
-        return v
+        return _identifier(v, "stream id")
 
     @model_validator(mode="after")
     def _check(self) -> "StreamConfig":
@@ -186,9 +191,7 @@ class MonitorConfig(_Base):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
-            raise ValueError("monitor name: 1-64 letters, digits, '_', '.' or '-'")
-        return v
+        return _identifier(v, "monitor name")
 
     @field_validator("triggers")
     @classmethod
