@@ -98,7 +98,7 @@ def main() -> None:
     t_ingest = time.perf_counter()
     for st in streams.values():
         for j in range(0, n, frame):
-            st.ring.append(j, audio[j:j + frame], capture_time=0.0)
+            st.ring.append(j, audio[j:j + frame])
     ingest_s = time.perf_counter() - t_ingest
     w = InferenceWorker(streams, s, model=model, metrics=Metrics(), lossless=True)
     cpu0, t0 = time.process_time(), time.perf_counter()

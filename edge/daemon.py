@@ -22,6 +22,7 @@ import numpy as np
 import structlog
 
 from streams.base import Frame, Source
+from streams.timeline import Piece
 
 from .config import Settings
 from .metrics import Metrics
@@ -47,18 +48,16 @@ def mmss(seconds: float) -> str:
 class LogSink:
     """Logs every result (one line each)."""
 
-    def __init__(self, logger: Any = None, origin_of: Callable[[str], float | None] | None = None
-                 ) -> None:
+    def __init__(self, logger: Any = None) -> None:
         self.log = logger or structlog.get_logger("edge.results")
-        self.origin_of = origin_of  # UTC seconds of a stream's first sample, for `at=mm:ss`
 
     def submit(self, r: MonitorResult, audio: np.ndarray | None, sample_rate: int) -> None:
         kw: dict[str, Any] = dict(stream=r.stream, monitor=r.monitor, verdict=r.verdict,
                                   start=r.start.isoformat(timespec="seconds"),
                                   end=r.end.isoformat(timespec="seconds"))
-        t0 = self.origin_of(r.stream) if self.origin_of else None
-        if t0 is not None:
-            kw["at"] = f"{mmss(r.start.timestamp() - t0)}-{mmss(r.end.timestamp() - t0)}"
+        off = r.extra.get("offset_s")  # position in the stream's audio (a file's offset)
+        if off:
+            kw["at"] = f"{mmss(off[0])}-{mmss(off[1])}"
         if r.answer:
             kw["answer"] = r.answer
         if r.level_dbfs is not None:
@@ -191,7 +190,11 @@ class Daemon:
         if s is None:
             self.metrics.frames_dropped.labels("_unknown", "unknown_stream").inc()
             return
-        r = s.ring.append(frame.sample_index, frame.samples, frame.capture_time)
+        if frame.piece is not None:
+            s.timeline.add(frame.piece)
+        elif not len(s.timeline):  # a source that predates timelines: one piece from its first frame
+            s.timeline.add(Piece(frame.sample_index, frame.capture_time))
+        r = s.ring.append(frame.sample_index, frame.samples)
         m = self.metrics
         m.frames_in.labels(s.id).inc()
         m.samples_in.labels(s.id).inc(r.written)
@@ -205,12 +208,6 @@ class Daemon:
         self.worker.notify()
         if self.lossless:
             self.worker.wait_for_capacity(s.id, self.stop_event)
-
-    def _stream_origin(self, stream: str) -> float | None:
-        s = self.streams.get(stream)
-        if s is None or s.ring.origin is None:
-            return None
-        return s.ring.time_of(s.ring.origin)
 
     def _source_main(self, i: int, src: Source) -> None:
         backoff, backoff_max = self._backoff
@@ -247,7 +244,7 @@ class Daemon:
             log.info("model-free mode: level and novelty gate only")
         sinks: list[Any] = []
         if self._log_results:
-            sinks.append(LogSink(origin_of=self._stream_origin))
+            sinks.append(LogSink())
         if self._want_alerts:
             try:
                 from alerts.pipeline import AlertPipeline

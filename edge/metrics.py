@@ -27,6 +27,14 @@ class Metrics:
         self.source_reopens = Counter(
             "fe_source_reopens", "Times a source was reopened", ["stream"], registry=r
         )
+        self.timeline_pieces = Counter(
+            "fe_timeline_pieces", "New timeline pieces (breaks, clock steps, drift corrections)",
+            ["stream", "cause"], registry=r,
+        )
+        self.clock_untrusted = Counter(
+            "fe_clock_untrusted", "Frames whose capture time was too far from this machine's clock",
+            ["stream"], registry=r,
+        )
         # --- encoding (edge/) ---
         self.clips_encoded = Counter("fe_clips_encoded", "Clips encoded", ["stream"], registry=r)
         self.clips_dropped = Counter(

@@ -10,6 +10,9 @@ named by ``[start, end)`` forever, whether or not its samples are still in the b
   dropped (late or duplicate audio never rewrites the past).
 - A gap longer than the buffer costs O(capacity), not O(gap).
 - ``read`` returns a copy, or None if the span is not (or no longer) in the buffer.
+
+UTC is not the ring's business: the stream's timeline (`streams.timeline.PieceLog`) maps
+sample indices to UTC.
 """
 
 from __future__ import annotations
@@ -38,22 +41,18 @@ class Ring:
         self._lock = threading.Lock()
         self.origin: int | None = None  # sample index of the first sample ever written
         self.write_pos = 0  # absolute index one past the last written sample
-        self.t0: float | None = None  # UNIX time of sample index 0 (anchored on the first frame)
         self.gap_samples = 0
         self.dropped_samples = 0
         self.closed = False  # the source ended; no more samples will come
         self._gaps: deque[tuple[int, int]] = deque(maxlen=max_gaps)
 
     # ---------------------------------------------------------------- writer side
-    def append(self, sample_index: int, samples: np.ndarray, capture_time: float | None = None
-               ) -> AppendResult:
+    def append(self, sample_index: int, samples: np.ndarray) -> AppendResult:
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         n = x.shape[0]
         with self._lock:
             if self.origin is None:
                 self.origin = self.write_pos = int(sample_index)
-                if capture_time is not None:
-                    self.t0 = float(capture_time) - sample_index / self.sample_rate
             gap = dropped = 0
             start = int(sample_index)
             if start < self.write_pos:  # overlap: keep only what is new
@@ -132,9 +131,3 @@ class Ring:
         with self._lock:
             gaps = list(self._gaps)
         return sum(max(0, min(e, end) - max(s, start)) for s, e in gaps)
-
-    def time_of(self, index: int) -> float | None:
-        """UNIX time (UTC) of a sample index, or None before the first timed frame."""
-        if self.t0 is None:
-            return None
-        return self.t0 + index / self.sample_rate

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from streams.timeline import PieceLog
+
 from .gate import Gate, GateReading
 from .memory import ClipEncoding, StreamMemory
 from .metrics import Metrics
@@ -73,6 +75,7 @@ class StreamState:
         self.memory_clips = clips_for(a.memory, a.clip, a.hop)
         capacity = int(round((a.memory + a.clip + a.ring_margin) * SR))
         self.ring = Ring(capacity, SR)
+        self.timeline = PieceLog(SR)  # sample index -> UTC, filled from the frames' pieces
         self.clips = ClipScheduler(self.id, self.clip_len, self.hop)
         g = settings.gate
         self.gate = Gate(SR, warmup_clips=g.warmup_clips, segment_s=g.segment, adapt=g.adapt,
@@ -91,6 +94,14 @@ class StreamState:
 
     def t_rel(self, index: int) -> float:
         return (index - (self.ring.origin or 0)) / SR
+
+    def span(self, start: int, end: int) -> tuple[datetime, datetime]:
+        """UTC span of the samples ``[start, end)``."""
+        return utc(self.timeline.utc_of(start)), utc(self.timeline.utc_end(end))
+
+    def offsets(self, start: int, end: int) -> list[float]:
+        """Where ``[start, end)`` lies in the stream's audio, in seconds (a file's position)."""
+        return [round(self.t_rel(start), 3), round(self.t_rel(end), 3)]
 
 
 @dataclass
@@ -270,7 +281,7 @@ class InferenceWorker:
                 gap = s.ring.gap_in(spec.start, spec.end)
                 s.memory.add(ClipEncoding(
                     index=spec.index, start=spec.start, end=spec.end,
-                    t_start=s.ring.time_of(spec.start), t_end=s.ring.time_of(spec.end),
+                    t_start=s.timeline.utc_of(spec.start), t_end=s.timeline.utc_end(spec.end),
                     tokens=tokens[i].clone(), valid=gap < 0.99 * (spec.end - spec.start),
                     reading=reading,
                 ))
@@ -295,10 +306,11 @@ class InferenceWorker:
                     question=cfg.question or " or ".join(cfg.triggers),
                     answer="", token_ids=(),
                     verdict="positive" if due.positive else "negative",
-                    start=utc(s.ring.time_of(spec.start)), end=utc(s.ring.time_of(spec.end)),
+                    start=s.span(spec.start, spec.end)[0], end=s.span(spec.start, spec.end)[1],
                     latency_s=0.0, model_id=GATE_MODEL_ID, severity=cfg.severity,
                     level_dbfs=reading.level_dbfs, novelty=reading.novelty,
-                    extra={"reason": due.reason, "clip": spec.index, "peak_dbfs": reading.peak_dbfs},
+                    extra={"reason": due.reason, "clip": spec.index, "peak_dbfs": reading.peak_dbfs,
+                           "offset_s": s.offsets(spec.start, spec.end)},
                 )
                 self._emit(res, x)
             else:
@@ -389,7 +401,8 @@ class InferenceWorker:
                         novelty=q.reading.novelty if q.reading else None,
                         extra={"reason": due.reason, "clip": q.clip_index,
                                "clips": [c.index for c in view.clips],
-                               "masked": int((view.mask == 0).sum())},
+                               "masked": int((view.mask == 0).sum()),
+                               "offset_s": s.offsets(view.start, view.end)},
                     )
                     self._emit(res, audio)
 

@@ -1,10 +1,13 @@
 """The common source interface.
 
 A source turns some audio input into `Frame`s: mono float32 at 16 kHz, with the stream id,
-the index of the first sample on the stream's own 16 kHz sample clock, the capture time of
-that sample (UNIX seconds, UTC) and a per-stream sequence number. Consumers (the ring
-buffers) trust the sample index: a frame whose index is ahead of the ring's write position
-means a gap (filled with silence), one behind means overlap (dropped).
+the index of the first sample on the stream's own 16 kHz sample index, the UTC of that
+sample (UNIX seconds) and a per-stream sequence number. Where the index goes and what UTC
+it stands for is decided by the stream's `streams.timeline.Timeline`; the first frame of a
+new timeline piece carries that `Piece` (a break, a clock step, a drift correction), which
+the consumer records to turn clip indices into UTC. Consumers (the ring buffers) trust the
+sample index: a frame whose index is ahead of the ring's write position means a short gap
+(filled with silence), one behind means overlap (dropped).
 
 Sources run on their own thread (`run(emit, stop)`) or on a library's thread (MQTT) and
 hand frames to ``emit``, which must be cheap and must never block in live mode.
@@ -19,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from .timeline import Piece
+
 SAMPLE_RATE = 16000
 
 
@@ -29,6 +34,7 @@ class Frame:
     capture_time: float  # UNIX seconds (UTC) of the first sample
     seq: int
     samples: np.ndarray  # (n,) float32 mono 16 kHz
+    piece: Piece | None = None  # set on the first frame of a new timeline piece
 
     @property
     def end_index(self) -> int:

@@ -1,8 +1,12 @@
 """File source: WAV/FLAC/OGG (anything libsndfile reads) played as a stream.
 
 Pacing: ``speed=1`` is real time, ``speed=N`` N times real time, ``speed=0`` as fast as the
-consumer takes it. Capture times start at ``start_time`` (default: the moment playback
-starts) and advance with the sample clock, so clip spans are exact whatever the pacing.
+consumer takes it. The stream's timeline starts at ``start_time`` (default: the moment
+playback starts). A paced file is stamped with the wall time at which it is **heard**: at
+``speed=N`` its one timeline piece runs at N x 16000 samples per second, so a clip heard
+from 12:00:00 to 12:00:01.25 at 8x says so; the position in the file is the sample index
+(``at`` in the log), kept apart from UTC. ``speed=0`` (replay) has no wall time to be heard
+at: its timeline runs at the recording's own rate from ``start_time``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 import soundfile as sf
 
 from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
+from .timeline import Timeline
 
 
 class FileSource(Source):
@@ -46,6 +51,8 @@ class FileSource(Source):
     def run(self, emit: Emit, stop: threading.Event) -> None:
         t_start = time.monotonic()
         t0 = self.start_time if self.start_time is not None else time.time()
+        # the file is its own clock: one piece from t0, at the pace it is played
+        timeline = Timeline(SAMPLE_RATE, speed=self.speed, max_skew_s=None)
         index = 0
         seq = 0
         block = max(1, int(self.in_rate * self.frame_ms / 1000.0))
@@ -60,7 +67,8 @@ class FileSource(Source):
                         if not np.isfinite(y).all():
                             y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
                         y = np.clip(y, -1.0, 1.0)
-                        emit(Frame(self.stream, index, t0 + index / SAMPLE_RATE, seq, y))
+                        pl = timeline.place(y.shape[0], t0 if index == 0 else None)
+                        emit(Frame(self.stream, pl.index, pl.utc, seq, y, pl.piece))
                         index += y.shape[0]
                         seq += 1
                         self.samples_emitted = index

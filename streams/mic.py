@@ -1,11 +1,14 @@
 """Microphone source (PortAudio through sounddevice, imported lazily).
 
 The PortAudio callback only copies the block into a bounded queue (overflows are counted,
-never waited on, and the lost blocks become silence on the sample clock). The source thread drains the queue, downmixes/resamples to 16 kHz mono and
-emits frames. If no audio arrives for ``stall_timeout`` seconds, or the stream stops being
-active (device unplugged), the stream is closed and reopened with exponential backoff; the
-time the device was away becomes silence on the stream's sample clock, so clip spans stay
-aligned with wall time.
+never waited on, and the lost blocks become silence on the sample clock), with the time it
+was called. The source thread drains the queue, downmixes/resamples to 16 kHz mono and
+places each block on the stream's `streams.timeline.Timeline`: the callback times correct
+the device clock's drift and catch system clock steps; PortAudio's own input-overflow flag is
+a break measured by those times (the lost audio becomes silence). If no audio arrives for
+``stall_timeout`` seconds, or the stream stops being active (device unplugged), the stream is
+closed and reopened with exponential backoff; the reopen is a break too: a short absence
+becomes silence, a long one (over ``max_gap_s``) a new timeline piece with a fresh clip grid.
 
 Tests (and exotic back ends) inject ``stream_factory(device, samplerate, channels, blocksize,
 callback)`` returning an object with ``start()``, ``stop()``, ``close()`` and optionally
@@ -23,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
+from .timeline import Timeline
 
 log = logging.getLogger("flamingo_edge.streams.mic")
 
@@ -62,6 +66,7 @@ class MicSource(Source):
         stream_factory: StreamFactory | None = None,
         metrics=None,
         clock: Callable[[], float] = time.time,
+        max_gap_s: float = 60.0,
     ) -> None:
         self.streams = (stream,)
         self.stream = stream
@@ -84,18 +89,20 @@ class MicSource(Source):
         self.opens = 0
         self.reopens = 0
         self.open_failures = 0
-        self._anchor: float | None = None  # capture time of sample index 0
-        self._index = 0
+        # the callback clock is this machine's: no skew check, steps and drift are caught
+        self.timeline = Timeline(SAMPLE_RATE, max_gap_s=max_gap_s, max_skew_s=None, clock=clock)
         self._seq = 0
 
     # runs on the PortAudio thread: copy and go
     def _callback(self, indata, frames, time_info, status) -> None:
+        overflow = False
         if status:
             self.status_flags += 1
+            overflow = bool(getattr(status, "input_overflow", False))
         try:
             # the running total of lost frames tells the reader where a hole goes
             self._q.put_nowait((np.array(indata, dtype=np.float32, copy=True), self.clock(),
-                                self._lost_frames))
+                                self._lost_frames, overflow))
         except queue.Full:
             self.overflows += 1
             self._lost_frames += int(frames)
@@ -115,7 +122,7 @@ class MicSource(Source):
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         backoff = self.backoff_initial
-        first = True
+        first = first_session = True
         while not stop.is_set():
             if not first:
                 self.reopens += 1
@@ -135,11 +142,13 @@ class MicSource(Source):
             rate = int(getattr(st, "samplerate", None) or self.samplerate or SAMPLE_RATE)
             conv = Converter(rate, SAMPLE_RATE)
             last_data = time.monotonic()
-            session_start = True
+            brk: str | None = None if first_session else "reopen"
+            first_session = False
+            lost_seen: int | None = None
             try:
                 while not stop.is_set():
                     try:
-                        block, t_cb, lost_total = self._q.get(timeout=0.05)
+                        block, t_cb, lost_total, overflow = self._q.get(timeout=0.05)
                     except queue.Empty:
                         if time.monotonic() - last_data > self.stall_timeout:
                             log.warning("microphone %r for %s stalled; reopening", self.device,
@@ -152,29 +161,34 @@ class MicSource(Source):
                         continue
                     last_data = time.monotonic()
                     backoff = self.backoff_initial
-                    t_cap = t_cb - block.shape[0] / rate  # capture time of the block's first sample
+                    lost = 0
+                    if lost_seen is not None and lost_total > lost_seen:  # queue was full
+                        lost = int(round((lost_total - lost_seen) * SAMPLE_RATE / rate))
+                    lost_seen = lost_total
+                    if overflow and brk is None:  # PortAudio lost input: measure it by time
+                        brk = "overflow"
                     y = conv(block)
-                    if session_start:
-                        session_start = False
-                        lost_seen = lost_total
-                        if self._anchor is None:
-                            self._anchor = t_cap
-                        else:  # after a reopen: the time away becomes silence
-                            self._index = max(self._index,
-                                              int(round((t_cap - self._anchor) * SAMPLE_RATE)))
-                    elif lost_total > lost_seen:  # blocks lost to a full queue: silence
-                        self._index += int(round((lost_total - lost_seen) * SAMPLE_RATE / rate))
-                        lost_seen = lost_total
                     if y.size:
-                        emit(Frame(self.stream, self._index,
-                                   self._anchor + self._index / SAMPLE_RATE, self._seq, y))
-                        self._index += y.shape[0]
-                        self._seq += 1
+                        t_cap = t_cb - block.shape[0] / rate  # the block's first sample
+                        self._emit_block(emit, y, t_cap, lost, brk)
+                        brk = None
             finally:
                 _close(st)
             if not stop.is_set():
                 stop.wait(backoff)
                 backoff = min(backoff * 2, self.backoff_max)
+
+    def _emit_block(self, emit: Emit, y: np.ndarray, t_cap: float, lost: int, brk: str | None
+                    ) -> None:
+        tl = self.timeline
+        pl = tl.place(y.shape[0], t_cap, lost=lost, brk=brk)
+        if pl.piece is not None and tl.pieces > 1:
+            log.info("microphone %s: new timeline piece (%s, gap %.1f s)", self.stream,
+                     pl.piece.cause, pl.piece.gap_s)
+            if self.metrics is not None:
+                self.metrics.timeline_pieces.labels(self.stream, pl.piece.cause).inc()
+        emit(Frame(self.stream, pl.index, pl.utc, self._seq, y, pl.piece))
+        self._seq += 1
 
     def _drain(self) -> None:
         try:

@@ -1,18 +1,21 @@
 """MQTT audio source (paho-mqtt 2.x, callback API v2).
 
 Audio arrives on ``<prefix>/audio/<stream_id>``, one `streams.protocol` frame per message.
-Per stream the source keeps the sequence number and the 16 kHz sample clock:
+Per stream the source keeps the sequence number and a `streams.timeline.Timeline`:
 
 - a frame that fails validation is dropped and counted by reason (``fe_frames_dropped``);
-- the next sequence number is accepted; a jump forward of ``n+1`` means ``n`` frames were lost,
-  and the clock advances by ``n`` frames of the current frame's length, which the ring buffer
-  fills with silence (``fe_gap_samples``); gaps longer than ``max_gap_s`` are capped there;
+- the next sequence number is accepted; a jump forward of ``n+1`` means ``n`` frames were lost:
+  the timeline turns a short loss into silence on the sample clock (``fe_gap_samples``) and a
+  loss longer than ``max_gap_s`` into a new timeline piece with a fresh clip grid;
 - the same sequence number again is a ``duplicate``, an older one (within ``late_window``) is
   ``late``; both are dropped;
 - a jump backwards beyond ``late_window``, or any jump backwards whose capture time is later
   than the last accepted frame's, means the publisher restarted: the sequence is
-  re-synchronised and the time it was away (by its capture times, capped at ``max_gap_s``)
-  becomes silence.
+  re-synchronised and the timeline is told of the break, so the time the publisher was away
+  (by its capture times) becomes silence or, if longer than ``max_gap_s``, a new piece;
+- the publisher's capture times place every frame in UTC: they correct slow drift, and a
+  capture time that jumps on contiguous audio is a clock step (a new piece, same clip grid);
+  capture times further than ``max_skew_s`` from this machine's clock are not trusted.
 
 Nothing in a message can raise out of `handle`: the paho network thread must survive anything.
 """
@@ -22,13 +25,16 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 import uuid
 from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 
 from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
-from .protocol import MAX_FRAME_BYTES, FrameError, decode_frame
+from .protocol import MAX_FRAME_BYTES, AudioFrame, FrameError, decode_frame
+from .timeline import Timeline
 
 log = logging.getLogger("flamingo_edge.streams.mqtt")
 
@@ -37,13 +43,13 @@ UNKNOWN_STREAM = "_unknown"
 
 @dataclass
 class _StreamClock:
+    timeline: Timeline
     last_seq: int | None = None
-    index: int = 0
-    anchor: float | None = None
     rate: int = 0
     conv: Converter | None = None
     last_ns: int | None = None  # capture time of the last accepted frame (publisher's clock)
-    last_dur_ns: int = 0  # its duration
+    lost: int = 0  # 16 kHz samples lost since the last placed frame
+    brk: str | None = None  # a break not yet placed (the resampler held the frame back)
 
 
 class MqttAudioSource(Source):
@@ -55,15 +61,19 @@ class MqttAudioSource(Source):
         max_bytes: int = MAX_FRAME_BYTES,
         late_window: int = 1024,
         max_gap_s: float = 60.0,
+        max_skew_s: float | None = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.streams = tuple(streams)
         self.cfg = mqtt
         self.metrics = metrics
         self.max_bytes = max_bytes
         self.late_window = late_window
-        self.max_gap = int(max_gap_s * SAMPLE_RATE)
+        self.max_gap_s = float(max_gap_s)
         self.prefix = mqtt.topic_prefix.strip("/")
-        self._clocks = {s: _StreamClock() for s in self.streams}
+        self._clocks = {s: _StreamClock(Timeline(SAMPLE_RATE, max_gap_s=max_gap_s,
+                                                 max_skew_s=max_skew_s, clock=clock))
+                        for s in self.streams}
         self._emit: Emit | None = None
         self.rejects: dict[str, int] = {}
         self.accepted = 0
@@ -74,6 +84,9 @@ class MqttAudioSource(Source):
 
     def topic(self, stream: str) -> str:
         return f"{self.prefix}/audio/{stream}"
+
+    def timeline(self, stream: str) -> Timeline:
+        return self._clocks[stream].timeline
 
     # ------------------------------------------------------------ message handling
     def _reject(self, stream: str, reason: str) -> None:
@@ -103,35 +116,10 @@ class MqttAudioSource(Source):
         if c.conv is None or f.sample_rate != c.rate:
             c.rate = f.sample_rate
             c.conv = Converter(f.sample_rate, SAMPLE_RATE)
-        nominal = c.conv.out_length(f.frames)
-        if c.last_seq is not None:
-            d = (f.seq - c.last_seq) & 0xFFFFFFFF
-            if d >= 1 << 31:
-                d -= 1 << 32
-            if d == 0:
-                self._reject(stream, "duplicate")
-                return
-            if d < 0:
-                # a late frame was captured before the last accepted one; a restarted
-                # publisher (sequence from 0 again) captures after it
-                later = c.last_ns is not None and f.capture_time_ns > c.last_ns
-                if -d <= self.late_window and not later:
-                    self._reject(stream, "late")
-                    return
-                log.info("stream %s: sequence restarted (%d -> %d)", stream, c.last_seq, f.seq)
-                if later:  # the time the publisher was away becomes silence
-                    away_ns = f.capture_time_ns - (c.last_ns + c.last_dur_ns)
-                    if away_ns > 0:
-                        self.gaps += 1
-                        c.index += min(int(round(away_ns * SAMPLE_RATE / 1e9)), self.max_gap)
-            elif d > 1:
-                self.gaps += 1
-                c.index += min((d - 1) * nominal, self.max_gap)
-        if c.anchor is None:
-            c.anchor = f.capture_time
-        c.last_seq = f.seq
-        c.last_ns = f.capture_time_ns
-        c.last_dur_ns = int(f.frames * 1e9 / f.sample_rate)
+        reason = self._sequence(stream, c, f)
+        if reason is not None:
+            self._reject(stream, reason)
+            return
         self.accepted += 1
         y = c.conv(f.pcm)
         if y.size == 0:  # the resampler keeps very short frames in its pipeline
@@ -139,10 +127,49 @@ class MqttAudioSource(Source):
         if not np.isfinite(y).all():  # cannot happen after validation; belt and braces
             self._reject(stream, "non_finite")
             return
-        frame = Frame(stream, c.index, c.anchor + c.index / SAMPLE_RATE, f.seq, y)
-        c.index += y.shape[0]
+        self._place(stream, c, f, y)
+
+    def _sequence(self, stream: str, c: _StreamClock, f: AudioFrame) -> str | None:
+        """Check ``f``'s sequence number against the stream's: None to accept it (noting lost
+        frames or a restart on ``c``), else the reason to drop it."""
+        if c.last_seq is not None:
+            d = (f.seq - c.last_seq) & 0xFFFFFFFF
+            if d >= 1 << 31:
+                d -= 1 << 32
+            if d == 0:
+                return "duplicate"
+            if d < 0:
+                # a late frame was captured before the last accepted one; a restarted
+                # publisher (sequence from 0 again) captures after it
+                later = c.last_ns is not None and f.capture_time_ns > c.last_ns
+                if -d <= self.late_window and not later:
+                    return "late"
+                log.info("stream %s: sequence restarted (%d -> %d)", stream, c.last_seq, f.seq)
+                c.brk = "restart"
+                c.lost = 0
+            elif d > 1:
+                self.gaps += 1
+                assert c.conv is not None
+                c.lost += (d - 1) * c.conv.out_length(f.frames)
+        c.last_seq = f.seq
+        c.last_ns = f.capture_time_ns
+        return None
+
+    def _place(self, stream: str, c: _StreamClock, f: AudioFrame, y: np.ndarray) -> None:
+        tl = c.timeline
+        pieces, untrusted = tl.pieces, tl.untrusted
+        pl = tl.place(y.shape[0], f.capture_time, lost=c.lost, brk=c.brk)
+        c.lost, c.brk = 0, None
+        if pl.piece is not None and tl.pieces > 1:
+            log.info("stream %s: new timeline piece (%s, gap %.1f s) at sample %d", stream,
+                     pl.piece.cause, pl.piece.gap_s, pl.index)
+        if self.metrics is not None:
+            if tl.pieces > pieces and pl.piece is not None:
+                self.metrics.timeline_pieces.labels(stream, pl.piece.cause).inc()
+            if tl.untrusted > untrusted:
+                self.metrics.clock_untrusted.labels(stream).inc()
         if self._emit is not None:
-            self._emit(frame)
+            self._emit(Frame(stream, pl.index, pl.utc, f.seq, y, pl.piece))
 
     # ------------------------------------------------------------ paho plumbing
     def _make_client(self):

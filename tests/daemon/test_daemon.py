@@ -145,3 +145,30 @@ def test_invalid_config_fails_before_start(tmp_path):
     assert res.exit_code != 0
     assert "streams.0" in res.output and "alerts.webhook" in res.output
     assert "abc-very-secret" not in res.output
+
+
+def test_fast_file_logs_heard_utc_and_the_file_offset_apart(tmp_path):
+    """Like the 8x demo, at 40x: the result for file 0:30-0:40 is stamped with the wall time at
+    which it was heard (start + 0.75..1 s), never start + 30 s (a UTC in the future); `at`
+    keeps the offset in the file."""
+    import structlog
+
+    from edge.daemon import LogSink
+
+    rec = recording(tmp_path / "r.wav", seconds=40)
+    got = []
+    s = settings(tmp_path, GATE)
+    d = Daemon(s, sources=[FileSource(rec, "s", speed=40, start_time=1000.0)], alerts=False,
+               http=False, log_results=False,
+               sinks=[CallbackSink(lambda r, a, sr: got.append(r))])
+    d.start()
+    try:
+        assert d.run(timeout=60)
+    finally:
+        d.stop()
+    r = got[0]
+    assert r.extra["offset_s"] == [30.0, 40.0]
+    assert r.start.timestamp() == 1000.0 + 30 / 40 and r.end.timestamp() == 1000.0 + 40 / 40
+    with structlog.testing.capture_logs() as logs:
+        LogSink().submit(r, None, 16000)
+    assert logs[0]["at"] == "0:30.0-0:40.0"

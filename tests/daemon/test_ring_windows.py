@@ -101,12 +101,6 @@ def test_wraparound_and_eviction():
     assert ring.write_pos == 10**9 + 10 and ring.read(10**9 - 990, 10**9).max() == 0
 
 
-def test_time_anchor():
-    ring = Ring(1000, sample_rate=16000)
-    ring.append(1600, np.zeros(10, np.float32), capture_time=100.0)
-    assert ring.time_of(1600) == 100.0 and abs(ring.time_of(3200) - 100.1) < 1e-9
-
-
 def test_loudness_policy():
     quiet = np.full(10, 0.001, np.float32)
     assert loudness_gain(quiet, "peak", max_gain_db=20) == 10.0  # capped

@@ -7,6 +7,7 @@ import numpy as np
 from edge.config import load_settings
 from edge.metrics import Metrics
 from edge.scheduler import InferenceWorker, StreamState
+from streams.timeline import Piece
 
 from .fakes import FakeModel
 
@@ -34,11 +35,14 @@ def setup(monitors=(), streams=("a", "b"), model=None, **audio):
     return w, st, results, m
 
 
-def feed(ring, seconds, value=0.1, start=None):
+def feed(stream, seconds, value=0.1, start=None):
     n = int(seconds * SR)
     x = np.full(n, value, np.float32)
     x[::100] = -value
-    ring.append(ring.write_pos if start is None else start, x, capture_time=1000.0)
+    ring = stream.ring
+    if not len(stream.timeline):
+        stream.timeline.add(Piece(0, 1000.0))
+    ring.append(ring.write_pos if start is None else start, x)
 
 
 def run_all(w):
@@ -49,11 +53,11 @@ def run_all(w):
 def test_ready_clips_of_all_streams_are_encoded_together_exactly_once():
     model = FakeModel()
     w, st, _, m = setup(model=model)
-    feed(st["a"].ring, 30)
-    feed(st["b"].ring, 25)
+    feed(st["a"], 30)
+    feed(st["b"], 25)
     run_all(w)
     assert model.encode_calls == [5]  # 3 + 2 clips, one call
-    feed(st["b"].ring, 5)
+    feed(st["b"], 5)
     run_all(w)
     assert model.encode_calls == [5, 1]
     assert [c.index for c in st["a"].memory.clips()] == [0, 1, 2]
@@ -65,7 +69,7 @@ def test_memory_keeps_the_last_30_clips_with_their_spans():
     model = FakeModel()
     w, st, _, _ = setup(model=model, streams=("a",), encode_batch=4)
     for _ in range(35):
-        feed(st["a"].ring, 10)
+        feed(st["a"], 10)
         run_all(w)
     clips = st["a"].memory.clips()
     assert [c.index for c in clips] == list(range(5, 35))
@@ -76,7 +80,7 @@ def test_memory_keeps_the_last_30_clips_with_their_spans():
 def test_when_encoding_falls_behind_the_oldest_clips_are_dropped():
     model = FakeModel()
     w, st, _, m = setup(model=model, streams=("a",), max_pending_clips=3)
-    feed(st["a"].ring, 100)  # ten clips at once: more than the worker may queue
+    feed(st["a"], 100)  # ten clips at once: more than the worker may queue
     run_all(w)
     assert [c.index for c in st["a"].memory.clips()] == [7, 8, 9]
     assert m.clips_dropped.labels("a")._value.get() == 7
@@ -92,7 +96,7 @@ def test_due_monitors_share_one_memory_and_one_kv_per_decoding_setting():
         {"name": "wide", "question": "long?", "every": "30s", "window": "5m"},
     ]
     w, st, results, m = setup(mons, streams=("a",), model=model)
-    feed(st["a"].ring, 30)
+    feed(st["a"], 30)
     run_all(w)
     assert len(results) == 4
     # two window lengths (30 s and 5 m) -> two memories; in the 30-s one two decoding settings
@@ -112,7 +116,7 @@ def test_queries_past_their_deadline_are_skipped_and_counted():
     model = FakeModel()
     w, st, results, m = setup([{"name": "k", "question": "q", "every": "10s", "deadline": "10ms"}],
                               streams=("a",), model=model)
-    feed(st["a"].ring, 10)
+    feed(st["a"], 10)
     w._collect()
     w.step()  # encode: the query falls due
     time.sleep(0.05)
@@ -127,7 +131,7 @@ def test_query_queue_stays_bounded_while_encoding_keeps_the_worker_busy():
     w, st, results, m = setup([{"name": "k", "question": "q", "every": "10s", "deadline": "10ms"}],
                               streams=("a",), model=model)
     for _ in range(20):
-        feed(st["a"].ring, 10)
+        feed(st["a"], 10)
         assert w.step()  # one clip encoded, a query group falls due
         time.sleep(0.02)
     assert len(w.queries) <= 1
@@ -139,7 +143,7 @@ def test_without_a_model_only_gate_monitors_run():
     mons = [{"name": "k", "question": "q", "every": "10s"},
             {"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -30"], "cooldown": 0}]
     w, st, results, m = setup(mons, streams=("a",))
-    feed(st["a"].ring, 20, value=0.5)
+    feed(st["a"], 20, value=0.5)
     run_all(w)
     assert [r.monitor for r, _ in results] == ["loud", "loud"]
     assert results[0][0].model_id == "level-gate" and results[0][0].verdict == "positive"
@@ -151,8 +155,8 @@ def test_gap_only_clips_are_masked_out():
     model = FakeModel()
     w, st, results, _ = setup([{"name": "k", "question": "q", "every": "30s", "window": "30s"}],
                               streams=("a",), model=model)
-    feed(st["a"].ring, 10)
-    feed(st["a"].ring, 10, start=st["a"].ring.write_pos + 10 * SR)  # 10 s lost upstream
+    feed(st["a"], 10)
+    feed(st["a"], 10, start=st["a"].ring.write_pos + 10 * SR)  # 10 s lost upstream
     run_all(w)
     clips = st["a"].memory.clips()
     assert [c.valid for c in clips] == [True, False, True]
@@ -162,7 +166,7 @@ def test_gap_only_clips_are_masked_out():
 def test_overlapping_hop():
     model = FakeModel()
     w, st, _, _ = setup(model=model, streams=("a",), hop="5s", window="30s")
-    feed(st["a"].ring, 30)
+    feed(st["a"], 30)
     run_all(w)
     clips = st["a"].memory.clips()
     assert [c.start for c in clips] == [i * 5 * SR for i in range(5)]

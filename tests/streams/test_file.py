@@ -50,3 +50,16 @@ def test_loop_until_stopped(tmp_path):
 
     FileSource(p, "s", speed=0, loop=True).run(emit, stop)
     assert [f.sample_index for f in frames[:5]] == [0, 1600, 3200, 4800, 6400]
+
+
+def test_fast_playback_is_stamped_with_the_time_it_is_heard(tmp_path):
+    """At 8x, 1 s of the file is heard in 0.125 s: the frame of file second 1 carries
+    start + 0.125 s, not start + 1 s (a UTC in the future); the file offset is the index."""
+    x = np.zeros(16000 * 2, np.float32)
+    p = tmp_path / "fast.wav"
+    sf.write(p, x, 16000, subtype="FLOAT")
+    frames = collect(FileSource(p, "s", speed=8, start_time=1000.0))
+    f = next(f for f in frames if f.sample_index == 16000)
+    assert f.capture_time == 1000.0 + 1 / 8
+    assert frames[0].piece is not None and frames[0].piece.rate == 8 * 16000
+    assert all(f.piece is None for f in frames[1:])

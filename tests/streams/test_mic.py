@@ -70,7 +70,7 @@ def run_source(src):
     ring = Ring(16000 * 120)
     stop = threading.Event()
     th = threading.Thread(target=src.run,
-                          args=(lambda f: ring.append(f.sample_index, f.samples, f.capture_time), stop))
+                          args=(lambda f: ring.append(f.sample_index, f.samples), stop))
     th.start()
     return ring, stop, th
 
@@ -161,7 +161,7 @@ def test_overflowed_blocks_become_silence_so_the_clock_stays_on_wall_time():
         if not entered.is_set():  # hold the consumer on the first frame
             entered.set()
             release.wait(5)
-        ring.append(fr.sample_index, fr.samples, fr.capture_time)
+        ring.append(fr.sample_index, fr.samples)
 
     th = threading.Thread(target=src.run, args=(emit, stop))
     th.start()

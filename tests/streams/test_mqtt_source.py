@@ -18,13 +18,15 @@ N = 1600  # 100 ms frames at 16 kHz
 
 
 def make(metrics=None, streams=("a",), port=1883):
-    src = MqttAudioSource(list(streams), MqttConfig(port=port, topic_prefix="fe"), metrics=metrics)
+    # synthetic capture times: taken as they are (no check against this machine's clock)
+    src = MqttAudioSource(list(streams), MqttConfig(port=port, topic_prefix="fe"), metrics=metrics,
+                          max_skew_s=None)
     ring = Ring(16000 * 60)
     frames = []
 
     def emit(f):
         frames.append(f)
-        ring.append(f.sample_index, f.samples, f.capture_time)
+        ring.append(f.sample_index, f.samples)
 
     src._emit = emit
     return src, ring, frames
@@ -71,14 +73,21 @@ def test_duplicates_and_late_frames_are_dropped_and_counted():
 
 
 def test_sequence_wraparound_and_publisher_restart():
-    src, ring, _ = make()
+    src, ring, frames = make()
     src.handle("fe/audio/a", frame(2**32 - 1, 0.1))
     src.handle("fe/audio/a", frame(0, 0.1))  # wraps: next in order
     assert ring.write_pos == 2 * N and ring.gap_samples == 0
-    src.handle("fe/audio/a", frame(5000, 0.1, n=N))  # far ahead: 4999 lost frames, capped gap
-    assert ring.gap_samples == min(4999 * N, 60 * 16000)
+    # far ahead: 4999 lost frames (500 s, over max_gap_s) start a new timeline piece with a
+    # fresh clip grid instead of 60 s of silence and a UTC 440 s off from then on
+    src.handle("fe/audio/a", frame(5000, 0.1, n=N))
+    assert ring.gap_samples == 0 and ring.write_pos == 3 * N
+    p = frames[-1].piece
+    assert p is not None and p.fresh_grid and p.cause == "gap" and p.start == 2 * N
+    assert frames[-1].capture_time == 500.0 and abs(p.gap_s - 499.9) < 1e-6
     src.handle("fe/audio/a", frame(3, 0.3))  # far behind: publisher restarted
     assert src.rejects == {}
+    assert frames[-1].piece is not None and frames[-1].piece.cause == "restart"
+    assert frames[-1].capture_time == 0.3
     assert np.allclose(ring.read(ring.write_pos - N, ring.write_pos), 0.3)
 
 
@@ -175,8 +184,7 @@ def test_against_real_mosquitto(broker):
     src = MqttAudioSource(["mic-1"], MqttConfig(port=broker.port, topic_prefix="fe"), metrics=m)
     ring = Ring(16000 * 60)
     stop = threading.Event()
-    t = threading.Thread(target=src.run, args=(lambda f: ring.append(f.sample_index, f.samples,
-                                                                    f.capture_time), stop))
+    t = threading.Thread(target=src.run, args=(lambda f: ring.append(f.sample_index, f.samples), stop))
     t.start()
     try:
         assert src.subscribed.wait(10), broker.log() if hasattr(broker, "log") else ""
@@ -252,3 +260,69 @@ def test_daemon_with_an_mqtt_stream_and_the_publisher_cli(broker, tmp_path):
     assert got and got[0].stream == "press" and got[0].verdict == "positive"
     assert got[0].end.timestamp() - got[0].start.timestamp() == 10.0
     assert d.metrics.samples_in.labels("press")._value.get() == 16000 * 20
+
+
+def test_alert_times_stay_on_the_publishers_clock_through_outages_restarts_and_steps(broker, tmp_path):
+    """Through a real broker: a 5-min outage (lost frames), a publisher restart 10 min later
+    (sequence from 0) and a +-30-day clock step. Every 10-s clip result carries exactly the
+    publisher's capture times. (Before the timeline, gaps were capped at 60 s of silence on one
+    UTC anchor, so results after the outage were 240 s early, then 780 s.)"""
+    import paho.mqtt.client as mqtt
+
+    from edge.config import load_settings
+    from edge.daemon import CallbackSink, Daemon
+
+    T0 = 1_764_547_200.0
+    DAY = 86400.0
+    s = load_settings(data={
+        "data_dir": str(tmp_path / "d"),
+        "mqtt": {"port": broker.port, "topic_prefix": "fe"},
+        "streams": [{"id": "p", "source": "mqtt"}],
+        "monitors": [{"name": "each", "kind": "gate", "triggers": ["level_dbfs > -60"],
+                      "cooldown": "5s"}],
+        "alerts": {"mqtt": {"enabled": False}},
+    })
+    now = [T0]
+    m = Metrics()
+    src = MqttAudioSource(["p"], s.audio_mqtt, metrics=m, clock=lambda: now[0])
+    got = []
+    d = Daemon(s, sources=[src], metrics=m, sinks=[CallbackSink(lambda r, a, sr: got.append(r))],
+               alerts=False, http=False, log_results=False)
+    # (first seq, capture time of the first sample, seconds): contiguous within a segment
+    segments = [(0, T0, 30), (3300, T0 + 330, 30),  # 5 min lost: seq jumps by 3000
+                (0, T0 + 960, 30),  # publisher restarted 10 min after it stopped
+                (300, T0 + 990 + 30 * DAY, 30),  # its clock (and ours) stepped +30 days
+                (600, T0 + 1020, 20)]  # and back
+    d.start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    try:
+        assert src.subscribed.wait(10)
+        tone = (0.3 * np.sin(np.arange(N) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+        total = 0
+        for seq0, t0, secs in segments:
+            now[0] = t0 + secs / 2
+            for k in range(secs * 10):
+                data = encode_frame(tone, 16000, seq0 + k, int(round((t0 + k * 0.1) * 1e9)), "int16")
+                pub.publish("fe/audio/p", data, qos=1)
+            total += secs * 16000
+            deadline = time.time() + 15
+            while m.samples_in.labels("p")._value.get() < total and time.time() < deadline:
+                time.sleep(0.02)
+            assert m.samples_in.labels("p")._value.get() == total
+        deadline = time.time() + 15
+        while len(got) < 14 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        d.stop(timeout=4)
+    spans = [(r.start.timestamp(), r.end.timestamp()) for r in got]
+    expect = [(t0 + 10 * j, t0 + 10 * (j + 1)) for _, t0, secs in segments for j in range(secs // 10)]
+    assert len(spans) == len(expect) == 14
+    for (a, b), (ea, eb) in zip(spans, expect):
+        assert abs(a - ea) < 1e-3 and abs(b - eb) < 1e-3, (spans, expect)
+    assert m.gap_samples.labels("p")._value.get() == 0  # no made-up silence for long outages
+    causes = {c: m.timeline_pieces.labels("p", c)._value.get() for c in ("gap", "restart", "step")}
+    assert causes == {"gap": 1, "restart": 1, "step": 2}
