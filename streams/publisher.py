@@ -4,6 +4,11 @@
 ``--frame-ms`` of audio to ``<prefix>/audio/<ID>``, paced in real time (``--speed``).
 Files keep their sample rate and channels when the protocol allows them (the daemon
 resamples and downmixes); other rates are resampled to 16 kHz here.
+
+A block source may yield ``(pcm, rate)`` or ``(pcm, rate, lost)``: ``lost`` device frames were
+dropped just before this block (a microphone whose queue overflowed). `publish` then skips
+the sequence numbers and the capture time those frames would have had, so the daemon sees the
+loss (a sequence gap) and keeps the audio after it on wall time.
 """
 
 from __future__ import annotations
@@ -48,34 +53,46 @@ def file_blocks(path: str | Path, frame_ms: float = 100.0, loop: bool = False
 
 
 def mic_blocks(device=None, samplerate: int = 16000, channels: int = 1, frame_ms: float = 100.0,
-               stop: threading.Event | None = None) -> Iterator[tuple[np.ndarray, int]]:
+               stop: threading.Event | None = None, queue_blocks: int = 100
+               ) -> Iterator[tuple[np.ndarray, int, int]]:
+    """Blocks of a microphone as ``(pcm, rate, lost)``; ``lost`` counts the device frames
+    dropped just before the block because the queue was full or PortAudio overflowed."""
     from .mic import sounddevice_factory
 
     if isinstance(device, str) and device.strip().isdigit():
         device = int(device)  # an index, as for the daemon's mic streams (else a name)
-    q: queue.Queue = queue.Queue(maxsize=100)
+    q: queue.Queue = queue.Queue(maxsize=queue_blocks)
+    lost = [0]  # frames dropped since the last queued block (callback thread only)
+    last_call = [0.0]
 
     def cb(indata, frames, t, status):
+        now = time.monotonic()
+        if status and getattr(status, "input_overflow", False) and last_call[0]:
+            # PortAudio lost input and does not say how much: the time since the last block does
+            lost[0] += max(0, round((now - last_call[0]) * samplerate) - int(frames))
+        last_call[0] = now
         try:
-            q.put_nowait(np.array(indata, dtype=np.float32, copy=True))
+            q.put_nowait((np.array(indata, dtype=np.float32, copy=True), lost[0]))
+            lost[0] = 0
         except queue.Full:
-            pass
+            lost[0] += int(frames)
 
     st = sounddevice_factory(device, samplerate, channels, int(samplerate * frame_ms / 1000), cb)
     st.start()
     try:
         while stop is None or not stop.is_set():
             try:
-                yield q.get(timeout=1.0), samplerate
+                pcm, n_lost = q.get(timeout=1.0)
             except queue.Empty:
                 continue
+            yield pcm, samplerate, n_lost
     finally:
         st.stop()
         st.close()
 
 
 def publish(
-    blocks: Iterator[tuple[np.ndarray, int]],
+    blocks: Iterator[tuple[np.ndarray, int]] | Iterator[tuple[np.ndarray, int, int]],
     stream: str,
     host: str = "localhost",
     port: int = 1883,
@@ -108,7 +125,12 @@ def publish(
     audio_s = 0.0
     sent = 0
     try:
-        for pcm, rate in blocks:
+        for item in blocks:
+            pcm, rate = item[0], item[1]
+            lost = item[2] if len(item) > 2 else 0
+            if lost:  # skip the sequence numbers and time of the frames that were dropped
+                seq = (seq + max(1, round(lost / max(1, pcm.shape[0])))) & 0xFFFFFFFF
+                audio_s += lost / rate
             cap_ns = int((t0_wall + audio_s) * 1e9)
             info = client.publish(topic, encode_frame(pcm, rate, seq, cap_ns, sample_format), qos=qos)
             if qos > 0:

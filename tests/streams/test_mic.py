@@ -4,6 +4,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from edge.metrics import Metrics
 from edge.ring import Ring
@@ -242,8 +243,116 @@ def test_publisher_mic_device_index_given_as_text_is_an_index(monkeypatch):
 
     th = threading.Thread(target=feed)
     th.start()
-    block, rate = next(gen)
+    block, rate, lost = next(gen)
     th.join(5)
     stop.set()
     gen.close()
-    assert f.calls[0][0] == 3 and rate == 16000 and np.allclose(block, 0.5)
+    assert f.calls[0][0] == 3 and rate == 16000 and np.allclose(block, 0.5) and lost == 0
+
+
+class _Status:
+    """sounddevice.CallbackFlags as PortAudio reports a lost input buffer."""
+
+    input_overflow = True
+
+    def __bool__(self):
+        return True
+
+
+def test_portaudio_input_overflow_flag_becomes_silence_measured_by_the_callback_clock():
+    """PortAudio itself lost input (its overflow flag): before, the flag was only counted and
+    the next block was glued onto the previous one, shifting all later audio 0.3 s early."""
+    f = Factory()
+    clock = Clock(1000.1)
+    src = MicSource("m", samplerate=16000, stream_factory=f, clock=clock)
+    frames = []
+    stop = threading.Event()
+    th = threading.Thread(target=src.run, args=(frames.append, stop))
+    th.start()
+    try:
+        assert wait_for(lambda: f.streams and f.streams[0].started)
+        st = f.streams[0]
+        st.push(np.full(1600, 0.1))  # captured 1000.0-1000.1
+        clock.t = 1000.5  # 0.3 s of input lost inside PortAudio: the next block is 1000.4-1000.5
+        st.callback(np.full((1600, 1), 0.2, np.float32), 1600, None, _Status())
+        assert wait_for(lambda: len(frames) == 2)
+    finally:
+        stop.set()
+        th.join(5)
+    assert src.status_flags == 1
+    assert frames[1].sample_index == 1600 + round(0.3 * 16000)
+    assert abs(frames[1].capture_time - 1000.4) < 1e-6
+
+
+# ------------------------------------------------------------------ a real PortAudio device
+def _pulse_or_fail():
+    from tests.pulse_server import available
+
+    why = available()
+    if why:
+        pytest.fail(f"the mic tests need a private PulseAudio and PortAudio: {why}")
+
+
+def test_real_microphone_vanishes_and_returns_on_the_timeline(tmp_path):
+    """PortAudio's `pulse` device reads a private PulseAudio's null-sink monitor; `paplay`
+    plays into it. Killing PulseAudio is the device vanishing. Two mic sources hear it: one
+    whose gap bound is shorter than the absence (a new timeline piece with a fresh clip grid,
+    no made-up silence) and one whose bound is longer (the absence becomes silence). Tones
+    played before and after land on wall time."""
+    _pulse_or_fail()
+    import soundfile as sf
+
+    from streams.timeline import PieceLog
+    from tests.pulse_server import PulseServer
+
+    tone = (0.5 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, tone, 16000, subtype="PCM_16")
+    with PulseServer(tmp_path) as pa:
+        short = MicSource("m", device="pulse", samplerate=16000, stall_timeout=4.0,
+                          backoff_initial=0.2, backoff_max=0.5, max_gap_s=1.0)
+        long = MicSource("m", device="pulse", samplerate=16000, stall_timeout=4.0,
+                         backoff_initial=0.2, backoff_max=0.5, max_gap_s=120.0)
+        got: dict[str, list] = {"short": [], "long": []}
+        stop = threading.Event()
+        ths = [threading.Thread(target=s.run, args=(got[k].append, stop))
+               for k, s in (("short", short), ("long", long))]
+        for t in ths:
+            t.start()
+
+        def loud_after(k, t):
+            return [f for f in got[k] if f.capture_time > t - 1 and np.abs(f.samples).max() > 0.2]
+
+        try:
+            assert wait_for(lambda: got["short"] and got["long"], 15), pa.log()[-2000:]
+            t_play = time.time()
+            pa.play(wav)
+            assert wait_for(lambda: loud_after("short", t_play) and loud_after("long", t_play), 10)
+            t_kill = time.time()
+            pa.kill()
+            time.sleep(2.0)
+            pa.start()
+            assert wait_for(lambda: short.reopens >= 1 and long.reopens >= 1, 15)
+            n_short, n_long = len(got["short"]), len(got["long"])
+            assert wait_for(lambda: len(got["short"]) > n_short + 5 and len(got["long"]) > n_long + 5,
+                            15)
+            t_play2 = time.time()
+            pa.play(wav)
+            assert wait_for(lambda: loud_after("short", t_play2) and loud_after("long", t_play2), 10)
+        finally:
+            stop.set()
+            for t in ths:
+                t.join(10)
+    for k in ("short", "long"):
+        for t0 in (t_play, t_play2):  # heard within a second of when it was played
+            first = loud_after(k, t0)[0]
+            assert -0.5 < first.capture_time - t0 < 1.5, (k, first.capture_time - t0)
+    log = PieceLog()
+    for f in got["short"]:
+        if f.piece is not None:
+            log.add(f.piece)
+    reopen = [p for p in log.pieces() if p.cause == "reopen"]
+    assert reopen and reopen[0].fresh_grid and reopen[0].gap_s >= 1.5
+    assert short.timeline.gap_samples == 0  # no silence for an absence over the bound
+    away = long.timeline.gap_samples / 16000  # the absence became silence on the same piece
+    assert long.timeline.pieces == 1 and 1.5 < away < time.time() - t_kill

@@ -326,3 +326,63 @@ def test_alert_times_stay_on_the_publishers_clock_through_outages_restarts_and_s
     assert m.gap_samples.labels("p")._value.get() == 0  # no made-up silence for long outages
     causes = {c: m.timeline_pieces.labels("p", c)._value.get() for c in ("gap", "restart", "step")}
     assert causes == {"gap": 1, "restart": 1, "step": 2}
+
+
+def test_publish_audio_mic_drops_advance_seq_and_capture_time(broker, tmp_path):
+    """`publish-audio --mic`, its reader held up: blocks dropped from the full queue used to
+    vanish without a trace (the next frame took the next seq and the next capture time, so the
+    daemon glued the audio together and everything after it was early). Real PulseAudio +
+    PortAudio for the microphone, real mosquitto for the daemon's MQTT source."""
+    from tests.pulse_server import PulseServer, available
+
+    if available():
+        pytest.fail(f"needs a private PulseAudio and PortAudio: {available()}")
+    from streams.publisher import mic_blocks, publish
+
+    with PulseServer(tmp_path) as pa:
+        assert pa.proc is not None
+        stop = threading.Event()
+        blocks = mic_blocks("pulse", frame_ms=100, stop=stop, queue_blocks=2)
+        items = [next(blocks)]  # the device runs
+        time.sleep(1.5)  # nobody reads: the queue (2 blocks) overflows
+        while sum(1 for it in items if it[2]) == 0 or len(items) < 6:
+            items.append(next(blocks))
+        stop.set()
+        for _ in blocks:
+            pass
+    lost = sum(it[2] for it in items)
+    assert lost >= 0.5 * 16000
+    sent = []
+    import paho.mqtt.client as mqtt
+
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    try:
+        src2 = MqttAudioSource(["a"], MqttConfig(port=broker.port, topic_prefix="fe"))
+        got = []
+        src2._emit = got.append
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        sub.on_message = lambda c, u, m: src2.handle(m.topic, m.payload)
+        sub.connect("127.0.0.1", broker.port)
+        sub.subscribe("fe/audio/a", qos=1)
+        sub.loop_start()
+        time.sleep(0.3)
+        publish(iter(items), "a", prefix="fe", speed=0, qos=1, client=pub,
+                on_frame=lambda seq, n, r: sent.append(seq))
+        deadline = time.time() + 10
+        while len(got) < len(items) and time.time() < deadline:
+            time.sleep(0.02)
+        sub.loop_stop()
+        sub.disconnect()
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+    assert len(got) == len(items)
+    assert sent[-1] - sent[0] > len(items) - 1  # sequence numbers were skipped for the loss
+    assert src2.gaps >= 1
+    # the frame after the loss sits where the lost audio would have ended, in samples and UTC
+    total = sum(it[0].shape[0] for it in items) + lost
+    assert got[-1].sample_index + got[-1].samples.shape[0] == pytest.approx(total, abs=1600)
+    assert got[-1].capture_time - got[0].capture_time == pytest.approx(
+        (total - items[-1][0].shape[0]) / 16000, abs=0.1)
