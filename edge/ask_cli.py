@@ -38,7 +38,7 @@ def ask(model_dir, audio_file, question, max_windows, max_new_tokens, greedy, to
         raise click.UsageError("--greedy cannot be combined with --top-k/--top-p/--seed")
     import torch  # noqa: F401  (heavy: imported only when the command runs)
 
-    from edge.model import AF2, CheckpointError
+    from edge.model import AF2, CheckpointError, Sampling
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -60,8 +60,9 @@ def ask(model_dir, audio_file, question, max_windows, max_new_tokens, greedy, to
     memory = m.memory(tokens, mask)
     timings["memory_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    ans = m.ask(memory, mask, question, max_new_tokens=max_new_tokens, greedy=not sampling,
-                top_k=top_k, top_p=top_p, temperature=temperature, seed=seed)
+    ans = m.ask(memory, mask, question, Sampling(max_new_tokens=max_new_tokens, greedy=not sampling,
+                                                 top_k=top_k, top_p=top_p,
+                                                 temperature=temperature, seed=seed))
     timings["generate_s"] = time.perf_counter() - t
     timings.update({k: v for k, v in ans.timings.items()})
     if as_json:

@@ -158,14 +158,15 @@ class DecodingConfig(_Base):
     greedy: bool = True
     top_k: int | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0)
     seed: int | None = None
 
-    def kwargs(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "greedy": self.greedy}
-        for k in ("top_k", "top_p", "seed"):
-            if getattr(self, k) is not None:
-                d[k] = getattr(self, k)
-        return d
+    def sampling(self) -> Any:
+        """The model's `Sampling` for these settings (hashable: equal settings share a batch)."""
+        from edge.model.generate import Sampling
+
+        return Sampling(max_new_tokens=self.max_new_tokens, greedy=self.greedy, top_k=self.top_k,
+                        top_p=self.top_p, temperature=self.temperature, seed=self.seed)
 
 
 class MonitorConfig(_Base):

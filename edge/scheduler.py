@@ -373,15 +373,15 @@ class InferenceWorker:
                 self.on_memory(s.id, q.clip_index, view, memory)
             audio = s.ring.read(view.start, view.end)
             span = (utc(view.clips[0].t_start), utc(view.clips[-1].t_end))
-            by_dec: dict[tuple, list[tuple[Any, Due]]] = {}
+            by_dec: dict[Any, list[tuple[Any, Due]]] = {}  # Sampling -> monitors
             for cfg, due in group:
-                by_dec.setdefault(tuple(sorted(cfg.decoding.kwargs().items())), []).append((cfg, due))
+                by_dec.setdefault(cfg.decoding.sampling(), []).append((cfg, due))
             window_s = (view.end - view.start) / SR
             for dec, items in by_dec.items():
                 questions = [render_question(cfg.question, s.id, cfg.name, window_s, s.labels)
                              for cfg, _ in items]
                 t0 = time.perf_counter()
-                answers = self._ask(memory, view.mask, questions, dict(dec))
+                answers = self._ask(memory, view.mask, questions, dec)
                 dt = time.perf_counter() - t0
                 ntok = sum(len(a.token_ids) for a in answers)
                 if dt > 0 and ntok:
@@ -406,14 +406,11 @@ class InferenceWorker:
                     )
                     self._emit(res, audio)
 
-    def _ask(self, memory: Any, mask: Any, questions: list[str], kw: dict) -> list[Any]:
+    def _ask(self, memory: Any, mask: Any, questions: list[str], sampling: Any) -> list[Any]:
         import torch
 
         with torch.inference_mode():
-            many = getattr(self.model, "ask_many", None)
-            if many is not None:
-                return list(many(memory, mask, questions, **kw))
-            return [self.model.ask(memory, mask, qq, **kw) for qq in questions]
+            return list(self.model.ask_many(memory, mask, questions, sampling))
 
     def _emit(self, res: MonitorResult, audio: np.ndarray | None) -> None:
         self.results_count += 1

@@ -5,10 +5,12 @@
     tokens = m.encode(clips)                             # (L, 64, D), batch-invariant
     memory = m.memory(tokens, mask)                      # (L*64, D)
     logits = m.logits(memory, mask, input_ids)           # (T, V), full forward, no cache
-    ans = m.ask(memory, mask, "is the compressor knocking?", max_new_tokens=64)
+    ans = m.ask(memory, mask, "is the compressor knocking?", Sampling(max_new_tokens=64))
 
 A query computes the cross-attention K/V of every decoder layer once (`cross_kv`) and decodes
-with a preallocated self-attention KV cache; `ask_many` shares one K/V set between questions.
+on the static path (edge/model/generate.py): fixed buffers per (batch, max length), several
+questions as one batch. `ask_many` shares one K/V set between questions about one memory;
+`ask_batch` decodes questions about different memories (streams) together.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from . import audio as audio_prep
 from .audio_transformer import AudioTransformer
 from .config import CLIP_SAMPLES, TOKENS_PER_CLIP, AF2Config
 from .decoder import CrossKV, Decoder
+from .generate import DecoderPool, Sampling, decode, pick_token
 from .htsat import HTSAT
 from .tokenizer import AF2Tokenizer
 
@@ -53,13 +56,9 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Sampling:
-    greedy: bool = True
-    top_k: int | None = None
-    top_p: float | None = None
-    temperature: float = 1.0
-    seed: int | None = None
+__all__ = ["AF2", "AF2Modules", "Answer", "Sampling", "pick_token"]
+
+MAX_MEMORY_TOKENS = 30 * TOKENS_PER_CLIP  # 5 minutes: the static cross K/V capacity with graphs
 
 
 def _release_name(c: AF2Config) -> str:
@@ -76,6 +75,15 @@ class AF2:
         self.dtype = dtype
         self.device = device
         self.model_id = model_id or f"af2-{_release_name(config)}"
+        self.max_batch = 8  # rows per decoding batch; larger groups run in chunks
+        self.set_graphs(device.type == "cuda")
+
+    def set_graphs(self, enabled: bool) -> None:
+        """CUDA graphs for the one-token step (default on CUDA). With graphs the cross K/V
+        buffers have the fixed 5-minute capacity, so one capture serves every memory length."""
+        self.graphs = enabled
+        self._pool = DecoderPool(self.modules.decoder, graphs=enabled,
+                                 mem_cap=MAX_MEMORY_TOKENS if enabled else None)
 
     # ---- construction ----------------------------------------------------------------
     @classmethod
@@ -160,47 +168,59 @@ class AF2:
         return self.modules.decoder(ids, self.cross_kv(memory, mask))[0]
 
     def ask(self, memory: torch.Tensor, mask: torch.Tensor, question: str,
-            max_new_tokens: int = 64, greedy: bool = True, top_k: int | None = None,
-            top_p: float | None = None, temperature: float = 1.0, seed: int | None = None) -> Answer:
-        return self.ask_many(memory, mask, [question], max_new_tokens, greedy, top_k, top_p,
-                             temperature, seed)[0]
+            sampling: Sampling = Sampling()) -> Answer:
+        return self.ask_many(memory, mask, [question], sampling)[0]
 
     def ask_many(self, memory: torch.Tensor, mask: torch.Tensor, questions: list[str],
-                 max_new_tokens: int = 64, greedy: bool = True, top_k: int | None = None,
-                 top_p: float | None = None, temperature: float = 1.0,
-                 seed: int | None = None) -> list[Answer]:
-        """Several questions about one memory share one set of cross-attention K/V."""
-        if self.tokenizer is None:
-            raise RuntimeError("this AF2 instance has no tokenizer (built with AF2.random?)")
+                 sampling: Sampling = Sampling()) -> list[Answer]:
+        """Several questions about one memory: one set of cross-attention K/V, one batch."""
         t0 = time.perf_counter()
         xkv = self.cross_kv(memory, mask)
         t_kv = time.perf_counter() - t0
-        sampling = Sampling(greedy, top_k, top_p, temperature, seed)
-        answers = []
-        for q in questions:
-            prompt = self.tokenizer.encode_prompt(q)
-            ids, finished, timings = self.generate(prompt, xkv, max_new_tokens, sampling)
-            timings["cross_kv_s"] = t_kv
-            text = self.tokenizer.answer_text(prompt, ids)
-            answers.append(Answer(text, ids, prompt, finished, timings))
+        answers = self.ask_batch([(xkv, q) for q in questions], sampling)
+        for a in answers:
+            a.timings["cross_kv_s"] = t_kv
         return answers
 
+    def ask_batch(self, queries: list[tuple[CrossKV, str]], sampling: Sampling = Sampling()
+                  ) -> list[Answer]:
+        """Questions each with its memory's K/V (`cross_kv`; pass the same object for questions
+        about one memory), decoded together in batches of at most `max_batch`. Each answer
+        equals what `ask` gives alone (greedy ids exactly in float32)."""
+        if self.tokenizer is None:
+            raise RuntimeError("this AF2 instance has no tokenizer (built with AF2.random?)")
+        prompts = [self.tokenizer.encode_prompt(q) for _, q in queries]
+        answers = []
+        for i in range(0, len(queries), self.max_batch):
+            chunk = slice(i, i + self.max_batch)
+            outs = self.generate_batch(prompts[chunk], [x for x, _ in queries[chunk]], sampling)
+            for prompt, o in zip(prompts[chunk], outs):
+                text = self.tokenizer.answer_text(prompt, o.token_ids)
+                answers.append(Answer(text, o.token_ids, prompt, o.finished, o.timings))
+        return answers
+
+    def generate_batch(self, prompts: list[list[int]], xkvs: list[CrossKV],
+                       sampling: Sampling = Sampling(), eos_id: int | None = None):
+        """The static path: -> one `generate.Decoded` (ids, finished, timings) per prompt."""
+        eos = eos_id if eos_id is not None else (self.tokenizer.eos_id if self.tokenizer else -1)
+        return decode(self._pool, prompts, xkvs, sampling, eos)
+
+    def generate(self, prompt_ids: list[int], xkv: CrossKV, sampling: Sampling = Sampling(),
+                 eos_id: int | None = None) -> tuple[list[int], bool, dict[str, float]]:
+        """One prompt on the static path. -> (ids, hit_eos, timings)."""
+        o = self.generate_batch([prompt_ids], [xkv], sampling, eos_id)[0]
+        return o.token_ids, o.finished, o.timings
+
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], xkv: CrossKV, max_new_tokens: int,
-                 sampling: Sampling = Sampling(), eos_id: int | None = None
-                 ) -> tuple[list[int], bool, dict[str, float]]:
-        """Prefill, then one token at a time through the KV cache. -> (ids, hit_eos, timings)."""
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
+    def generate_eager(self, prompt_ids: list[int], xkv: CrossKV, sampling: Sampling = Sampling(),
+                       eos_id: int | None = None) -> tuple[list[int], bool, dict[str, float]]:
+        """The reference loop the static path is tested against: cache sized per call, one
+        token at a time, the prefix length read back to the host in every layer."""
+        max_new_tokens = sampling.max_new_tokens
         dec = self.modules.decoder
         eos = eos_id if eos_id is not None else (self.tokenizer.eos_id if self.tokenizer else -1)
-        gen = None
-        if not sampling.greedy:
-            gen = torch.Generator(device=self.device)
-            if sampling.seed is not None:
-                gen.manual_seed(sampling.seed)
-            else:
-                gen.seed()  # fresh entropy, without reseeding the global RNG
+        gens = sampling.generators(1, self.device)
+        gen = gens[0] if gens else None
         T = len(prompt_ids)
         dec.setup_cache(1, T + max_new_tokens)
         t0 = time.perf_counter()
@@ -227,21 +247,3 @@ class AF2:
             "decode_s": decode_s,
             "tokens_per_s": (steps / decode_s) if steps > 0 and decode_s > 0 else 0.0,
         }
-
-
-def pick_token(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> int:
-    """Greedy argmax, or temperature -> top-k -> top-p -> multinomial (the HF warper order)."""
-    if s.greedy:
-        return int(torch.argmax(logits))
-    x = logits.float() / max(s.temperature, 1e-6)
-    if s.top_k is not None and s.top_k > 0:
-        kth = torch.topk(x, min(s.top_k, x.shape[-1])).values[-1]
-        x = x.masked_fill(x < kth, float("-inf"))
-    if s.top_p is not None and s.top_p < 1.0:
-        sorted_x, idx = torch.sort(x, descending=False)
-        cum = sorted_x.softmax(-1).cumsum(-1)
-        remove = cum <= (1 - s.top_p)
-        remove[-1] = False  # keep at least the most likely token
-        x = x.masked_fill(remove.scatter(0, idx, remove), float("-inf"))
-    probs = x.softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=gen))

@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from edge.pcm import int16_roundtrip, peak_normalise
@@ -26,6 +25,8 @@ def int16_roundtrip_torch(x: torch.Tensor) -> torch.Tensor:
 
 def read_audio(path: str | Path, max_windows: int) -> np.ndarray:
     """First `max_windows * 10` s of a file as float64 mono at 16 kHz, peak-normalised."""
+    import soundfile as sf  # only file queries read files (a GPU box may not have libsndfile)
+
     path = Path(path)
     try:
         f = sf.SoundFile(str(path))

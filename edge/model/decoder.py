@@ -1,9 +1,19 @@
 """Qwen2 decoder with a gated cross-attention block before every layer (AF2's language model).
 
-gpt-fast style: the self-attention KV cache is a preallocated buffer per layer, and the
-cross-attention K/V of every layer are computed once per query from the audio memory
-(`Decoder.cross_kv`) and reused at every decoding step. Module names follow the official
-`lang_encoder.model.*` keys so the loader copies tensors without renaming.
+gpt-fast style: the cross-attention K/V of every layer are computed once per query from the
+audio memory (`Decoder.cross_kv`) and reused at every decoding step. Module names follow the
+official `lang_encoder.model.*` keys so the loader copies tensors without renaming.
+
+Two cached paths share every module:
+
+* eager (`setup_cache` + `forward(input_pos=...)`): cache sized per call, attention over the
+  written prefix (its length read back to the host in every layer). Kept as the reference the
+  static path is tested against, and for `AF2.score`.
+* static (`StaticCache` + `forward_static`): buffers allocated once per (batch, max length),
+  attention over the whole cache with a boolean mask built on the device from position
+  tensors, RoPE from a precomputed table, cross K/V in fixed buffers with a key mask. No shape
+  changes and no host sync inside a step, so the one-token step can be captured in a CUDA graph
+  (edge/model/generate.py) and exported with fixed shapes.
 """
 
 from __future__ import annotations
@@ -36,6 +46,14 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
     freqs = torch.outer(positions.float(), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)  # (T, head_dim)
     return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rope_table(max_seq: int, head_dim: int, theta: float, dtype: torch.dtype,
+               device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (max_seq, head_dim) for positions 0..max_seq-1: row p is bit-identical to
+    `rope_cos_sin(tensor([p]))` (the same elementwise float ops), so indexing the table changes
+    no result."""
+    return rope_cos_sin(torch.arange(max_seq, device=device), head_dim, theta, dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -87,6 +105,23 @@ class SelfAttention(nn.Module):
                                              enable_gqa=self.n_head != self.n_kv)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
+    def forward_static(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D); cos/sin (B, 1, T, hd); caches (B, n_kv, S, hd); slots (T,) cache columns
+        written by this call; mask (B, 1, T, S) True = attend. Fixed shapes, no host sync."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, h, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k_cache.index_copy_(2, slots, k.to(k_cache.dtype))
+        v_cache.index_copy_(2, slots, v.to(v_cache.dtype))
+        out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask,
+                                             enable_gqa=self.n_head != self.n_kv)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
 
 class MLP(nn.Module):
     def __init__(self, d: LMDims) -> None:
@@ -111,6 +146,11 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, cos, sin, input_pos):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_static(self, x, cos, sin, k_cache, v_cache, slots, mask):
+        x = x + self.self_attn.forward_static(self.input_layernorm(x), cos, sin, k_cache, v_cache,
+                                              slots, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -177,6 +217,11 @@ class FlamingoLayer(nn.Module):
             h = self.gated_cross_attn_layer_sound(h, k, v, mask)
         return self.decoder_layer(h, cos, sin, input_pos)
 
+    def forward_static(self, h, cos, sin, k_cache, v_cache, slots, mask, xk, xv, xmask):
+        if self.gated_cross_attn_layer_sound is not None:
+            h = self.gated_cross_attn_layer_sound(h, xk, xv, xmask)
+        return self.decoder_layer.forward_static(h, cos, sin, k_cache, v_cache, slots, mask)
+
 
 class TokenEmbedding(nn.Module):
     """Token embedding table (also the tied output projection). No init: always loaded."""
@@ -187,6 +232,23 @@ class TokenEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., dim) -> (..., vocab): the tied output projection."""
+        return F.linear(h, self.weight)
+
+
+class StaticCache:
+    """Self-attention K/V of every layer for `batch` rows and `max_seq` positions, plus the
+    RoPE table for those positions: allocated once, reused by every query of that shape."""
+
+    def __init__(self, d: LMDims, batch: int, max_seq: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        shape = (batch, d.num_key_value_heads, max_seq, d.head_dim)
+        self.batch, self.max_seq = batch, max_seq
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(d.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(d.num_hidden_layers)]
+        self.cos, self.sin = rope_table(max_seq, d.head_dim, d.rope_theta, dtype, device)
 
 
 class Decoder(nn.Module):
@@ -231,5 +293,27 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, input_pos, xkv.k[i], xkv.v[i], xkv.mask)
         h = self.norm(h[:, -1:] if last_only else h)
-        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(h, w).float()
+        return self.output(h)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states -> float32 logits (tied embedding or lm_head)."""
+        out = self.embed_tokens.project(h) if self.lm_head is None else self.lm_head(h)
+        return out.float()
+
+    def forward_static(self, ids: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor,
+                       mask: torch.Tensor, cache: StaticCache, xk: list, xv: list,
+                       xmask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """The fixed-shape cached forward.
+
+        ids (B, T) tokens; pos (B, T) their RoPE positions (a left-padded row starts at 0 on its
+        first real token); slots (T,) the cache columns they are written to; mask (B, 1, T, S)
+        which cache columns each query attends; xk/xv per layer (Bm, heads, M, dim_head) with
+        Bm in {1, B} and xmask (Bm, M) their key mask. -> logits (B, T or 1, V) float32."""
+        h = self.embed_tokens(ids)
+        cos = cache.cos[pos].unsqueeze(1)  # (B, 1, T, hd)
+        sin = cache.sin[pos].unsqueeze(1)
+        for i, layer in enumerate(self.layers):
+            h = layer.forward_static(h, cos, sin, cache.k[i], cache.v[i], slots, mask,
+                                     xk[i], xv[i], xmask)
+        h = self.norm(h[:, -1:] if last_only else h)
+        return self.output(h)

@@ -21,7 +21,7 @@ class FakeModel:
         self.answer = answer
         self.encode_calls = []  # batch sizes
         self.memory_calls = 0
-        self.ask_calls = []  # (questions, kwargs)
+        self.ask_calls = []  # (questions, Sampling)
 
     def encode(self, clips):
         assert clips.ndim == 2 and clips.shape[1] == 160000 and clips.dtype == torch.float32
@@ -34,6 +34,6 @@ class FakeModel:
         self.memory_calls += 1
         return (tokens * mask[:, None, None]).reshape(-1, tokens.shape[-1])
 
-    def ask_many(self, memory, mask, questions, **kw):
-        self.ask_calls.append((list(questions), kw))
+    def ask_many(self, memory, mask, questions, sampling):
+        self.ask_calls.append((list(questions), sampling))
         return [FakeAnswer(self.answer, [7, len(q)]) for q in questions]

@@ -13,6 +13,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from edge.model import Sampling
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / ".." / "shared" / "fixtures" / "af2-tiny"
 QUESTION = "What sound is this? Is anything abnormal?"
@@ -90,7 +92,7 @@ def test_streaming_equals_offline(model, recording, tmp_path):
         assert torch.equal(view.tokens, tokens[first:k + 1])
         assert torch.equal(streamed, offline), f"memory differs at clip {k}"
         n = 12 if r.monitor == "whole" else 6
-        ans = model.ask(offline, mask, r.question, max_new_tokens=n)
+        ans = model.ask(offline, mask, r.question, Sampling(max_new_tokens=n))
         assert list(r.token_ids) == list(ans.token_ids)
         assert r.answer == ans.text and r.model_id == model.model_id
         assert r.start.timestamp() == first * 10.0 and r.end.timestamp() == (k + 1) * 10.0

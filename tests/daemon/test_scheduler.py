@@ -102,6 +102,8 @@ def test_due_monitors_share_one_memory_and_one_kv_per_decoding_setting():
     # two window lengths (30 s and 5 m) -> two memories; in the 30-s one two decoding settings
     assert model.memory_calls == 2
     assert sorted(len(q) for q, _ in model.ask_calls) == [1, 1, 2]
+    # each group's decoding settings reach the model as one options object
+    assert sorted((s.max_new_tokens, len(q)) for q, s in model.ask_calls) == [(5, 1), (64, 1), (64, 2)]
     by = {r.monitor: r for r, _ in results}
     assert by["k1"].question == "knocking at a?" and by["k1"].verdict == "positive"
     assert by["k1"].token_ids == (7, len("knocking at a?"))

@@ -11,6 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from edge.model import Sampling
+
 from edge.model import AF2, AF2Config
 from edge.model.checkpoint import write_official
 from edge.model.config import AudioTransformerDims, HTSATDims, LMDims, XAttnDims
@@ -33,7 +35,7 @@ def test_half_precision_runs_end_to_end(fixture_dir, expected, fixture_info, dty
     logits = m.logits(mem, torch.ones(3), expected["prompt_ids"])
     assert logits.dtype == torch.float32
     assert rel_err(logits, expected["prompt_logits"]) < bound
-    ans = m.ask(mem, torch.ones(3), fixture_info["question"], max_new_tokens=8)
+    ans = m.ask(mem, torch.ones(3), fixture_info["question"], Sampling(max_new_tokens=8))
     assert len(ans.token_ids) == 8
 
 
@@ -80,8 +82,8 @@ def test_variant_dims_load_and_match_the_reference(variant):
     mem = m.memory(tokens, mask)
     assert torch.equal(mem, ref.memory(ref.encode(clips), mask))
     q = "Is there a hum in the background?"
-    a = m.ask(mem, mask, q, max_new_tokens=10)
-    assert a.token_ids == ref.ask(mem, mask, q, max_new_tokens=10).token_ids
+    a = m.ask(mem, mask, q, Sampling(max_new_tokens=10))
+    assert a.token_ids == ref.ask(mem, mask, q, Sampling(max_new_tokens=10)).token_ids
     full = a.prompt_ids + a.token_ids
     lg = m.logits(mem, mask, full)
     assert lg[len(a.prompt_ids) - 1 : -1].argmax(-1).tolist() == a.token_ids[: len(full) - len(a.prompt_ids)]
@@ -104,6 +106,6 @@ def test_variant_through_the_cli(variant):
     res = json.loads(out.stdout)
     clips, mask = ref.prepare_file(audio)
     mem = ref.memory(ref.encode(clips), mask)
-    want = ref.ask(mem, mask, "Is there a hum?", max_new_tokens=6)
+    want = ref.ask(mem, mask, "Is there a hum?", Sampling(max_new_tokens=6))
     assert res["token_ids"] == want.token_ids and res["prompt_ids"] == want.prompt_ids
     assert res["windows"] == 5 and res["answer"] == want.text

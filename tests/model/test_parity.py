@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from edge.model import Sampling
+
 TOL = 1e-4
 
 
@@ -77,7 +79,7 @@ def test_greedy_answer_matches_official_through_the_cache(af2, expected, fixture
     mem = af2.memory(tokens, torch.ones(3))
     n_prompt = expected["prompt_ids"].numel()
     want = expected["greedy_ids"][n_prompt:].tolist()
-    ans = af2.ask(mem, torch.ones(3), fixture_info["question"], max_new_tokens=len(want))
+    ans = af2.ask(mem, torch.ones(3), fixture_info["question"], Sampling(max_new_tokens=len(want)))
     assert ans.prompt_ids == expected["prompt_ids"].tolist()
     assert ans.token_ids == want
     assert not ans.finished
@@ -87,7 +89,7 @@ def test_greedy_answer_matches_official_through_the_cache(af2, expected, fixture
 def test_cached_decoding_equals_teacher_forced_argmax(af2, expected, fixture_info):
     tokens = af2.encode(expected["clips"])
     mem = af2.memory(tokens, torch.ones(3))
-    ans = af2.ask(mem, torch.ones(3), fixture_info["question"], max_new_tokens=24)
+    ans = af2.ask(mem, torch.ones(3), fixture_info["question"], Sampling(max_new_tokens=24))
     full = ans.prompt_ids + ans.token_ids
     logits = af2.logits(mem, torch.ones(3), full)
     n = len(ans.prompt_ids)
@@ -98,9 +100,9 @@ def test_ask_many_shares_memory_and_matches_ask(af2, expected):
     tokens = af2.encode(expected["clips"])
     mem = af2.memory(tokens, torch.ones(3))
     qs = ["Is the compressor knocking?", "What sound is this? Is anything abnormal?"]
-    many = af2.ask_many(mem, torch.ones(3), qs, max_new_tokens=8)
+    many = af2.ask_many(mem, torch.ones(3), qs, Sampling(max_new_tokens=8))
     for q, a in zip(qs, many):
-        assert a.token_ids == af2.ask(mem, torch.ones(3), q, max_new_tokens=8).token_ids
+        assert a.token_ids == af2.ask(mem, torch.ones(3), q, Sampling(max_new_tokens=8)).token_ids
 
 
 def test_generation_stops_at_eos(af2, expected):
@@ -110,7 +112,7 @@ def test_generation_stops_at_eos(af2, expected):
     prompt = expected["prompt_ids"].tolist()
     first = expected["greedy_ids"][len(prompt)].item()
     # declare the first greedy token to be EOS: generation must stop before emitting it
-    ids, finished, _ = af2.generate(prompt, xkv, 10, eos_id=first)
+    ids, finished, _ = af2.generate(prompt, xkv, Sampling(max_new_tokens=10), eos_id=first)
     assert ids == [] and finished
 
 
@@ -118,19 +120,19 @@ def test_seeded_sampling_is_reproducible(af2, expected):
     tokens = af2.encode(expected["clips"])
     mem = af2.memory(tokens, torch.ones(3))
     q = "describe the sound"
-    a = af2.ask(mem, torch.ones(3), q, max_new_tokens=12, greedy=False, top_k=30, top_p=0.95, seed=7)
-    b = af2.ask(mem, torch.ones(3), q, max_new_tokens=12, greedy=False, top_k=30, top_p=0.95, seed=7)
+    a = af2.ask(mem, torch.ones(3), q, Sampling(max_new_tokens=12, greedy=False, top_k=30, top_p=0.95, seed=7))
+    b = af2.ask(mem, torch.ones(3), q, Sampling(max_new_tokens=12, greedy=False, top_k=30, top_p=0.95, seed=7))
     assert a.token_ids == b.token_ids
-    c = af2.ask(mem, torch.ones(3), q, max_new_tokens=12, greedy=False, top_k=30, top_p=0.95, seed=8)
+    c = af2.ask(mem, torch.ones(3), q, Sampling(max_new_tokens=12, greedy=False, top_k=30, top_p=0.95, seed=8))
     assert c.token_ids != a.token_ids  # a different seed draws a different answer here
     # top-k 1 is greedy
-    g = af2.ask(mem, torch.ones(3), q, max_new_tokens=12)
-    k1 = af2.ask(mem, torch.ones(3), q, max_new_tokens=12, greedy=False, top_k=1, seed=3)
+    g = af2.ask(mem, torch.ones(3), q, Sampling(max_new_tokens=12))
+    k1 = af2.ask(mem, torch.ones(3), q, Sampling(max_new_tokens=12, greedy=False, top_k=1, seed=3))
     assert k1.token_ids == g.token_ids
 
 
 def test_top_p_keeps_only_the_nucleus():
-    from edge.model.af2 import Sampling, pick_token
+    from edge.model.af2 import pick_token
 
     logits = torch.tensor([10.0, 9.0, 0.0, -5.0])  # p ~ [0.73, 0.27, 3e-5, 2e-7]
     gen = torch.Generator().manual_seed(0)
