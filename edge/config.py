@@ -82,7 +82,10 @@ class EncoderConfig(_Base):
 
 class ModelConfig(_Base):
     dir: Path | None = None  # AF2 checkpoint directory; None = model-free gate only
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # auto: decided per machine from a measurement at load, logged (edge/model/precision.py)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # weight-only quantization of the decoder (edge/model/quant.py; deviation: PERFORMANCE.md)
+    quantize: Literal["none", "int8", "int4"] = "none"
     device: str = "cpu"
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
 

@@ -309,7 +309,8 @@ class Daemon:
             return None
         from .encoder_backends import make_backend
 
-        backend = make_backend(ec.backend, self.model, device=ec.device, dtype=ec.dtype,
+        dtype = ec.dtype or getattr(self.model, "encoder_dtype", None)  # None: the model's
+        backend = make_backend(ec.backend, self.model, device=ec.device, dtype=dtype,
                                max_batch=ec.max_batch,
                                cache_dir=ec.cache_dir or Path(self.data_dir) / "engines",
                                log_fn=lambda msg: log.info(msg))
@@ -393,16 +394,21 @@ class Daemon:
         return h
 
 
-def load_model(model_dir: str | Path | None, dtype: str = "float32", device: str = "cpu") -> Any:
+def load_model(model_dir: str | Path | None, dtype: str = "auto", device: str = "cpu",
+               quantize: str = "none") -> Any:
     if model_dir is None:
         return None
     import torch
 
     from .model import AF2
+    from .model.precision import resolve
 
     t0 = time.monotonic()
-    m = AF2.load(model_dir, dtype=getattr(torch, dtype), device=device)
+    choice = resolve(dtype, device)
+    m = AF2.load(model_dir, dtype=getattr(torch, choice.dtype), device=device, quantize=quantize)
+    m.encoder_dtype = choice.encoder  # the encoder backend's default (daemon._encoder_backend)
     log.info("model loaded", model=getattr(m, "model_id", "af2"), dir=str(model_dir),
-             seconds=round(time.monotonic() - t0, 1))
+             dtype=choice.dtype, encoder_dtype=choice.encoder, quantize=quantize,
+             reason=choice.reason, seconds=round(time.monotonic() - t0, 1))
     return m
 

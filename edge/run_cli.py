@@ -33,7 +33,7 @@ def _load_model(model_dir, settings):
     if d is None:
         return None
     try:
-        return load_model(d, settings.model.dtype, settings.model.device)
+        return load_model(d, settings.model.dtype, settings.model.device, settings.model.quantize)
     except Exception as e:  # CheckpointError, missing files...
         raise click.ClickException(f"cannot load the AF2 model from {d}: {e}") from None
 

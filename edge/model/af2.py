@@ -76,6 +76,7 @@ class AF2:
         self.device = device
         self.model_id = model_id or f"af2-{_release_name(config)}"
         self.max_batch = 8  # rows per decoding batch; larger groups run in chunks
+        self.quantize = "none"  # decoder weights: none | int8 | int4 (edge/model/quant.py)
         self.set_graphs(device.type == "cuda")
 
     def set_graphs(self, enabled: bool) -> None:
@@ -88,18 +89,22 @@ class AF2:
     # ---- construction ----------------------------------------------------------------
     @classmethod
     def load(cls, model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
-             device: str | torch.device = "cpu", encoder_only: bool = False) -> "AF2":
+             device: str | torch.device = "cpu", encoder_only: bool = False,
+             quantize: str = "none") -> "AF2":
         """Load an official or compact checkpoint. `encoder_only` loads just the AF-CLAP
-        encoder (`encode` works; `memory`/`ask` need the full model)."""
+        encoder (`encode` works; `memory`/`ask` need the full model). `quantize` int8/int4:
+        weight-only quantization of the decoder, applied while the tensors stream in."""
         from .checkpoint import load_model
 
-        return load_model(model_dir, dtype=dtype, device=device, encoder_only=encoder_only)
+        return load_model(model_dir, dtype=dtype, device=device, encoder_only=encoder_only,
+                          quantize=quantize)
 
     @classmethod
     def random(cls, config: AF2Config, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu", seed: int = 0,
-               tokenizer: AF2Tokenizer | None = None) -> "AF2":
-        """Random weights at any dims (benchmarks). Built directly in `dtype`."""
+               tokenizer: AF2Tokenizer | None = None, quantize: str = "none") -> "AF2":
+        """Random weights at any dims (benchmarks). Built directly in `dtype`; `quantize`
+        then quantizes the decoder in place, one weight at a time."""
         torch.manual_seed(seed)
         with torch.device("meta"):
             mods = AF2Modules(config)
@@ -118,7 +123,14 @@ class AF2:
                     b.fill_(1.0)
                 elif name.endswith("running_mean") or name.endswith("num_batches_tracked"):
                     b.zero_()
-        return cls(mods, tokenizer, config, dtype, torch.device(device), f"af2-random-{_release_name(config)}")
+        if quantize != "none":
+            from .quant import quantize_model
+
+            quantize_model(mods.decoder, quantize)
+        m = cls(mods, tokenizer, config, dtype, torch.device(device),
+                f"af2-random-{_release_name(config)}")
+        m.quantize = quantize
+        return m
 
     # ---- audio ------------------------------------------------------------------------
     @staticmethod

@@ -125,6 +125,7 @@ class Source:
     key: str
     shape: tuple[int, ...]
     copy_into: Callable[[torch.Tensor], None]  # dst.copy_(source), casting to dst's dtype
+    read_rows: Callable[[int, int], torch.Tensor] | None = None  # rows [i, j) (quantizing)
 
 
 class SafeChunks:
@@ -145,7 +146,19 @@ class SafeChunks:
             except Exception as e:
                 raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from None
             for k, shape in shapes.items():
-                self.sources.setdefault(k, Source(path, k, shape, self._copier(path, k)))
+                self.sources.setdefault(k, Source(path, k, shape, self._copier(path, k),
+                                                  self._rows(path, k)))
+
+    @staticmethod
+    def _rows(path: Path, key: str) -> Callable[[int, int], torch.Tensor]:
+        def read_rows(i: int, j: int) -> torch.Tensor:
+            try:
+                with safe_open(str(path), framework="pt") as h:
+                    return h.get_slice(key)[i:j]
+            except Exception as e:
+                raise CheckpointError(f"{path}: cannot read tensor {key} ({e})") from None
+
+        return read_rows
 
     @staticmethod
     def _copier(path: Path, key: str) -> Callable[[torch.Tensor], None]:
@@ -215,15 +228,22 @@ def _materialise(mods, device: torch.device, sources: dict[str, Source], where: 
     """Allocate uninitialised storage, then fill every tensor from its source, cast on the fly.
 
     `encoder_only` materialises the AF-CLAP encoder alone; the audio transformer and decoder
-    stay on the meta device (no memory) and cannot run."""
+    stay on the meta device (no memory) and cannot run. Quantized modules (edge/model/quant.py)
+    read their float weight in row blocks and quantize it as it streams."""
+    from . import quant
+
     part = mods.encoder if encoder_only else mods
     prefix = "encoder." if encoder_only else ""
     expected = {prefix + k: tuple(v.shape) for k, v in part.state_dict().items()}
+    quantized = {prefix + k: m for k, m in quant.quantized_modules(part).items()}
+    derived = {prefix + k for k in quant.derived_names(part)}
     plan: dict[str, Source] = {}
     missing = []
     for name, shape in expected.items():
-        if name.endswith("num_batches_tracked"):
+        if name.endswith("num_batches_tracked") or name in derived:
             continue
+        if name in quantized:
+            shape = quantized[name].logical_shape
         src = sources.get(name)
         if src is None:
             missing.append(name)
@@ -241,7 +261,12 @@ def _materialise(mods, device: torch.device, sources: dict[str, Source], where: 
     state = {prefix + k: v for k, v in part.state_dict(keep_vars=True).items()}
     with torch.no_grad():
         for name, t in state.items():
-            if name in plan:
+            if name in quantized:
+                src = plan[name]
+                if src.read_rows is None:
+                    raise CheckpointError(f"{src.file}: tensor {src.key} cannot be read in blocks")
+                quantized[name].quantize_from(src.read_rows)
+            elif name in plan:
                 plan[name].copy_into(t)  # one source tensor (or block) mapped at a time
             elif name.endswith("num_batches_tracked"):
                 t.zero_()
@@ -286,10 +311,16 @@ def is_compact(model_dir: Path) -> bool:
 
 
 def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
-               device: str | torch.device = "cpu", encoder_only: bool = False):
+               device: str | torch.device = "cpu", encoder_only: bool = False,
+               quantize: str = "none"):
     """Load either layout into an `AF2` (`encoder_only`: just the AF-CLAP encoder, e.g. to
-    export or build engines without holding the language model in memory)."""
+    export or build engines without holding the language model in memory). `quantize`
+    int8/int4 stores the decoder's weights narrow (edge/model/quant.py), quantized as read."""
+    from . import quant
     from .af2 import AF2
+
+    if quantize not in quant.MODES:
+        raise ValueError(f"unknown quantize mode {quantize!r}; use none, int8 or int4")
 
     model_dir = Path(model_dir)
     dtype, device = parse_dtype(dtype), parse_device(device)
@@ -324,8 +355,12 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
     skeleton = meta_skeleton(config, dtype)
     if not is_compact(model_dir):
         sources = _official_sources(model_dir, chunks, list(skeleton.state_dict()))
+    if not encoder_only:
+        quant.swap_linears(skeleton.decoder, quantize, dtype, device)
     mods = _materialise(skeleton, device, sources, str(model_dir), encoder_only)
-    return AF2(mods, tokenizer, config, dtype, device, model_id)
+    m = AF2(mods, tokenizer, config, dtype, device, model_id)
+    m.quantize = quantize if not encoder_only else "none"
+    return m
 
 
 def _official_sources(model_dir: Path, chunks: SafeChunks, names: list[str]) -> dict[str, Source]:
@@ -346,7 +381,8 @@ def _official_sources(model_dir: Path, chunks: SafeChunks, names: list[str]) -> 
             key = "module.audio_branch." + name[len("encoder."):]
             if name.startswith("encoder.") and key in clap:
                 t = clap[key]
-                out[name] = Source(path, key, tuple(t.shape), lambda dst, t=t: dst.copy_(t))
+                out[name] = Source(path, key, tuple(t.shape), lambda dst, t=t: dst.copy_(t),
+                                   lambda i, j, t=t: t[i:j])
     return out
 
 

@@ -276,7 +276,7 @@ class Decoder(nn.Module):
 
     def setup_cache(self, batch: int, max_seq: int) -> None:
         d = self.d
-        p = self.embed_tokens.weight
+        p = self.norm.weight  # the model dtype (the embedding may be stored int8)
         for layer in self.layers:
             att = layer.decoder_layer.self_attn
             shape = (batch, d.num_key_value_heads, max_seq, d.head_dim)

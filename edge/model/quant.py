@@ -1,0 +1,268 @@
+"""Weight-only quantization of the decoder (`model.quantize: none | int8 | int4`).
+
+Decoding one token reads every decoder weight once; on CPUs (and on the Orin) that read is the
+whole cost, so fewer bytes per weight is the only speed-up left. Activations stay in the model
+dtype; only the stored weights are narrow:
+
+* int8: one scale per output channel, ``w ~= q * s`` (q in [-127, 127]).
+* int4: asymmetric groups of `group` inputs, ``w ~= (q - 8) * scale + zero`` (q in [0, 15]),
+  the convention of PyTorch's int4 weight-pack kernels.
+* the token embedding (also the tied output projection) is int8 per row in both modes: a
+  lookup dequantizes one row, the output projection uses the int8 kernel.
+
+Kernels: on the CPU PyTorch's own weight-pack matmuls (`aten._weight_int8pack_mm`,
+`aten._weight_int4pack_mm_for_cpu` on `_convert_weight_to_int4pack_for_cpu`'s layout). On other
+devices our own reference code dequantizes the weight per call (correct, not yet fast: torchao /
+the CUDA int4 kernel are not wired in; see docs/PERFORMANCE.md). Quantization is applied while
+the loader streams tensors (`quantize_from` reads a float tensor in row blocks), so peak memory
+stays near the quantized model plus one block.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger("flamingo_edge.model.quant")
+
+MODES = ("none", "int8", "int4")
+ROW_BLOCK_BYTES = 64 << 20  # float32 rows read at a time while quantizing
+
+ReadRows = Callable[[int, int], torch.Tensor]  # (start, stop) -> float rows [start, stop)
+
+
+def _row_block(in_features: int, multiple: int = 64) -> int:
+    rows = max(1, ROW_BLOCK_BYTES // (4 * in_features))
+    return max(multiple, rows // multiple * multiple)
+
+
+def quantize_int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float -> int8 (N, K), float32 scales (N,): symmetric per output row."""
+    w = w.float()
+    s = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    q = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, s
+
+
+def quantize_int4_groups(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float -> q int32 (N, K) in [0, 15], scales_and_zeros float32 (K/group, N, 2)."""
+    w = w.float()
+    N, K = w.shape
+    g = w.reshape(N, K // group, group)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15.0).clamp(min=1e-12)
+    q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32)
+    zero = lo + 8.0 * scale  # w = (q - 8) * scale + zero
+    sz = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
+    return q.reshape(N, K), sz
+
+
+def int4_group_for(k: int) -> int | None:
+    for g in (64, 32):  # 64: scale+zero add 1/8 (float32) or 1/16 (bf16) to 4-bit weights
+        if k % g == 0:
+            return g
+    return None
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T (+ b) with W stored int8, one scale per output channel."""
+
+    DERIVED = ("scales",)
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
+                 reference: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.logical_shape = (out_features, in_features)
+        self.reference = reference  # dequantize per call instead of the packed kernel
+        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.empty(out_features, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype)) if bias else None
+
+    @torch.no_grad()
+    def quantize_from(self, read_rows: ReadRows) -> None:
+        n = _row_block(self.in_features)
+        for i in range(0, self.out_features, n):
+            q, s = quantize_int8_rows(read_rows(i, min(i + n, self.out_features)))
+            self.weight[i : i + q.shape[0]] = q.to(self.weight.device)
+            self.scales[i : i + q.shape[0]] = s.to(self.scales.device, self.scales.dtype)
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.weight.to(dtype) * self.scales.to(dtype)[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x.device.type == "cpu" and not self.reference:
+            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.weight,
+                                                   self.scales.to(x.dtype))
+        else:
+            y = F.linear(x2, self.dequantized(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+class Int4Linear(nn.Module):
+    """y = x W^T (+ b) with W stored as 4-bit groups of `group` inputs (asymmetric)."""
+
+    DERIVED = ("scales_and_zeros",)
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
+                 group: int, packed_cpu: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.group = in_features, out_features, group
+        self.logical_shape = (out_features, in_features)
+        # packed_cpu: the layout of aten._convert_weight_to_int4pack_for_cpu (N, K/2) uint8;
+        # else two values per byte, low nibble first (our reference layout), also (N, K/2)
+        self.packed_cpu = packed_cpu
+        self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scales_and_zeros",
+                             torch.empty(in_features // group, out_features, 2, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype)) if bias else None
+
+    @torch.no_grad()
+    def quantize_from(self, read_rows: ReadRows) -> None:
+        n = _row_block(self.in_features)
+        for i in range(0, self.out_features, n):
+            q, sz = quantize_int4_groups(read_rows(i, min(i + n, self.out_features)), self.group)
+            if self.packed_cpu:
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            else:
+                u = q.to(torch.uint8)
+                packed = u[:, 0::2] | (u[:, 1::2] << 4)
+            self.weight[i : i + q.shape[0]] = packed.to(self.weight.device)
+            self.scales_and_zeros[:, i : i + q.shape[0]] = sz.to(self.scales_and_zeros.device,
+                                                                self.scales_and_zeros.dtype)
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.packed_cpu:  # multiply the identity through the kernel: exact dequantization
+            eye = torch.eye(self.in_features, dtype=dtype, device=self.weight.device)
+            return self._packed_mm(eye).T.contiguous()
+        lo = (self.weight & 0xF).to(dtype)
+        hi = (self.weight >> 4).to(dtype)
+        q = torch.stack([lo, hi], dim=-1).reshape(self.out_features, self.in_features)
+        sz = self.scales_and_zeros.to(dtype)  # (K/g, N, 2)
+        scale = sz[..., 0].T.repeat_interleave(self.group, dim=1)  # (N, K)
+        zero = sz[..., 1].T.repeat_interleave(self.group, dim=1)
+        return (q - 8) * scale + zero
+
+    def _packed_mm(self, x2: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x2.contiguous(), self.weight, self.group, self.scales_and_zeros.to(x2.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.packed_cpu and x.device.type == "cpu":
+            y = self._packed_mm(x2)
+        else:
+            y = F.linear(x2, self.dequantized(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+class Int8Embedding(Int8Linear):
+    """The token embedding, also the tied output projection: int8 rows, one scale each.
+    State names stay `embed_tokens.weight` (+ `embed_tokens.scales`)."""
+
+    def __init__(self, vocab: int, dim: int, dtype: torch.dtype, reference: bool = False) -> None:
+        super().__init__(dim, vocab, False, dtype, reference)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return F.embedding(ids, self.weight).to(self.scales.dtype) * self.scales[ids].unsqueeze(-1)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        return super().forward(h)
+
+
+QUANTIZED = (Int8Linear, Int4Linear)
+
+
+def quantized_modules(root: nn.Module) -> dict[str, nn.Module]:
+    """name of the weight in `root.state_dict()` -> the quantized module that owns it."""
+    return {f"{n}.weight": m for n, m in root.named_modules() if isinstance(m, QUANTIZED)}
+
+
+def derived_names(root: nn.Module) -> set[str]:
+    """State names the quantizer computes (scales ...): not read from a checkpoint."""
+    return {f"{n}.{d}" for n, m in root.named_modules() if isinstance(m, QUANTIZED)
+            for d in m.DERIVED}
+
+
+def swap_linears(decoder: nn.Module, mode: str, dtype: torch.dtype, device: torch.device | str,
+                 reference: bool = False) -> int:
+    """Replace the decoder's nn.Linear layers (and the tied embedding) by quantized modules with
+    empty storage (on the meta device while loading). -> number of modules replaced."""
+    if mode not in MODES:
+        raise ValueError(f"unknown quantize mode {mode!r}; use none, int8 or int4")
+    if mode == "none":
+        return 0
+    dev = torch.device(device)
+    packed_cpu = dev.type in ("cpu", "meta") and not reference
+    count = 0
+    targets = [(n, m) for n, m in decoder.named_modules() if isinstance(m, nn.Linear)]
+    for name, lin in targets:
+        parent = decoder.get_submodule(name.rpartition(".")[0]) if "." in name else decoder
+        attr = name.rpartition(".")[2]
+        bias = lin.bias is not None
+        with torch.device(lin.weight.device):
+            group = int4_group_for(lin.in_features) if mode == "int4" else None
+            if packed_cpu and lin.out_features % 16:  # the CPU pack kernel's row tiling
+                group = None
+            if mode == "int4" and group is not None:
+                new: nn.Module = Int4Linear(lin.in_features, lin.out_features, bias, dtype, group,
+                                            packed_cpu)
+            else:
+                if mode == "int4":
+                    log.info("%s (%dx%d) fits no int4 layout; int8 instead", name,
+                             lin.out_features, lin.in_features)
+                new = Int8Linear(lin.in_features, lin.out_features, bias, dtype, reference)
+        setattr(parent, attr, new)
+        count += 1
+    emb = decoder.embed_tokens
+    with torch.device(emb.weight.device):
+        decoder.embed_tokens = Int8Embedding(emb.weight.shape[0], emb.weight.shape[1], dtype, reference)
+    return count + 1
+
+
+@torch.no_grad()
+def quantize_model(decoder: nn.Module, mode: str, reference: bool = False) -> int:
+    """Quantize an already built float decoder in place (random-weight benchmarks, tests),
+    one module at a time so at most one float weight is held twice."""
+    if mode == "none":
+        return 0
+    p = decoder.norm.weight
+    old = {n: m for n, m in decoder.named_modules() if isinstance(m, nn.Linear)}
+    old["embed_tokens"] = decoder.embed_tokens
+    n = swap_linears_like(decoder, mode, p.dtype, p.device, reference)
+    for name, mod in quantized_modules(decoder).items():
+        lin = old.pop(name[: -len(".weight")])
+        mod.quantize_from(lambda i, j, w=lin.weight: w[i:j])
+        if mod.bias is not None:
+            mod.bias.copy_(lin.bias)
+        del lin
+    return n
+
+
+def swap_linears_like(decoder: nn.Module, mode: str, dtype: torch.dtype, device: torch.device,
+                      reference: bool) -> int:
+    """`swap_linears` allocating real (uninitialised) storage on `device`."""
+    with torch.device(device):
+        return swap_linears(decoder, mode, dtype, device, reference)
+
+
+def weight_bytes(decoder: nn.Module) -> int:
+    """Bytes of decoder weights a one-token step reads (parameters and quantized buffers)."""
+    seen, total = set(), 0
+    for t in list(decoder.parameters()) + list(decoder.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
