@@ -99,7 +99,7 @@ def verify_onnx(model, onnx_path, n: int = 2, seed: int = 0) -> float:
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None,
               help="Build from this ONNX instead of exporting the model's encoder.")
 @click.option("--strongly-typed/--weakly-typed", default=None,
-              help="Default: weakly typed FP16 + per-layer FP32 on TensorRT 10, strongly typed on 11+.")
+              help="Default: strongly typed FP16 from the fp16-mixed ONNX (TensorRT 10+); weakly typed = FP16 flag + per-layer FP32 (TensorRT 10 only).")
 @click.option("--workspace-gib", type=click.FloatRange(0.25), default=4.0, show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even if the cached engine is current.")
 def build_cmd(model_dir, random_released, dtype, cache_dir, precision, max_batch, profile,

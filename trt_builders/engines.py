@@ -51,9 +51,9 @@ def prepare_engine(model, *, cache_dir: str | Path, precision: str = "fp16",
     from .tensorrt_engine import (
         TensorRTUnavailable,
         current_target,
+        default_strongly_typed,
         ensure_engine,
         trt_status,
-        weak_fp16_supported,
     )
 
     log = log or print
@@ -63,7 +63,7 @@ def prepare_engine(model, *, cache_dir: str | Path, precision: str = "fp16",
     prof = profile if isinstance(profile, Profile) else (
         Profile.parse(profile) if profile else Profile.for_max(max_batch))
     if strongly_typed is None:
-        strongly_typed = precision == "fp16" and not weak_fp16_supported()
+        strongly_typed = default_strongly_typed(precision)
     want = onnx_precision_for(precision, strongly_typed)
     onnx = ensure_onnx(model, cache_dir, want, onnx_path, log)
     info = read_sidecar(onnx)

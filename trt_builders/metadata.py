@@ -202,6 +202,26 @@ def keep_fp32(layer_name: str, layer_type: str, output_types: list[str] | tuple[
     return any(f in layer_name for f in FP32_NAME_FRAGMENTS)
 
 
+def fp32_violations(engine_info: dict) -> list[str]:
+    """Layers of a built engine (IEngineInspector JSON, ProfilingVerbosity.DETAILED) that must
+    compute in float32 but output half/bf16: the mel front end, LayerNorm, softmax. A fused
+    layer is named after all its parts ("/front/Conv + /front/Log"), so a fragment anywhere in
+    the name counts."""
+    bad = []
+    for layer in engine_info.get("Layers", []):
+        if not isinstance(layer, dict):
+            continue
+        name = str(layer.get("Name", ""))
+        if not any(f in name for f in FP32_NAME_FRAGMENTS):
+            continue
+        for out in layer.get("Outputs", []):
+            fmt = str(out.get("Format/Datatype", "")) if isinstance(out, dict) else ""
+            if "Half" in fmt or "BFloat16" in fmt or "FP16" in fmt:
+                bad.append(name)
+                break
+    return bad
+
+
 def one_line(exc: BaseException) -> str:
     """First line of an exception, prefixed by its type: for one-line fallback messages."""
     msg = str(exc).strip().splitlines()

@@ -7,10 +7,17 @@ CUDA device are usable, and every function that needs TensorRT imports it inside
 Build (`build_engine`):
 * network from the ONNX (`trt.OnnxParser.parse_from_file`), one optimisation profile over the
   batch axis (min:opt:max);
-* FP16, TensorRT 10 weak typing: `BuilderFlag.FP16` + `OBEY_PRECISION_CONSTRAINTS` with every
-  LayerNorm / softmax / reduce layer and the mel front end pinned to float32 (`keep_fp32`);
-* FP16, strongly typed (TensorRT >= 11, where the FP16 flag is gone, or on request): the network
-  is created `STRONGLY_TYPED` from the "fp16-mixed" ONNX, whose Casts already carry the policy;
+* FP16, strongly typed (the default on TensorRT 10 and later): the network is created
+  `STRONGLY_TYPED` from the "fp16-mixed" ONNX, whose Casts carry the precision policy, so layers
+  the parser adds (`ONNXTRT_*` shuffles around the 1-D STFT conv) inherit float32 instead of
+  drifting into fp16;
+* FP16, TensorRT 10 weak typing on request (`strongly_typed=False`): `BuilderFlag.FP16` +
+  `OBEY_PRECISION_CONSTRAINTS` with every LayerNorm / softmax / reduce layer and the mel front
+  end pinned to float32 (`keep_fp32`);
+* TF32 cleared in every build (fp32 engines and the fp32 islands of fp16 ones), and the built
+  engine checked with `IEngineInspector`: a front-end / LayerNorm / softmax layer running in
+  half precision fails the build (`fp32_violations`);
+* TensorRT older than 10 (JetPack 6.0 ships 8.6) is refused in one line by `trt_status`;
 * a timing cache loaded from and saved to disk, one per TensorRT version and GPU architecture;
 * the serialised engine and its metadata JSON written atomically side by side.
 
@@ -36,6 +43,7 @@ from .metadata import (
     EngineMeta,
     Profile,
     engine_problems,
+    fp32_violations,
     keep_fp32,
     meta_path,
     timing_cache_name,
@@ -68,10 +76,22 @@ def trt_status() -> str | None:
     except Exception as e:  # noqa: BLE001 - a broken torch install is a reason, not a crash
         return f"torch CUDA check failed ({type(e).__name__})"
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except Exception as e:  # noqa: BLE001 - e.g. libnvinfer missing behind the python wheel
         return f"'import tensorrt' failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    version = str(getattr(tensorrt, "__version__", "?"))
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        major = 0
+    if major < MIN_TRT_MAJOR:
+        return (f"TensorRT {version} is not supported (needs {MIN_TRT_MAJOR}.x or later for strongly "
+                f"typed networks; JetPack 6.0 ships 8.6): use JetPack 6.1+ or the onnxruntime/torch "
+                f"encoder backend")
     return None
+
+
+MIN_TRT_MAJOR = 10
 
 
 def trt_version() -> str:
@@ -99,11 +119,16 @@ def gpu_identity(device: int = 0) -> tuple[str, str]:
     return torch.cuda.get_device_name(device), f"{major}.{minor}"
 
 
+def default_strongly_typed(precision: str) -> bool:
+    """The policy: fp16 engines are strongly typed (from the fp16-mixed ONNX) on TensorRT >= 10."""
+    return precision == "fp16" and trt_major() >= MIN_TRT_MAJOR
+
+
 def current_target(onnx_sha256: str, precision: str, profile: Profile,
                    strongly_typed: bool | None = None, device: int = 0) -> BuildTarget:
     """The BuildTarget an engine must match on this machine (needs TensorRT and CUDA)."""
     if strongly_typed is None:
-        strongly_typed = precision == "fp16" and not weak_fp16_supported()
+        strongly_typed = default_strongly_typed(precision)
     name, cc = gpu_identity(device)
     return BuildTarget(trt_version(), name, cc, precision, bool(strongly_typed), profile, onnx_sha256)
 
@@ -173,8 +198,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, target: BuildTa
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         pinned = apply_precision_policy(network)
-    elif target.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 engines are the exact reference
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # float32 layers compute in float32, not TF32
+    if hasattr(trt, "ProfilingVerbosity"):
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # for IEngineInspector
     profile = builder.create_optimization_profile()
     p = target.profile
     profile.set_shape(inp.name, (p.min, CLIP_SAMPLES), (p.opt, CLIP_SAMPLES), (p.max, CLIP_SAMPLES))
@@ -202,6 +229,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, target: BuildTa
     if serialized is None:
         raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path} (see its log)")
     data = bytes(memoryview(serialized))
+    inspected = inspect_precision(data, logger)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(cache_file, bytes(memoryview(config.get_timing_cache().serialize())))
@@ -216,12 +244,33 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, target: BuildTa
         build_seconds=round(time.perf_counter() - t0, 1),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         extra={"layers": network.num_layers, "fp32_pinned_layers": pinned,
-               "workspace_gib": workspace_gib},
+               "workspace_gib": workspace_gib, "inspector": inspected},
     )
     _atomic_write(engine_path, data)
     _atomic_write(meta_path(engine_path), meta.to_json().encode())
     log(f"engine written: {engine_path} ({len(data) / 2**20:.0f} MiB, {meta.build_seconds:.0f} s)")
     return meta
+
+
+def inspect_precision(data: bytes, logger) -> str:
+    """Check the built engine's per-layer precision with IEngineInspector. -> a summary for the
+    metadata; raises EngineBuildError if a layer that must stay float32 runs in half."""
+    import json
+
+    import tensorrt as trt
+
+    if not hasattr(trt, "LayerInformationFormat"):
+        return "unavailable (no IEngineInspector in this TensorRT)"
+    engine = trt.Runtime(logger).deserialize_cuda_engine(data)
+    if engine is None or not hasattr(engine, "create_engine_inspector"):
+        return "unavailable (engine not inspectable)"
+    info = json.loads(engine.create_engine_inspector().get_engine_information(
+        trt.LayerInformationFormat.JSON))
+    bad = fp32_violations(info)
+    if bad:
+        raise EngineBuildError(f"TensorRT put {len(bad)} float32 layer(s) in half precision: "
+                               + ", ".join(bad[:3]))
+    return f"checked {len(info.get('Layers', []))} layers: front end / norms / softmax in float32"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -7,6 +7,7 @@ itself. scripts/gpu_check.sh runs the real thing on a GPU machine.
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 
@@ -304,7 +305,7 @@ def test_status_without_tensorrt():
 
 def test_build_weakly_typed_fp16(fake_trt, tiny_onnx, tmp_path):
     trt = fake_trt()
-    target = te.current_target(onnx_sha256(tiny_onnx), "fp16", Profile(1, 4, 8))
+    target = te.current_target(onnx_sha256(tiny_onnx), "fp16", Profile(1, 4, 8), strongly_typed=False)
     assert not target.strongly_typed and target.compute_capability == "8.7"
     engine = tmp_path / "e.engine"
     meta = te.build_engine(tiny_onnx, engine, target, timing_cache_dir=tmp_path, log=lambda s: None)
@@ -347,7 +348,7 @@ def test_build_strongly_typed_on_trt10_sets_no_layer_precision(fake_trt, tiny_on
 
 def test_weak_fp16_build_uses_no_creation_flags(fake_trt, tiny_onnx, tmp_path):
     trt = fake_trt()
-    target = te.current_target(onnx_sha256(tiny_onnx), "fp16", Profile(1, 2, 2))
+    target = te.current_target(onnx_sha256(tiny_onnx), "fp16", Profile(1, 2, 2), strongly_typed=False)
     te.build_engine(tiny_onnx, tmp_path / "e.engine", target, log=lambda s: None)
     assert trt.built[-1][0].flags == 0  # EXPLICIT_BATCH is deprecated and ignored in TensorRT 10
 
@@ -502,3 +503,48 @@ def test_prepare_engine_strongly_typed_uses_mixed_onnx(fake_trt, tiny, tmp_path)
     prepare_engine(tiny, cache_dir=tmp_path, max_batch=2, log=lambda s: None)
     (onnx,) = tmp_path.glob("*.onnx")
     assert read_sidecar(onnx).precision == "fp16-mixed"
+
+
+# ---- the precision policy (edge/model/precision.py states it; docs/ENGINES.md) ---------------
+def test_fp16_is_strongly_typed_on_trt10_by_default_and_clears_tf32(fake_trt, tiny_onnx, tmp_path):
+    trt = fake_trt()
+    target = te.current_target(onnx_sha256(tiny_onnx), "fp16", Profile(1, 2, 2))
+    assert target.strongly_typed  # parser-added layers cannot drift into fp16
+    meta = te.build_engine(tiny_onnx, tmp_path / "e.engine", target, log=lambda s: None)
+    network, config = trt.built[-1]
+    assert network.flags == 1 << 1 and "FP16" not in config.flags and "TF32" in config.cleared
+    assert meta.extra["inspector"].startswith("unavailable")  # this stand-in has no inspector
+
+
+def test_tensorrt_8_6_is_refused_in_one_line(fake_trt):
+    fake_trt(version="8.6.1")
+    reason = te.trt_status()
+    assert reason.startswith("TensorRT 8.6.1 is not supported") and "\n" not in reason
+
+
+class _Inspector:
+    def __init__(self, layers):
+        self.layers = layers
+
+    def get_engine_information(self, fmt):
+        assert fmt.name == "JSON"
+        return json.dumps({"Layers": self.layers})
+
+
+@pytest.mark.parametrize("fmt,ok", [("Row major linear FP32", True), ("Row major linear Half", False)])
+def test_engine_inspector_checks_float32_layers(fake_trt, tiny_onnx, tmp_path, monkeypatch, fmt, ok):
+    trt = fake_trt()
+    trt.LayerInformationFormat = _ns("LayerInformationFormat", "JSON")
+    trt.ProfilingVerbosity = _ns("ProfilingVerbosity", "LAYER_NAMES_ONLY", "DETAILED")
+    layers = [{"Name": "/front/Conv + /front/Log", "Outputs": [{"Format/Datatype": fmt}]},
+              {"Name": "/stages.0/blk/attn/qkv/MatMul", "Outputs": [{"Format/Datatype": "Row major linear Half"}]}]
+    monkeypatch.setattr(FakeEngine, "create_engine_inspector", lambda self: _Inspector(layers), raising=False)
+    target = te.current_target(onnx_sha256(tiny_onnx), "fp16", Profile(1, 2, 2))
+    if ok:
+        meta = te.build_engine(tiny_onnx, tmp_path / "e.engine", target, log=lambda s: None)
+        assert meta.extra["inspector"].startswith("checked 2 layers")
+        assert trt.built[-1][1].profiling_verbosity.name == "DETAILED"
+    else:
+        with pytest.raises(te.EngineBuildError, match="/front/Conv"):
+            te.build_engine(tiny_onnx, tmp_path / "e.engine", target, log=lambda s: None)
+        assert not (tmp_path / "e.engine").exists()  # a bad engine is never written
