@@ -105,6 +105,10 @@ class MqttConfig(_Base):
     max_inflight: int = Field(20, ge=1, le=1000)
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
+    # a topic the broker refuses (MQTT 5 reason code >= 0x80, e.g. an ACL denial) is
+    # retried with backoff at most this many times per alert, then given up (logged,
+    # counted in fe_alerts_dropped{reason="refused"}); topics that acknowledged are never re-sent
+    max_refusals: int = Field(10, ge=1, le=1000)
     live_queue_size: int = Field(1000, ge=10)
     level_min_interval_s: float = Field(1.0, ge=0)
 

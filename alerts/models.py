@@ -9,7 +9,10 @@ An `Alert` is raised by the rule engine (`alerts.rules`) from one positive
   carries the same id, so consumers de-duplicate on it;
 * ``boot_id`` + ``seq`` — ``seq`` counts alerts from 1 within one daemon boot, so a
   gap in ``seq`` for one ``boot_id`` means a lost alert;
-* ``schema_version`` — bumped on incompatible payload changes.
+* ``schema_version`` — bumped on incompatible payload changes;
+* ``replayed`` — False on the first delivery attempt; True when the payload is sent
+  again (after a disconnect, a broker refusal, or by a later run than the one that
+  raised it). ``raised_at`` always stays the original time.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class Alert:
     clip_png: str | None = None
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    replayed: bool = False
 
     @classmethod
     def from_result(
@@ -96,7 +100,7 @@ class Alert:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True, default=str)
+        return _dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Alert":
@@ -105,3 +109,14 @@ class Alert:
         for k in ("start", "end", "raised_at"):
             d[k] = datetime.fromisoformat(d[k].replace("Z", "+00:00"))
         return cls(**d)
+
+
+def _dumps(d: dict[str, Any]) -> str:
+    return json.dumps(d, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def as_replayed(payload: str) -> str:
+    """The alert JSON ``payload`` with ``replayed: true`` (everything else unchanged)."""
+    d = json.loads(payload)
+    d["replayed"] = True
+    return _dumps(d)

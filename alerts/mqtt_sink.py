@@ -12,21 +12,34 @@ non-blocking calls that only update in-memory state and wake the thread:
 * `wake`: there are new rows in the outbox.
 
 Alerts are never handed over directly: the thread reads them from the SQLite
-`alerts.outbox.Outbox` in row order, publishes each one QoS 1 to ``<prefix>/events``
-and ``<prefix>/<stream>/event``, and deletes the row only when both PUBACKs arrived.
-At most ``max_inflight`` rows are in flight. After a disconnect the paho client is
-discarded (so paho never re-sends anything behind our back) and the next connection
-replays from the oldest unacknowledged row: at-least-once, in order.
+`alerts.outbox.Outbox` in row order and publishes each one QoS 1 to
+``<prefix>/<stream>/event`` (Home Assistant's event entity, first) and
+``<prefix>/events``. Each topic's PUBACK is recorded durably per alert
+(`Outbox.record_topic`) the moment it arrives, so a topic that acknowledged an alert is
+never sent it again, not after a disconnect, a refusal of the other topic or a crash;
+the row is deleted when both topics are done. At most ``max_inflight`` rows are in
+flight. After a disconnect the paho client is discarded (so paho never re-sends
+anything behind our back) and the next connection replays, in order, every topic that
+has not acknowledged. A re-sent payload carries ``"replayed": true`` (and the original
+``raised_at``). The at-least-once edge that remains: a publish the broker took whose
+PUBACK was lost with the connection (or with the process) is sent again.
 
-Connection handling: Last Will ``<prefix>/status`` = ``offline`` (retained, QoS 1);
-on every successful connect ``online`` (retained; MQTT 5 user property ``boot_id``),
-``<prefix>/info`` (retained JSON with ``boot_id``), discovery, and the retained
-states. Failures (TCP, TLS verification, CONNACK refusal: bad credentials / not
-authorised) are logged once per attempt with the reason and retried with exponential
-backoff (``backoff_initial_s`` .. ``backoff_max_s``, +-20 % jitter). With MQTT 5, a
-PUBACK/SUBACK reason code >= 0x80 (e.g. 0x87 *Not authorized* from a broker ACL) is
-logged as an error, counted in ``fe_alerts_failed{sink="mqtt"}``, and the outbox is
-retried from its head with backoff; MQTT 3.1.1 cannot report ACL denials at all.
+Connection handling: Last Will ``<prefix>/status`` = ``offline`` (retained, QoS 1).
+On every successful connect, and whenever Home Assistant announces itself
+(``homeassistant/status`` = ``online``), the thread *announces*: discovery configs
+(empty retained configs for entities to remove), then the retained state and answer
+of every known monitor; only when the broker acknowledged all of those does it
+publish ``online`` (retained; MQTT 5 user property ``boot_id``) and ``<prefix>/info``,
+and only then live traffic and the outbox. A subscriber therefore never sees
+``online`` next to a state this run did not compute (e.g. an ``ON`` retained by a run
+that crashed). Failures (TCP, TLS verification, CONNACK refusal: bad credentials /
+not authorised) are logged once per attempt with the reason and retried with
+exponential backoff (``backoff_initial_s`` .. ``backoff_max_s``, +-20 % jitter).
+With MQTT 5, a PUBACK/SUBACK reason code >= 0x80 (e.g. 0x87 *Not authorized* from a
+broker ACL) is logged as an error and counted in ``fe_alerts_failed{sink="mqtt"}``;
+only the refused topic is retried (with backoff, from the outbox head), at most
+``max_refusals`` times per alert, then given up (``fe_alerts_dropped{reason="refused"}``).
+MQTT 3.1.1 cannot report ACL denials at all.
 """
 
 from __future__ import annotations
@@ -47,6 +60,7 @@ from paho.mqtt.properties import Properties
 
 from alerts.config import AlertsConfig
 from alerts.discovery import discovery_messages
+from alerts.models import as_replayed
 from alerts.outbox import Outbox
 from alerts.topics import Topics
 from edge import __version__
@@ -97,8 +111,12 @@ class MqttSink:
         self._dropped: str | None = None
         self._backoff = self._cfg.backoff_initial_s
         self._next_attempt = 0.0
-        self._mid_row: dict[int, int] = {}
-        self._row_mids: dict[int, set[int]] = {}
+        self._inflight: dict[int, tuple[int, str]] = {}  # mid -> (outbox row, topic)
+        self._row_topics: dict[int, set[str]] = {}  # outbox row -> topics in flight
+        self._row_required: dict[int, tuple[str, ...]] = {}
+        self._attempted: set[int] = set()  # rows this process published at least once
+        self._announce_mids: set[int] = set()
+        self._online = False  # `online` published for the current announcement
         self._cursor = 0
         self._outbox_resume_at = 0.0
         self._outbox_backoff = self._cfg.backoff_initial_s
@@ -294,9 +312,12 @@ class MqttSink:
         log.warning("mqtt connection lost", error=reason, retry_in_s=round(self._next_attempt - time.monotonic(), 2))
 
     def _reset_inflight(self) -> None:
-        self._mid_row.clear()
-        self._row_mids.clear()
+        self._inflight.clear()
+        self._row_topics.clear()
+        self._row_required.clear()
         self._control_mids.clear()
+        self._announce_mids.clear()
+        self._online = False
         self._cursor = 0
 
     def _publish(self, topic: str, payload: str, qos: int, retain: bool, props: Properties | None = None) -> int | None:
@@ -327,6 +348,30 @@ class MqttSink:
         self._outbox_resume_at = 0.0
         log.info("mqtt connected", host=self._cfg.host, port=self._cfg.port, client_id=self.client_id,
                  boot_id=self._boot_id)
+        if self._ha.enabled:
+            client.subscribe(f"{self._ha.discovery_prefix}/status", qos=1)
+        self._announce()
+
+    def _announce(self) -> None:
+        """Discovery, then every retained state/answer this run computed; `online` follows
+        once the broker acknowledged them all (`_on_publish` -> `_go_online`)."""
+        self._online = False
+        self._announce_mids.clear()
+        with self._lock:
+            self._discovery_dirty = True
+            snapshot = list(self._retained.items())
+            self._live.clear()
+        if self._ha.enabled:
+            self._announce_mids.update(self._publish_discovery())
+        for topic, payload in snapshot:
+            mid = self._publish(topic, payload, 1, True)
+            if mid is not None:
+                self._announce_mids.add(mid)
+        if not self._announce_mids:
+            self._go_online()
+
+    def _go_online(self) -> None:
+        self._online = True
         props = None
         if self._cfg.protocol == "5":
             props = Properties(PacketTypes.PUBLISH)
@@ -335,16 +380,6 @@ class MqttSink:
         info = {"state": "online", "boot_id": self._boot_id, "version": self._version, "node_id": self._node_id,
                 "started_at": self._started_at, "connected_at": time.time()}
         self._control(self.topics.info, json.dumps(info, separators=(",", ":")), True)
-        if self._ha.enabled:
-            client.subscribe(f"{self._ha.discovery_prefix}/status", qos=1)
-        with self._lock:
-            self._discovery_dirty = True
-            snapshot = list(self._retained.items())
-            self._live.clear()
-        if self._ha.enabled:
-            self._publish_discovery()
-        for topic, payload in snapshot:
-            self._publish(topic, payload, 1, True)
 
     def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
         if self._connected and not self._stopping.is_set():
@@ -352,6 +387,10 @@ class MqttSink:
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, reason_code: Any, _props: Any) -> None:
         failure = bool(getattr(reason_code, "is_failure", False))
+        if mid in self._announce_mids:
+            self._announce_mids.discard(mid)
+            if not self._announce_mids and not self._online:
+                self._go_online()
         if mid in self._control_mids:
             topic = self._control_mids.pop(mid)
             if failure:
@@ -359,31 +398,40 @@ class MqttSink:
             if mid == self._offline_mid:
                 self._offline_acked = True
             return
-        row = self._mid_row.pop(mid, None)
-        if row is None:
+        sent = self._inflight.pop(mid, None)
+        if sent is None:
             return
-        if failure:
-            self._outbox.mark_failed(row, str(reason_code))
-            self._metrics.alerts_failed.labels(SINK).inc()
-            delay = self._outbox_backoff * random.uniform(0.8, 1.2)
-            self._outbox_resume_at = time.monotonic() + delay
-            self._outbox_backoff = min(self._outbox_backoff * 2, self._cfg.backoff_max_s)
-            self.last_error = f"broker refused alert publish: {reason_code}"
-            log.error("broker refused alert publish", topic=self.topics.events, reason=str(reason_code),
-                      outbox_row=row, retry_in_s=round(delay, 2))
-            self._mid_row.clear()
-            self._row_mids.clear()
-            self._cursor = 0
+        row, topic = sent
+        in_flight = self._row_topics.get(row, set())
+        in_flight.discard(topic)
+        if not in_flight:
+            self._row_topics.pop(row, None)
+        out = self._outbox.record_topic(
+            row, topic, acked=not failure, required=self._row_required.get(row, (topic,)),
+            max_refusals=self._cfg.max_refusals, error=str(reason_code) if failure else None,
+        )
+        if out.done:
+            self._row_required.pop(row, None)
+            if out.given_up:
+                self._metrics.alerts_dropped.labels("refused").inc()
+            else:
+                self._metrics.alerts_sent.labels(SINK).inc()
+        if not failure:
+            if out.done:
+                self._outbox_backoff = self._cfg.backoff_initial_s
             return
-        mids = self._row_mids.get(row)
-        if mids is None:
-            return
-        mids.discard(mid)
-        if not mids:
-            del self._row_mids[row]
-            self._outbox.mark_sent(row)
-            self._metrics.alerts_sent.labels(SINK).inc()
-            self._outbox_backoff = self._cfg.backoff_initial_s
+        self._metrics.alerts_failed.labels(SINK).inc()
+        delay = self._outbox_backoff * random.uniform(0.8, 1.2)
+        self._outbox_resume_at = time.monotonic() + delay
+        self._outbox_backoff = min(self._outbox_backoff * 2, self._cfg.backoff_max_s)
+        self.last_error = f"broker refused alert publish: {reason_code}"
+        if out.gave_up:
+            log.error("broker refused alert publish; giving up on this topic", topic=topic,
+                      reason=str(reason_code), outbox_row=row, refusals=out.refusals)
+        else:
+            log.error("broker refused alert publish", topic=topic, reason=str(reason_code), outbox_row=row,
+                      refusals=out.refusals, retry_in_s=round(delay, 2))
+        self._cursor = 0  # after the backoff, retry the refused topic (only that one) from the head
 
     def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reason_codes: Any, _props: Any) -> None:
         for rc in reason_codes:
@@ -393,27 +441,29 @@ class MqttSink:
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == f"{self._ha.discovery_prefix}/status" and msg.payload.strip().lower() == b"online":
-            log.info("home assistant is online: republishing discovery and states")
-            with self._lock:
-                self._discovery_dirty = True
-                snapshot = list(self._retained.items())
-            for topic, payload in snapshot:
-                self._publish(topic, payload, 1, True)
+            log.info("home assistant is online: republishing discovery, states, then online")
+            self._announce()
 
     # --- work while connected ---
-    def _publish_discovery(self) -> None:
+    def _publish_discovery(self) -> list[int]:
         with self._lock:
             if not self._discovery_dirty:
-                return
+                return []
             self._discovery_dirty = False
             streams = {s: sorted(m) for s, m in self._streams.items()}
+        mids = []
         for topic, payload in discovery_messages(
             discovery_prefix=self._ha.discovery_prefix, node_id=self._node_id, topics=self.topics,
             streams=streams, version=self._version,
         ):
-            self._control(topic, json.dumps(payload, separators=(",", ":"), sort_keys=True), self._ha.retain)
+            mid = self._control(topic, json.dumps(payload, separators=(",", ":"), sort_keys=True), self._ha.retain)
+            if mid is not None:
+                mids.append(mid)
+        return mids
 
     def _service(self, now: float) -> None:
+        if not self._online:
+            return  # announcing: nothing goes out before `online`
         if self._ha.enabled:
             self._publish_discovery()
         with self._lock:
@@ -430,22 +480,38 @@ class MqttSink:
             self._publish(self.topics.level(s), f"{v:.1f}", 0, False)
         if self._offline_mid is not None or now < self._outbox_resume_at:
             return
-        room = self._cfg.max_inflight - len(self._row_mids)
+        room = self._cfg.max_inflight - len(self._row_topics)
         if room <= 0:
             return
         for row in self._outbox.pending(SINK, after_row=self._cursor, limit=room):
+            self._cursor = row.row_id
+            if row.row_id in self._row_topics:
+                continue  # still in flight on this connection
             try:
-                stream = json.loads(row.payload)["stream"]
-            except (ValueError, KeyError):
+                alert = json.loads(row.payload)
+                stream, boot = alert["stream"], alert.get("boot_id")
+            except (ValueError, KeyError, TypeError):
                 self._outbox.drop(row.row_id, "corrupt")
                 continue
-            m1 = self._publish(self.topics.events, row.payload, 1, False)
-            m2 = self._publish(self.topics.stream_event(stream), row.payload, 1, False)
-            if m1 is None or m2 is None:
-                return
-            self._row_mids[row.row_id] = {m1, m2}
-            self._mid_row[m1] = self._mid_row[m2] = row.row_id
-            self._cursor = row.row_id
+            # the HA event entity's topic first: if the connection dies between the two
+            # PUBACKs, the copy that cannot be de-duplicated is the one more likely recorded
+            required = (self.topics.stream_event(stream), self.topics.events)
+            done = row.done_topics()
+            todo = [t for t in required if t not in done]
+            if not todo:  # finished before a crash could delete the row
+                self._outbox.mark_sent(row.row_id)
+                continue
+            payload = row.payload
+            if boot != self._boot_id or row.row_id in self._attempted or row.delivery:
+                payload = as_replayed(payload)
+            self._attempted.add(row.row_id)
+            self._row_required[row.row_id] = required
+            for topic in todo:
+                mid = self._publish(topic, payload, 1, False)
+                if mid is None:
+                    return
+                self._inflight[mid] = (row.row_id, topic)
+                self._row_topics.setdefault(row.row_id, set()).add(topic)
 
     def _finish(self, now: float) -> bool:
         """One step of the stop sequence; True when the thread may exit."""
@@ -462,7 +528,7 @@ class MqttSink:
         if self._offline_mid is None:
             with self._lock:
                 live_pending = bool(self._live)
-            idle = not live_pending and not self._row_mids and self._outbox.count(SINK) == 0
+            idle = not live_pending and not self._row_topics and self._outbox.count(SINK) == 0
             if idle or now >= deadline - reserve:
                 self.flushed_on_stop = idle
                 self._offline_mid = self._control(self.topics.status, "offline", True)

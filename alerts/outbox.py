@@ -7,6 +7,13 @@ left after a crash or a broker outage are therefore replayed, in order, by the n
 connection or the next process: delivery is at-least-once, and the alert id in the
 payload is stable so consumers de-duplicate.
 
+A sink that publishes one alert to several destinations (MQTT: ``<prefix>/events`` and
+``<prefix>/<stream>/event``) records each destination's outcome durably in the row's
+``delivery`` column (`record_topic`): a destination that acknowledged is never sent the
+alert again, not even after a crash, and one that keeps refusing is given up after a
+bounded number of refusals. The row is deleted once every destination acknowledged or
+was given up.
+
 The queue is bounded by age and by row count per sink (`OutboxConfig`). `enforce_bounds`
 drops the oldest rows beyond those bounds; every drop is counted in
 ``fe_alerts_dropped{reason="age"|"count"}`` and logged with the alert id.
@@ -17,9 +24,11 @@ threads read and acknowledge.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +48,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
+    delivery TEXT NOT NULL DEFAULT '{}',
     UNIQUE (alert_id, sink)
 );
 CREATE INDEX IF NOT EXISTS outbox_sink ON outbox (sink, row_id);
@@ -53,6 +63,28 @@ class OutboxRow:
     created: float
     payload: str
     attempts: int
+    delivery_json: str = "{}"
+
+    @property
+    def delivery(self) -> dict[str, dict[str, int | bool]]:
+        """Per destination (topic): ``{"acked": bool, "refused": n, "gave_up": bool}``."""
+        try:
+            d = json.loads(self.delivery_json or "{}")
+        except ValueError:
+            return {}
+        return d if isinstance(d, dict) else {}
+
+    def done_topics(self) -> set[str]:
+        """Destinations that need nothing more: acknowledged, or given up."""
+        return {t for t, s in self.delivery.items() if s.get("acked") or s.get("gave_up")}
+
+
+@dataclass(frozen=True)
+class TopicOutcome:
+    refusals: int  # refusals of this destination for this alert so far
+    gave_up: bool  # this destination reached the refusal bound and is not retried
+    done: bool  # every required destination acknowledged or was given up: the row is gone
+    given_up: tuple[str, ...]  # all destinations given up, once done
 
 
 class Outbox:
@@ -67,6 +99,9 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+        if "delivery" not in cols:  # an outbox written before per-destination delivery state
+            self._db.execute("ALTER TABLE outbox ADD COLUMN delivery TEXT NOT NULL DEFAULT '{}'")
         self._update_gauge()
 
     def close(self) -> None:
@@ -89,7 +124,7 @@ class Outbox:
     def pending(self, sink: str, after_row: int = 0, limit: int = 100) -> list[OutboxRow]:
         with self._lock:
             cur = self._db.execute(
-                "SELECT row_id, alert_id, sink, created, payload, attempts FROM outbox "
+                "SELECT row_id, alert_id, sink, created, payload, attempts, delivery FROM outbox "
                 "WHERE sink=? AND row_id>? ORDER BY row_id LIMIT ?",
                 (sink, after_row, limit),
             )
@@ -114,6 +149,46 @@ class Outbox:
             self._db.execute(
                 "UPDATE outbox SET attempts=attempts+1, last_error=? WHERE row_id=?", (error[:500], row_id)
             )
+
+    def record_topic(
+        self, row_id: int, topic: str, *, acked: bool, required: Iterable[str], max_refusals: int,
+        error: str | None = None,
+    ) -> TopicOutcome:
+        """Durably record one destination's answer for one row (the MQTT PUBACK of one topic).
+
+        ``acked``: the destination has the alert; it is never sent it again. Otherwise a
+        refusal: counted, and once ``max_refusals`` is reached the destination is given
+        up. When every destination in ``required`` is acknowledged or given up, the row
+        is deleted in the same transaction (``done``)."""
+        need = set(required)
+        with self._lock:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                got = self._db.execute("SELECT delivery FROM outbox WHERE row_id=?", (row_id,)).fetchone()
+                if got is None:  # already finished (or dropped by the bounds)
+                    return TopicOutcome(0, False, True, ())
+                d = OutboxRow(row_id, "", "", 0.0, "", 0, got[0]).delivery
+                st = d.setdefault(topic, {})
+                if acked:
+                    st["acked"] = True
+                else:
+                    st["refused"] = int(st.get("refused", 0)) + 1
+                    if st["refused"] >= max_refusals:
+                        st["gave_up"] = True
+                done_topics = {t for t, s in d.items() if s.get("acked") or s.get("gave_up")}
+                done = need <= done_topics
+                if done:
+                    self._db.execute("DELETE FROM outbox WHERE row_id=?", (row_id,))
+                else:
+                    self._db.execute(
+                        "UPDATE outbox SET delivery=?, attempts=attempts+?, last_error=COALESCE(?, last_error)"
+                        " WHERE row_id=?",
+                        (json.dumps(d, sort_keys=True), 0 if acked else 1, error[:500] if error else None, row_id),
+                    )
+        if done:
+            self._update_gauge()
+        given_up = tuple(sorted(t for t, s in d.items() if s.get("gave_up") and not s.get("acked")))
+        return TopicOutcome(int(st.get("refused", 0)), bool(st.get("gave_up")), done, given_up if done else ())
 
     def drop(self, row_id: int, reason: str) -> None:
         """Give up on one row (e.g. a webhook answered 4xx); counted and logged."""

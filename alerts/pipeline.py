@@ -18,10 +18,10 @@ Contract the caller relies on:
   one webhook thread.
 * **Per result** the worker records it in the history, publishes the answer to
   ``<prefix>/<stream>/<monitor>/answer``, runs the hysteresis rules
-  (`alerts.rules`), publishes ON/OFF state changes, and when an alert is raised saves
-  the evidence clip (``audio`` is the span the result is about; pass None to skip the
-  clip), writes it to the durable outbox *before* any sink sends it, then records it in
-  the history. History writes are best effort (logged as ``history write failed``): a
+  (`alerts.rules`), and when an alert is raised saves the evidence clip (``audio`` is
+  the span the result is about; pass None to skip the clip), commits it to the durable
+  outbox *before* any sink sends it and before the ON state that goes with it is
+  published, records it in the history, then publishes the ON/OFF state change. History writes are best effort (logged as ``history write failed``): a
   broken history never costs an alert. ``seq`` restarts at 1 for every ``boot_id``.
 * **`stop(timeout)`** stops accepting results, lets the worker finish the queued ones,
   flushes the outbox to MQTT, publishes ``offline`` (retained), disconnects, and returns
@@ -40,7 +40,7 @@ import dataclasses
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,9 @@ class AlertPipeline:
         self._sinks: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "AlertPipeline":
+    def start(self, configured: Mapping[str, Iterable[str]] | None = None) -> "AlertPipeline":
+        """Open the stores, start the threads. ``configured``: stream -> monitor names of
+        the daemon's config; they are announced (state OFF) before the first connection."""
         if not self.config.enabled:
             log.info("alerts disabled")
             return self
@@ -110,13 +112,18 @@ class AlertPipeline:
         if c.mqtt.enabled:
             self.mqtt = MqttSink(c, boot_id=self.boot_id, outbox=self.outbox, metrics=self.metrics)
             self._sinks.append("mqtt")
-            if self.history is not None:
-                for stream, monitor in self.history.known_monitors():
-                    self.mqtt.declare(stream, monitor)
-                    # the previous run may have left a retained ON; this run starts OFF
-                    self.mqtt.initial_state(stream, monitor)
+            pairs = set(self.history.known_monitors()) if self.history is not None else set()
+            pairs |= {(s, m) for s, ms in (configured or {}).items() for m in ms}
+            for stream, monitor in sorted(pairs):
+                self.mqtt.declare(stream, monitor)
+                # the previous run may have left a retained ON; this run starts OFF
+                self.mqtt.initial_state(stream, monitor)
+        if self.history is not None:
+            for stream, ms in (configured or {}).items():
+                for m in ms:
+                    self._history("monitor", self.history.record_monitor, stream, m)
         if c.webhook.enabled:
-            self.webhook = WebhookSink(c.webhook, outbox=self.outbox, metrics=self.metrics)
+            self.webhook = WebhookSink(c.webhook, outbox=self.outbox, metrics=self.metrics, boot_id=self.boot_id)
             self._sinks.append("webhook")
         self.outbox.enforce_bounds()
         pending = self.outbox.count()
@@ -245,13 +252,15 @@ class AlertPipeline:
                 "model_id": r.model_id, "latency_s": r.latency_s, "level_dbfs": r.level_dbfs,
             })
         d = self._rules.observe(r)
+        if d.raise_alert:
+            # the alert is committed to the outbox before the ON state that announces it is
+            # published: a crash in between leaves an alert to replay, never an ON without one
+            self._raise(r, audio, sample_rate)
         if d.transition is not None:
             self._transition(d.transition)
         if d.suppressed:
             self.metrics.alerts_suppressed.labels(d.suppressed).inc()
             log.info("alert suppressed", stream=r.stream, monitor=r.monitor, reason=d.suppressed)
-        if d.raise_alert:
-            self._raise(r, audio, sample_rate)
 
     def _transition(self, tr: Transition) -> None:
         if self.mqtt is not None:

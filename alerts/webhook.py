@@ -9,7 +9,8 @@ Request (documented in ``docs/MQTT.md`` § Webhook)::
     X-Flamingo-Edge-Timestamp: <unix seconds when this attempt was signed>
     X-Flamingo-Edge-Signature-256: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>
 
-    <the alert JSON, byte-identical to the MQTT events payload>
+    <the alert JSON, byte-identical to the MQTT events payload; "replayed": true on a
+     retry or when delivered by a later run than the one that raised it>
 
 The receiver recomputes the HMAC over ``timestamp + "." + raw body`` with the shared
 secret, compares in constant time, and may reject stale timestamps (replay guard).
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import random
 import threading
 import time
@@ -37,6 +39,7 @@ import urllib.request
 import structlog
 
 from alerts.config import WebhookConfig
+from alerts.models import as_replayed
 from alerts.outbox import Outbox
 from edge import __version__
 from edge.metrics import Metrics
@@ -71,8 +74,16 @@ def verify(secret: str, timestamp: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(sign(secret, timestamp, body), header)
 
 
+def _boot_of(payload: str) -> str | None:
+    try:
+        return json.loads(payload).get("boot_id")
+    except (ValueError, AttributeError):
+        return None
+
+
 class WebhookSink:
-    def __init__(self, config: WebhookConfig, *, outbox: Outbox, metrics: Metrics) -> None:
+    def __init__(self, config: WebhookConfig, *, outbox: Outbox, metrics: Metrics, boot_id: str | None = None) -> None:
+        self._boot_id = boot_id
         self._cfg = config
         self._outbox = outbox
         self._metrics = metrics
@@ -108,7 +119,10 @@ class WebhookSink:
                 self._wake.clear()
                 continue
             row = rows[0]
-            delay = self._deliver(row.row_id, row.alert_id, row.payload.encode())
+            payload = row.payload
+            if row.attempts or (self._boot_id is not None and _boot_of(payload) != self._boot_id):
+                payload = as_replayed(payload)  # a retry, or raised by an earlier run
+            delay = self._deliver(row.row_id, row.alert_id, payload.encode())
             if delay:
                 self._stop.wait(delay)
 

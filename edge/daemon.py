@@ -251,12 +251,12 @@ class Daemon:
             except ImportError as e:  # pragma: no cover - alerts is part of the package
                 log.warning("alert pipeline unavailable", error=str(e))
             else:
+                # the configured monitors are announced (OFF) before the first connection, and
+                # entities of monitors no longer configured are removed from Home Assistant
+                configured = {sid: [m.name for m in st.monitors_for(sid)] for sid in self.streams}
                 self.alerts_pipeline = AlertPipeline(st.alerts, self.metrics, self.boot_id,
-                                                     self.data_dir).start()
+                                                     self.data_dir).start(configured=configured)
                 sinks.append(self.alerts_pipeline)
-                if hasattr(self.alerts_pipeline, "declare"):
-                    for sid in self.streams:
-                        self.alerts_pipeline.declare(sid, [m.name for m in st.monitors_for(sid)])
         sinks.extend(self._extra_sinks)
         self.sink = FanoutSink(sinks)
         self.worker = InferenceWorker(self.streams, st, model=self.model, sink=self.sink,

@@ -10,14 +10,21 @@ exit 0. Tests drive it through stdin, one command per line:
     wait_sent     print {"event":"sent"} once the outbox is empty
     wait_queued N print {"event":"queued"} once N alerts wait in the outbox
     wait_connected
+    positive|negative STREAM MONITOR   submit one result of that verdict
 
-and read JSON lines from stdout. Logs go to stderr as JSON.
+and read JSON lines from stdout. Logs go to stderr as JSON. Environment:
+``FE_CONFIGURED`` (JSON stream -> monitors) is passed to `AlertPipeline.start`;
+``FE_KILL_BEFORE_COMMIT`` / ``FE_KILL_AFTER_COMMIT`` (seconds) make the process SIGKILL
+itself that long after an alert reached `Outbox.add`, before / after its commit: a
+crash at an exact point of the alert's path.
 Usage: child_pipeline.py CONFIG_JSON DATA_DIR BOOT_ID [STOP_TIMEOUT]
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -26,11 +33,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from alerts.config import AlertsConfig  # noqa: E402
+from alerts.outbox import Outbox  # noqa: E402
 from alerts.pipeline import AlertPipeline  # noqa: E402
 from edge.logging import configure_logging  # noqa: E402
 from edge.metrics import Metrics  # noqa: E402
 from edge.sdnotify import Notifier, ShutdownSignal, Watchdog  # noqa: E402
-from tests.alerts.helpers import alternating  # noqa: E402
+from tests.alerts.helpers import alternating, result  # noqa: E402
 
 _out_lock = threading.Lock()
 
@@ -41,6 +49,24 @@ def say(event: str, **kw: object) -> None:
         sys.stdout.flush()
 
 
+def _install_kill_points() -> None:
+    before, after = os.environ.get("FE_KILL_BEFORE_COMMIT"), os.environ.get("FE_KILL_AFTER_COMMIT")
+    if not (before or after):
+        return
+    orig = Outbox.add
+
+    def add(self: Outbox, *a: object, **kw: object) -> None:
+        if before:
+            time.sleep(float(before))
+            os.kill(os.getpid(), signal.SIGKILL)
+        orig(self, *a, **kw)  # type: ignore[arg-type]
+        if after:
+            time.sleep(float(after))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    Outbox.add = add  # type: ignore[method-assign]
+
+
 def main() -> int:
     cfg_path, data_dir, boot_id = sys.argv[1], sys.argv[2], sys.argv[3]
     stop_timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 5.0
@@ -48,7 +74,10 @@ def main() -> int:
     configure_logging("DEBUG", fmt="json", stream=sys.stderr, secrets=config.secrets())
     sig = ShutdownSignal().install()
     notifier = Notifier()
-    pipeline = AlertPipeline(config, Metrics(), boot_id, data_dir).start()
+    _install_kill_points()
+    configured = json.loads(os.environ["FE_CONFIGURED"]) if os.environ.get("FE_CONFIGURED") else None
+    pipeline = AlertPipeline(config, Metrics(), boot_id, data_dir)
+    pipeline.start(configured=configured) if configured is not None else pipeline.start()
     audio = {"on": True}
 
     def progress() -> bool:
@@ -56,7 +85,7 @@ def main() -> int:
 
     wd = Watchdog(notifier, progress).start()
     notifier.ready("alert pipeline running")
-    say("ready", pid=__import__("os").getpid())
+    say("ready", pid=os.getpid())
     made = {"n": 0}
 
     def commands() -> None:
@@ -71,6 +100,10 @@ def main() -> int:
                 for r in rs:
                     pipeline.submit(r)
                 say("submitted", n=n)
+            elif cmd[0] in ("positive", "negative"):
+                pipeline.submit(result(cmd[0], stream=cmd[1], monitor=cmd[2], i=made["n"]))
+                made["n"] += 1
+                say("submitted", n=1)
             elif cmd[0] == "audio":
                 audio["on"] = cmd[1] == "on"
                 say("audio", on=audio["on"])

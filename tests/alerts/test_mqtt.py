@@ -54,8 +54,9 @@ def test_topics_payloads_and_clean_shutdown(
     assert set(first) == {
         "id", "schema_version", "boot_id", "seq", "stream", "monitor", "severity", "verdict", "answer",
         "question", "start", "end", "model_id", "latency_s", "raised_at", "choice", "level_dbfs",
-        "clip_flac", "clip_png", "extra", "event_type",
+        "clip_flac", "clip_png", "extra", "event_type", "replayed",
     }
+    assert first["replayed"] is False  # delivered at the first attempt
     assert first["schema_version"] == 1 and first["stream"] == "s1" and first["monitor"] == "knock"
     assert first["event_type"] == "knock" and first["severity"] == "warning" and first["verdict"] == "positive"
     assert first["answer"] == "yes #0" and first["model_id"] == "af2-3b@test" and first["latency_s"] == 0.5
@@ -307,9 +308,8 @@ def test_restart_clears_a_stale_retained_on_state(
         p2.declare("s2", ["glass"])  # configured but never seen: announced OFF as well
         assert wait_until(lambda: p2.mqtt is not None and p2.mqtt.connected, 10)
         late = recorder_factory(broker, ["fe-test/s1/knock/state", "fe-test/s2/glass/state"], client_id="late")
-        assert late.wait_for(lambda: len(late.messages) >= 2 and late.payloads("fe-test/s1/knock/state")[-1:]
-                             == ["OFF"], 5), late.payloads("fe-test/s1/knock/state")
-        assert late.payloads("fe-test/s2/glass/state")[-1:] == ["OFF"]
+        assert late.wait_for(lambda: late.payloads("fe-test/s1/knock/state")[-1:] == ["OFF"]
+                             and late.payloads("fe-test/s2/glass/state")[-1:] == ["OFF"], 5), late.messages
         # a positive after the restart still turns it ON, and ON is the last word
         p2.submit(result("positive"))
         assert late.wait_for(lambda: late.payloads("fe-test/s1/knock/state")[-1:] == ["ON"], 5)
