@@ -10,20 +10,28 @@ Per stream, one HA *device* with:
 
 All entities share the availability topic ``<prefix>/status`` (``online``/``offline``),
 so they all turn unavailable when the daemon's Last Will fires.
+
+Object ids, unique ids and device identifiers come from `alerts.entities.EntityIds`
+(collision-free for any names, stable, legacy ids kept where they were unique).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from alerts.topics import Topics, object_id
+from alerts.entities import Entity, EntityIds, stream_entities
+from alerts.topics import Topics
 
 ORIGIN = {"name": "flamingo-edge", "support_url": "https://github.com/flamingo-edge/flamingo-edge"}
 
 
-def device(node_id: str, stream: str, version: str) -> dict[str, Any]:
+def config_topic(discovery_prefix: str, node_id: str, component: str, object_id: str) -> str:
+    return f"{discovery_prefix}/{component}/{node_id}/{object_id}/config"
+
+
+def device(node_id: str, stream: str, version: str, ids: EntityIds) -> dict[str, Any]:
     return {
-        "identifiers": [f"flamingo_edge_{node_id}_{object_id(stream)}"],
+        "identifiers": [f"flamingo_edge_{node_id}_{ids.object_id(Entity('device', 'device', stream))}"],
         "name": f"{stream} ({node_id})",
         "manufacturer": "flamingo-edge",
         "model": "Audio Flamingo 2 listener",
@@ -36,23 +44,39 @@ def availability(topics: Topics) -> list[dict[str, str]]:
 
 
 def discovery_messages(
-    *, discovery_prefix: str, node_id: str, topics: Topics, streams: dict[str, list[str]], version: str
+    *, discovery_prefix: str, node_id: str, topics: Topics, streams: dict[str, list[str]], version: str,
+    ids: EntityIds | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """(config topic, payload) for every entity of every stream."""
-    out: list[tuple[str, dict[str, Any]]] = []
+    return [(t, p) for _e, t, p in discovery_entities(
+        discovery_prefix=discovery_prefix, node_id=node_id, topics=topics, streams=streams, version=version,
+        ids=ids or EntityIds(),
+    )]
+
+
+def discovery_entities(
+    *, discovery_prefix: str, node_id: str, topics: Topics, streams: dict[str, list[str]], version: str,
+    ids: EntityIds,
+) -> list[tuple[Entity, str, dict[str, Any]]]:
+    """(entity, config topic, payload) for every entity of every stream, ids from ``ids``."""
+    out: list[tuple[Entity, str, dict[str, Any]]] = []
     origin = dict(ORIGIN, sw_version=version)
+    ids.assign(e for s in streams for e in stream_entities(s, streams[s]))  # all at once: order-free
+
+    def add(e: Entity, payload: dict[str, Any]) -> None:
+        oid = ids.object_id(e)
+        out.append((e, config_topic(discovery_prefix, node_id, e.component, oid),
+                    {**payload, "unique_id": f"{node_id}_{oid}"}))
+
     for stream in sorted(streams):
-        sid = object_id(stream)
-        dev = device(node_id, stream, version)
+        dev = device(node_id, stream, version, ids)
         common = {"availability": availability(topics), "device": dev, "origin": origin}
         monitors = sorted(set(streams[stream]))
         for monitor in monitors:
-            mid = object_id(monitor)
-            out.append((
-                f"{discovery_prefix}/binary_sensor/{node_id}/{sid}_{mid}/config",
+            add(
+                Entity("binary_sensor", "monitor", stream, monitor),
                 {
                     "name": monitor,
-                    "unique_id": f"{node_id}_{sid}_{mid}",
                     "state_topic": topics.state(stream, monitor),
                     "payload_on": "ON",
                     "payload_off": "OFF",
@@ -61,12 +85,11 @@ def discovery_messages(
                     "qos": 1,
                     **common,
                 },
-            ))
-        out.append((
-            f"{discovery_prefix}/sensor/{node_id}/{sid}_level/config",
+            )
+        add(
+            Entity("sensor", "level", stream),
             {
                 "name": "Level",
-                "unique_id": f"{node_id}_{sid}_level",
                 "state_topic": topics.level(stream),
                 "unit_of_measurement": "dBFS",
                 "state_class": "measurement",
@@ -74,17 +97,16 @@ def discovery_messages(
                 "icon": "mdi:waveform",
                 **common,
             },
-        ))
-        out.append((
-            f"{discovery_prefix}/event/{node_id}/{sid}_alert/config",
+        )
+        add(
+            Entity("event", "alert", stream),
             {
                 "name": "Alert",
-                "unique_id": f"{node_id}_{sid}_alert",
                 "state_topic": topics.stream_event(stream),
                 "event_types": monitors,
                 "icon": "mdi:bell-alert",
                 "qos": 1,
                 **common,
             },
-        ))
+        )
     return out

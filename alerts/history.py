@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alerts.entities import EntityIds
 from alerts.models import Alert
 from edge.results import MonitorResult
 
@@ -81,6 +82,10 @@ class History:
             self._db.executescript(_SCHEMA)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+
+    def entity_ids(self) -> "EntityIds":
+        """The Home Assistant entity id registry, stored in this database."""
+        return EntityIds(self._db, self._lock)
 
     def close(self) -> None:
         with self._lock:

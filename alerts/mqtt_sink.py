@@ -59,7 +59,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from alerts.config import AlertsConfig
-from alerts.discovery import discovery_messages
+from alerts.discovery import discovery_entities
+from alerts.entities import Entity, EntityIds
 from alerts.models import as_replayed
 from alerts.outbox import Outbox
 from alerts.topics import Topics
@@ -80,8 +81,10 @@ def _close_client(c: mqtt.Client) -> None:
 
 class MqttSink:
     def __init__(
-        self, config: AlertsConfig, *, boot_id: str, outbox: Outbox, metrics: Metrics, version: str = __version__
+        self, config: AlertsConfig, *, boot_id: str, outbox: Outbox, metrics: Metrics, version: str = __version__,
+        entities: EntityIds | None = None,
     ) -> None:
+        self.entities = entities or EntityIds()
         self._cfg = config.mqtt
         self._ha = config.homeassistant
         self._node_id = config.node_id
@@ -97,6 +100,7 @@ class MqttSink:
         self._live: deque[tuple[str, str, int, bool]] = deque()
         self._retained: dict[str, str] = {}
         self._streams: dict[str, set[str]] = {}
+        self._removals: dict[str, Entity] = {}  # config topic -> entity to remove from Home Assistant
         self._discovery_dirty = True
         self._levels: dict[str, float] = {}
         self._wake = threading.Event()
@@ -162,6 +166,13 @@ class MqttSink:
                 mons.add(monitor)
                 self._discovery_dirty = True
                 self._wake.set()
+
+    def remove(self, entities: list[tuple[Entity, str]]) -> None:
+        """Remove these (entity, config topic) from Home Assistant: an empty retained config
+        (and, for a monitor, empty retained state and answer) at the next announcement."""
+        with self._lock:
+            for e, topic in entities:
+                self._removals[topic] = e
 
     def set_state(self, stream: str, monitor: str, state: str) -> None:
         self._set_retained(self.topics.state(stream, monitor), state)
@@ -362,6 +373,7 @@ class MqttSink:
             snapshot = list(self._retained.items())
             self._live.clear()
         if self._ha.enabled:
+            self._announce_mids.update(self._publish_removals())
             self._announce_mids.update(self._publish_discovery())
         for topic, payload in snapshot:
             mid = self._publish(topic, payload, 1, True)
@@ -395,6 +407,13 @@ class MqttSink:
             topic = self._control_mids.pop(mid)
             if failure:
                 log.error("broker refused publish", topic=topic, reason=str(reason_code))
+            else:
+                with self._lock:
+                    gone = self._removals.pop(topic, None)
+                if gone is not None:
+                    self.entities.removed(gone)
+                    log.info("home assistant entity removed", component=gone.component, stream=gone.stream,
+                             monitor=gone.monitor or None, config_topic=topic)
             if mid == self._offline_mid:
                 self._offline_acked = True
             return
@@ -452,13 +471,28 @@ class MqttSink:
             self._discovery_dirty = False
             streams = {s: sorted(m) for s, m in self._streams.items()}
         mids = []
-        for topic, payload in discovery_messages(
+        for entity, topic, payload in discovery_entities(
             discovery_prefix=self._ha.discovery_prefix, node_id=self._node_id, topics=self.topics,
-            streams=streams, version=self._version,
+            streams=streams, version=self._version, ids=self.entities,
         ):
             mid = self._control(topic, json.dumps(payload, separators=(",", ":"), sort_keys=True), self._ha.retain)
             if mid is not None:
                 mids.append(mid)
+                self.entities.announced(entity, topic)
+        return mids
+
+    def _publish_removals(self) -> list[int]:
+        """Empty retained configs for the entities to remove (their state/answer too)."""
+        with self._lock:
+            removals = list(self._removals.items())
+        mids = []
+        for topic, e in removals:
+            mid = self._control(topic, "", True)
+            if mid is not None:
+                mids.append(mid)
+            if e.kind == "monitor":
+                for t in (self.topics.state(e.stream, e.monitor), self.topics.answer(e.stream, e.monitor)):
+                    self._publish(t, "", 1, True)
         return mids
 
     def _service(self, now: float) -> None:

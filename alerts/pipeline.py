@@ -49,6 +49,8 @@ import structlog
 
 from alerts.clips import ClipStore
 from alerts.config import AlertsConfig
+from alerts.discovery import config_topic
+from alerts.entities import EntityIds, stream_entities
 from alerts.history import History
 from alerts.models import Alert, utcnow
 from alerts.mqtt_sink import MqttSink
@@ -110,10 +112,14 @@ class AlertPipeline:
             self.clips = ClipStore(self.data_dir / "clips", c.clips)
             self.metrics.clips_bytes.set(self.clips.total_bytes)
         if c.mqtt.enabled:
-            self.mqtt = MqttSink(c, boot_id=self.boot_id, outbox=self.outbox, metrics=self.metrics)
+            ids = self.history.entity_ids() if self.history is not None else EntityIds()
+            self.mqtt = MqttSink(c, boot_id=self.boot_id, outbox=self.outbox, metrics=self.metrics, entities=ids)
             self._sinks.append("mqtt")
-            pairs = set(self.history.known_monitors()) if self.history is not None else set()
-            pairs |= {(s, m) for s, ms in (configured or {}).items() for m in ms}
+            known = set(self.history.known_monitors()) if self.history is not None else set()
+            want = {(s, m) for s, ms in (configured or {}).items() for m in ms}
+            if c.homeassistant.enabled:
+                self._entity_lifecycle(ids, known, configured)
+            pairs = want if configured is not None else known
             for stream, monitor in sorted(pairs):
                 self.mqtt.declare(stream, monitor)
                 # the previous run may have left a retained ON; this run starts OFF
@@ -137,6 +143,31 @@ class AlertPipeline:
         log.info("alert pipeline started", boot_id=self.boot_id, data_dir=str(self.data_dir), sinks=self._sinks,
                  outbox_pending=pending)
         return self
+
+    def _entity_lifecycle(
+        self, ids: EntityIds, known: set[tuple[str, str]], configured: Mapping[str, Iterable[str]] | None
+    ) -> None:
+        """Ids for every entity (legacy ids kept where unique), and, when the daemon says
+        what is configured, removal of what an earlier run announced and is gone now."""
+        assert self.mqtt is not None
+        ha, node = self.config.homeassistant, self.config.node_id
+        by_stream: dict[str, list[str]] = {}
+        for s, m in sorted(known):
+            by_stream.setdefault(s, []).append(m)
+        earlier = [e for s, ms in by_stream.items() for e in stream_entities(s, ms)]
+        now = {s: sorted(set(ms)) for s, ms in (configured or {}).items()}
+        ids.assign(earlier + [e for s, ms in now.items() if ms for e in stream_entities(s, ms)])
+        for e in earlier:  # announced by a run that predates the registry: under its legacy id
+            if e.component != "device":
+                ids.adopt(e, config_topic(ha.discovery_prefix, node, e.component, ids.object_id(e)))
+        if configured is None:
+            return
+        stale = ids.stale(now)
+        if stale:
+            log.info("removing home assistant entities no longer configured",
+                     entities=[f"{e.component}:{e.stream}/{e.monitor}" if e.monitor else f"{e.component}:{e.stream}"
+                               for e, _t in stale])
+            self.mqtt.remove(stale)
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop ingest, finish queued results, flush, publish ``offline``; bounded by ``timeout``."""

@@ -9,16 +9,10 @@ from __future__ import annotations
 import re
 
 _LEVEL_BAD = re.compile(r"[/+#\x00]")
-_ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 def topic_level(name: str) -> str:
     return _LEVEL_BAD.sub("_", name) or "_"
-
-
-def object_id(name: str) -> str:
-    """A Home Assistant-safe id fragment: letters, digits, '_' and '-'."""
-    return _ID_BAD.sub("_", name) or "_"
 
 
 class Topics:

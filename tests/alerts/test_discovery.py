@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,7 +73,10 @@ def expected(stream: str, sid: str, monitors: list[str]) -> dict[str, dict]:
 def _latest(rec: Recorder) -> dict[str, dict]:
     out = {}
     for m in rec.on("homeassistant/+/+/+/config"):
-        out[m.topic] = json.loads(m.payload)
+        if m.payload:
+            out[m.topic] = json.loads(m.payload)
+        else:  # an empty config removes the entity
+            out.pop(m.topic, None)
     return out
 
 
@@ -134,3 +139,120 @@ def test_discovery_can_be_disabled(broker: Mosquitto, recorder_factory, tmp_path
     finally:
         p.stop(5)
     assert rec.on("homeassistant/#") == []
+
+
+def _wait_online(rec: Recorder, n: int = 1) -> None:
+    assert rec.wait_for(lambda: rec.payloads("fe-test/status").count("online") >= n, 10)
+
+
+def test_colliding_names_get_distinct_topics_unique_ids_and_devices(
+    broker: Mosquitto, recorder_factory: Callable[..., Recorder], tmp_path: Path
+) -> None:
+    """Valid names that the old escaping merged: 'a.b' / 'a_b' (one device), and stream
+    'x' + monitor 'y_z' / stream 'x_y' + monitor 'z' (one discovery topic and unique_id)."""
+    rec = recorder_factory(broker, ["homeassistant/#", "fe-test/status"])
+    names = {"a.b": ["m"], "a_b": ["m"], "x": ["y_z"], "x_y": ["z"]}
+    p = AlertPipeline(fast_config(broker), Metrics(), "b", tmp_path).start()
+    try:
+        for s in ("x_y", "a.b", "x", "a_b"):  # arrival order does not decide who keeps the legacy id
+            p.declare(s, names[s])
+        assert rec.wait_for(lambda: len(_latest(rec)) >= 12, 10), sorted(_latest(rec))
+        time.sleep(0.3)
+        got = _latest(rec)
+    finally:
+        p.stop(5)
+    assert len(got) == 12  # 4 binary sensors, 4 level sensors, 4 event entities
+    assert len({c["unique_id"] for c in got.values()}) == 12
+    assert len({c["device"]["identifiers"][0] for c in got.values()}) == 4
+    states = {c["state_topic"] for c in got.values() if "payload_on" in c}
+    assert states == {"fe-test/a.b/m/state", "fe-test/a_b/m/state", "fe-test/x/y_z/state", "fe-test/x_y/z/state"}
+    by_state = {c["state_topic"]: (t, c) for t, c in got.items() if "payload_on" in c}
+    # names that need no escaping keep the legacy ids; the others get a short hash
+    assert by_state["fe-test/a_b/m/state"][0] == "homeassistant/binary_sensor/testnode/a_b_m/config"
+    assert by_state["fe-test/x/y_z/state"][0] == "homeassistant/binary_sensor/testnode/x_y_z/config"
+    t, c = by_state["fe-test/a.b/m/state"]
+    assert re.fullmatch(r"homeassistant/binary_sensor/testnode/a_b_m_[0-9a-f]{8}/config", t)
+    assert c["unique_id"] == "testnode_" + t.split("/")[3]
+    # the same ids after a restart (stored in the history database), whatever the order
+    rec.messages.clear()
+    p2 = AlertPipeline(fast_config(broker), Metrics(), "b2", tmp_path).start()
+    try:
+        for s in ("a_b", "x", "a.b", "x_y"):
+            p2.declare(s, names[s])
+        assert rec.wait_for(lambda: len(_latest(rec)) >= 12, 10)
+        time.sleep(0.3)
+        assert _latest(rec) == got
+    finally:
+        p2.stop(5)
+
+
+def test_removed_monitor_and_stream_get_an_empty_retained_config(
+    broker: Mosquitto, recorder_factory: Callable[..., Recorder], tmp_path: Path
+) -> None:
+    rec = recorder_factory(broker, ["homeassistant/#", "fe-test/#"])
+    p = AlertPipeline(fast_config(broker), Metrics(), "b1", tmp_path)
+    p.start(configured={"s1": ["knock", "glass"], "s2": ["dog"]})
+    try:
+        _wait_online(rec)
+        p.submit(result("positive", stream="s1", monitor="glass"))
+        assert rec.wait_for(lambda: rec.payloads("fe-test/s1/glass/state")[-1:] == ["ON"], 5)
+    finally:
+        p.stop(5)
+    announced = set(_latest(rec))
+    assert len(announced) == 7
+    glass = "homeassistant/binary_sensor/testnode/s1_glass/config"
+    gone = {glass} | {t for t in announced if "/s2_" in t}
+    # the config changes: glass and the whole s2 stream are no longer configured
+    p2 = AlertPipeline(fast_config(broker), Metrics(), "b2", tmp_path)
+    p2.start(configured={"s1": ["knock"]})
+    try:
+        _wait_online(rec, 2)
+        time.sleep(0.3)
+    finally:
+        p2.stop(5)
+    for t in gone:
+        assert rec.payloads(t)[-1] == "", t
+    assert rec.payloads("fe-test/s1/glass/state")[-1] == "" and rec.payloads("fe-test/s1/glass/answer")[-1] == ""
+    # a Home Assistant starting now finds only what is configured
+    late = recorder_factory(broker, ["homeassistant/#"], client_id="late-ha")
+    assert late.wait_for(lambda: len(late.messages) >= 3, 5)
+    time.sleep(0.3)
+    assert {m.topic for m in late.messages} == announced - gone
+    event = json.loads(next(m.payload for m in late.messages if "/event/" in m.topic))
+    assert event["event_types"] == ["knock"]
+    # removed once: the next start has nothing left to remove
+    n = len(rec.messages)
+    p3 = AlertPipeline(fast_config(broker), Metrics(), "b3", tmp_path)
+    p3.start(configured={"s1": ["knock"]})
+    try:
+        _wait_online(rec, 3)
+        time.sleep(0.3)
+    finally:
+        p3.stop(5)
+    assert not [m for m in rec.messages[n:] if m.topic in gone]
+
+
+def test_existing_install_keeps_its_legacy_ids(broker: Mosquitto, recorder_factory, tmp_path: Path) -> None:
+    """A history written before the id registry (monitors table only): unique names keep
+    the ids earlier releases announced, and a no-longer-configured pair is removed."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "history.sqlite3")
+    db.executescript("CREATE TABLE monitors (stream TEXT NOT NULL, monitor TEXT NOT NULL, last_seen REAL NOT NULL,"
+                     " PRIMARY KEY (stream, monitor));"
+                     "INSERT INTO monitors VALUES ('pump.1', 'cavitation', 1), ('pump.1', 'old', 1);")
+    db.commit()
+    db.close()
+    rec = recorder_factory(broker, ["homeassistant/#", "fe-test/status"])
+    p = AlertPipeline(fast_config(broker), Metrics(), "b", tmp_path)
+    p.start(configured={"pump.1": ["cavitation"]})
+    try:
+        _wait_online(rec)
+        time.sleep(0.3)
+    finally:
+        p.stop(5)
+    got = _latest(rec)
+    keep = "homeassistant/binary_sensor/testnode/pump_1_cavitation/config"
+    assert got[keep]["unique_id"] == "testnode_pump_1_cavitation"
+    assert got[keep]["device"]["identifiers"] == ["flamingo_edge_testnode_pump_1"]
+    assert rec.payloads("homeassistant/binary_sensor/testnode/pump_1_old/config") == [""]
