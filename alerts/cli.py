@@ -1,4 +1,5 @@
-"""``flamingo-edge alerts list|show``: read the alert history the daemon writes.
+"""``flamingo-edge alerts list|show|prune``: read the alert history the daemon writes;
+remove Home Assistant entities that are no longer configured.
 
 The history is ``<data_dir>/history.sqlite3``. The data directory is, in order:
 ``--data-dir``, ``$FLAMINGO_EDGE_DATA_DIR``, the ``data_dir`` of ``--config``, or the
@@ -73,7 +74,7 @@ def _with_common(f):  # type: ignore[no-untyped-def]
 
 @click.group("alerts")
 def alerts() -> None:
-    """Read the alert history (alerts raised, with their evidence clips)."""
+    """Read the alert history (alerts raised, with their evidence clips); prune Home Assistant entities."""
 
 
 @alerts.command("list")
@@ -134,3 +135,37 @@ def show_cmd(data_dir: str | None, config: str | None, alert_id: str, as_json: b
         if a.get(k):
             p = dd / "clips" / a[k]
             click.echo(f"{k + ':':16}{p}{'' if p.exists() else '  (deleted by retention)'}")
+
+
+@alerts.command("prune")
+@click.option("--config", "config", type=click.Path(dir_okay=False, exists=True), required=True,
+              help="The daemon config: its monitors are kept, its MQTT settings are used.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Daemon data directory (default: the config's).")
+@click.option("--all", "remove_all", is_flag=True, help="Remove every entity this node announced (uninstall).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def prune_cmd(config: str, data_dir: str | None, remove_all: bool, dry_run: bool) -> None:
+    """Remove from Home Assistant the entities of monitors and streams no longer configured.
+
+    Publishes an empty retained discovery config for each (the daemon does the same at
+    start). Safe while the daemon runs."""
+    from alerts.prune import PruneError, prune
+    from edge.config import ConfigError, load_settings
+
+    try:
+        st = load_settings(config)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    dd = Path(data_dir).expanduser() if data_dir else st.resolved_data_dir()
+    if not (dd / "history.sqlite3").exists():
+        raise click.ClickException(f"no history at {dd / 'history.sqlite3'} (has the daemon run with this data dir?)")
+    configured = {} if remove_all else {s.id: [m.name for m in st.monitors_for(s.id)] for s in st.streams}
+    try:
+        gone = prune(st.alerts, dd, configured, dry_run=dry_run)
+    except PruneError as e:
+        raise click.ClickException(str(e)) from None
+    if not gone:
+        click.echo("nothing to remove")
+    for e, topic in gone:
+        what = f"{e.stream}/{e.monitor}" if e.monitor else e.stream
+        click.echo(f"{'would remove' if dry_run else 'removed'} {e.component} {what}  ({topic})")

@@ -19,14 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from alerts.entities import Entity, EntityIds, stream_entities
+from alerts.entities import Entity, EntityIds, config_topic, stream_entities
 from alerts.topics import Topics
 
 ORIGIN = {"name": "flamingo-edge", "support_url": "https://github.com/flamingo-edge/flamingo-edge"}
-
-
-def config_topic(discovery_prefix: str, node_id: str, component: str, object_id: str) -> str:
-    return f"{discovery_prefix}/{component}/{node_id}/{object_id}/config"
 
 
 def device(node_id: str, stream: str, version: str, ids: EntityIds) -> dict[str, Any]:

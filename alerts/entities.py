@@ -88,6 +88,11 @@ class Entity:
         return f"{self.legacy_id()}_{h[:digits]}"
 
 
+def config_topic(discovery_prefix: str, node_id: str, component: str, object_id: str) -> str:
+    """Where Home Assistant reads one entity's discovery config."""
+    return f"{discovery_prefix}/{component}/{node_id}/{object_id}/config"
+
+
 def stream_entities(stream: str, monitors: Iterable[str]) -> list[Entity]:
     """The entities of one stream with these monitors (what discovery announces)."""
     out = [Entity("device", "device", stream), Entity("sensor", "level", stream), Entity("event", "alert", stream)]
@@ -206,3 +211,23 @@ class EntityIds:
                  "object_id": oid, "config_topic": self._topics.get(e), "removed": e in self._removed}
                 for e, oid in sorted(self._ids.items())
             ]
+
+
+def reconcile(
+    ids: EntityIds, known: Iterable[tuple[str, str]], configured: dict[str, list[str]] | None, *,
+    discovery_prefix: str, node_id: str,
+) -> list[tuple[Entity, str]]:
+    """Give ids to every entity of the ``known`` (stream, monitor) pairs (the history's:
+    announced by earlier runs) and of ``configured``, record the pairs announced by a run
+    that predates the registry under their legacy topics, and return the (entity, config
+    topic) announced before and no longer configured ([] when ``configured`` is None)."""
+    by_stream: dict[str, list[str]] = {}
+    for s, m in sorted(set(known)):
+        by_stream.setdefault(s, []).append(m)
+    earlier = [e for s, ms in by_stream.items() for e in stream_entities(s, ms)]
+    now = {s: sorted(set(ms)) for s, ms in (configured or {}).items()}
+    ids.assign(earlier + [e for s, ms in now.items() if ms for e in stream_entities(s, ms)])
+    for e in earlier:
+        if e.component != "device":
+            ids.adopt(e, config_topic(discovery_prefix, node_id, e.component, ids.object_id(e)))
+    return [] if configured is None else ids.stale(now)

@@ -58,7 +58,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from alerts.config import AlertsConfig
+from alerts.config import AlertsConfig, MqttConfig
 from alerts.discovery import discovery_entities
 from alerts.entities import Entity, EntityIds
 from alerts.models import as_replayed
@@ -77,6 +77,34 @@ def _close_client(c: mqtt.Client) -> None:
         c._sock_close()  # no public API closes a half-open paho socket without a network round trip
     except Exception:  # pragma: no cover - best effort
         pass
+
+
+def new_client(cfg: MqttConfig, client_id: str, *, max_inflight: int = 64) -> mqtt.Client:
+    """A paho client with the configured protocol, credentials and TLS; not connected."""
+    v5 = cfg.protocol == "5"
+    c = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        clean_session=None if v5 else True,
+    )
+    c.suppress_exceptions = False
+    c.connect_timeout = cfg.connect_timeout_s
+    c.max_inflight_messages_set(max_inflight)
+    c.max_queued_messages_set(0)
+    if cfg.username:
+        pw = cfg.password.get_secret_value() if cfg.password else None
+        c.username_pw_set(cfg.username, pw)
+    tls = cfg.tls
+    if tls.enabled:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        if tls.cert_file:
+            ctx.load_cert_chain(
+                str(tls.cert_file), str(tls.key_file),
+                password=tls.key_password.get_secret_value() if tls.key_password else None,
+            )
+        c.tls_set_context(ctx)
+    return c
 
 
 class MqttSink:
@@ -232,29 +260,7 @@ class MqttSink:
         self._metrics.mqtt_connected.set(0)
 
     def _make_client(self) -> mqtt.Client:
-        v5 = self._cfg.protocol == "5"
-        c = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else True,
-        )
-        c.suppress_exceptions = False
-        c.connect_timeout = self._cfg.connect_timeout_s
-        c.max_inflight_messages_set(2 * self._cfg.max_inflight + 64)
-        c.max_queued_messages_set(0)
-        if self._cfg.username:
-            pw = self._cfg.password.get_secret_value() if self._cfg.password else None
-            c.username_pw_set(self._cfg.username, pw)
-        tls = self._cfg.tls
-        if tls.enabled:
-            ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-            if tls.cert_file:
-                ctx.load_cert_chain(
-                    str(tls.cert_file), str(tls.key_file),
-                    password=tls.key_password.get_secret_value() if tls.key_password else None,
-                )
-            c.tls_set_context(ctx)
+        c = new_client(self._cfg, self.client_id, max_inflight=2 * self._cfg.max_inflight + 64)
         c.will_set(self.topics.status, "offline", qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect

@@ -49,8 +49,7 @@ import structlog
 
 from alerts.clips import ClipStore
 from alerts.config import AlertsConfig
-from alerts.discovery import config_topic
-from alerts.entities import EntityIds, stream_entities
+from alerts.entities import EntityIds, reconcile
 from alerts.history import History
 from alerts.models import Alert, utcnow
 from alerts.mqtt_sink import MqttSink
@@ -150,19 +149,10 @@ class AlertPipeline:
         """Ids for every entity (legacy ids kept where unique), and, when the daemon says
         what is configured, removal of what an earlier run announced and is gone now."""
         assert self.mqtt is not None
-        ha, node = self.config.homeassistant, self.config.node_id
-        by_stream: dict[str, list[str]] = {}
-        for s, m in sorted(known):
-            by_stream.setdefault(s, []).append(m)
-        earlier = [e for s, ms in by_stream.items() for e in stream_entities(s, ms)]
-        now = {s: sorted(set(ms)) for s, ms in (configured or {}).items()}
-        ids.assign(earlier + [e for s, ms in now.items() if ms for e in stream_entities(s, ms)])
-        for e in earlier:  # announced by a run that predates the registry: under its legacy id
-            if e.component != "device":
-                ids.adopt(e, config_topic(ha.discovery_prefix, node, e.component, ids.object_id(e)))
-        if configured is None:
-            return
-        stale = ids.stale(now)
+        stale = reconcile(
+            ids, known, None if configured is None else {s: list(ms) for s, ms in configured.items()},
+            discovery_prefix=self.config.homeassistant.discovery_prefix, node_id=self.config.node_id,
+        )
         if stale:
             log.info("removing home assistant entities no longer configured",
                      entities=[f"{e.component}:{e.stream}/{e.monitor}" if e.monitor else f"{e.component}:{e.stream}"

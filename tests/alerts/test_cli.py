@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,38 @@ def test_cli_import_stays_cheap(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "knock" in out.stdout
+
+
+def test_prune_removes_entities_no_longer_configured(broker, recorder_factory, tmp_path: Path) -> None:
+    from tests.alerts.helpers import Recorder
+
+    p = AlertPipeline(fast_config(broker), Metrics(), "boot-P", tmp_path)
+    p.start(configured={"s1": ["knock", "glass"]})
+    rec: Recorder = recorder_factory(broker, ["homeassistant/#"])
+    assert rec.wait_for(lambda: len(rec.messages) >= 4, 10)
+    p.stop(5)
+    cfg = tmp_path / "daemon.yaml"
+    cfg.write_text(
+        f"data_dir: {tmp_path}\n"
+        "streams: [{id: s1, source: mqtt}]\n"
+        "monitors: [{name: knock, kind: gate, triggers: ['level_dbfs > -20']}]\n"
+        f"alerts: {{node_id: testnode, mqtt: {{host: {broker.host}, port: {broker.port}, topic_prefix: fe-test}}}}\n"
+    )
+    glass = "homeassistant/binary_sensor/testnode/s1_glass/config"
+    run = CliRunner().invoke
+    r = run(cli, ["alerts", "prune", "--config", str(cfg), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [f"would remove binary_sensor s1/glass  ({glass})"]
+    assert "" not in rec.payloads(glass)
+    r = run(cli, ["alerts", "prune", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [f"removed binary_sensor s1/glass  ({glass})"]
+    assert rec.wait_for(lambda: rec.payloads(glass)[-1:] == [""], 5)
+    r = run(cli, ["alerts", "prune", "--config", str(cfg)])
+    assert r.output.strip() == "nothing to remove"
+    r = run(cli, ["alerts", "prune", "--config", str(cfg), "--all"])
+    assert r.exit_code == 0, r.output
+    assert len(r.output.splitlines()) == 3  # knock, the level sensor and the event entity
+    late = recorder_factory(broker, ["homeassistant/#"], client_id="late")
+    time.sleep(0.5)
+    assert late.messages == []  # nothing of this node is left retained
