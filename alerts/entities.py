@@ -197,11 +197,16 @@ class EntityIds:
 
     def stale(self, configured: dict[str, list[str]]) -> list[tuple[Entity, str]]:
         """(entity, config topic) announced before and not configured now."""
-        want = {e for s, ms in configured.items() if ms for e in stream_entities(s, ms)}
+        streams = {s for s, ms in configured.items() if ms}
+        pairs = {(s, m) for s, ms in configured.items() for m in ms}
+
+        def wanted(e: Entity) -> bool:  # by names, whatever the kind (other kinds may be added)
+            return (e.stream, e.monitor) in pairs if e.monitor else e.stream in streams
+
         with self._lock:
             return sorted(
                 (e, t) for e, t in self._topics.items()
-                if t and e not in self._removed and e not in want
+                if t and e not in self._removed and not wanted(e)
             )
 
     def rows(self) -> list[dict[str, Any]]:

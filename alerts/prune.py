@@ -84,25 +84,29 @@ def _publish_removals(config: AlertsConfig, history: History, stale: list[tuple[
         if not connected.wait(timeout) or refused:
             raise PruneError(f"MQTT broker {cfg.host}:{cfg.port} refused the connection: "
                              f"{refused[0] if refused else 'no CONNACK'}")
+        sent: dict[int, tuple[Entity, str] | None] = {}
+        for e, topic in stale:  # not under `lock`: paho may be inside on_publish, waiting for it
+            sent[client.publish(topic, "", qos=1, retain=True).mid] = (e, topic)
+            if e.kind == "monitor":
+                for t in (topics.state(e.stream, e.monitor), topics.answer(e.stream, e.monitor)):
+                    sent[client.publish(t, "", qos=1, retain=True).mid] = None
         with lock:
-            for e, topic in stale:
-                pending[client.publish(topic, "", qos=1, retain=True).mid] = (e, topic)
-                if e.kind == "monitor":
-                    for t in (topics.state(e.stream, e.monitor), topics.answer(e.stream, e.monitor)):
-                        pending[client.publish(t, "", qos=1, retain=True).mid] = None
+            pending.update(sent)
             if set(pending) <= set(acks):
                 done.set()
         end = time.monotonic() + timeout
         done.wait(max(0.0, end - time.monotonic()))
         ids = history.entity_ids()
         failed = []
+        with lock:
+            results = dict(acks)
         for mid, item in pending.items():
             if item is None:
                 continue
-            if acks.get(mid) == "":
+            if results.get(mid) == "":
                 ids.removed(item[0])
             else:
-                failed.append(f"{item[1]} ({acks.get(mid) or 'no PUBACK'})")
+                failed.append(f"{item[1]} ({results.get(mid) or 'no PUBACK'})")
         if failed:
             raise PruneError("the broker did not accept the removal of: " + ", ".join(failed))
     finally:

@@ -9,8 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
+from alerts.entities import EntityIds, stream_entities
 from alerts.pipeline import AlertPipeline
 from edge import __version__
 from edge.metrics import Metrics
@@ -256,3 +259,31 @@ def test_existing_install_keeps_its_legacy_ids(broker: Mosquitto, recorder_facto
     assert got[keep]["unique_id"] == "testnode_pump_1_cavitation"
     assert got[keep]["device"]["identifiers"] == ["flamingo_edge_testnode_pump_1"]
     assert rec.payloads("homeassistant/binary_sensor/testnode/pump_1_old/config") == [""]
+
+
+NAME = st.from_regex(r"[A-Za-z0-9_.-]{1,10}", fullmatch=True)
+
+
+@given(st.dictionaries(NAME, st.lists(NAME, min_size=1, max_size=3, unique=True), min_size=1, max_size=5),
+       st.randoms(use_true_random=False))
+@settings(max_examples=60, deadline=None)
+def test_entity_ids_unique_for_any_valid_names(streams: dict[str, list[str]], rnd) -> None:  # type: ignore[no-untyped-def]
+    ents = [e for s, ms in streams.items() for e in stream_entities(s, ms)]
+    together = EntityIds()
+    together.assign(ents)
+    ids = {e: together.object_id(e) for e in ents}
+    one_by_one = EntityIds()  # names arriving one at a time, in any order
+    for e in rnd.sample(ents, len(ents)):
+        one_by_one.object_id(e)
+    for reg in (together, one_by_one):
+        got = [(e.component, reg.object_id(e)) for e in ents]
+        assert len(set(got)) == len(got)  # one id per entity within each component
+        assert all(re.fullmatch(r"[a-zA-Z0-9_-]+", oid) for _c, oid in got)
+    # a fresh registry given the same names together gives the same ids (no history database)
+    again = EntityIds()
+    again.assign(list(reversed(ents)))
+    assert {e: again.object_id(e) for e in ents} == ids
+    # names that collide with nothing keep the legacy id
+    for e in ents:
+        if sum(x.component == e.component and x.legacy_id() == e.legacy_id() for x in ents) == 1:
+            assert ids[e] == e.legacy_id()
