@@ -437,6 +437,8 @@ class MqttSink:
         )
         if out.done:
             self._row_required.pop(row, None)
+            if out.missing:
+                return
             if out.given_up:
                 self._metrics.alerts_dropped.labels("refused").inc()
             else:

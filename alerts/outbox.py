@@ -85,6 +85,7 @@ class TopicOutcome:
     gave_up: bool  # this destination reached the refusal bound and is not retried
     done: bool  # every required destination acknowledged or was given up: the row is gone
     given_up: tuple[str, ...]  # all destinations given up, once done
+    missing: bool = False  # the row was already gone (finished, or dropped by the bounds and counted there)
 
 
 class Outbox:
@@ -166,7 +167,7 @@ class Outbox:
                 self._db.execute("BEGIN IMMEDIATE")
                 got = self._db.execute("SELECT delivery FROM outbox WHERE row_id=?", (row_id,)).fetchone()
                 if got is None:  # already finished (or dropped by the bounds)
-                    return TopicOutcome(0, False, True, ())
+                    return TopicOutcome(0, False, True, (), missing=True)
                 d = OutboxRow(row_id, "", "", 0.0, "", 0, got[0]).delivery
                 st = d.setdefault(topic, {})
                 if acked:

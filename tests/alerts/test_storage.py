@@ -186,3 +186,43 @@ def test_clip_store_accepts_int16_and_stereo(tmp_path: Path) -> None:
     rgb = np.frombuffer(zlib.decompress(chunks[1][1]), np.uint8).reshape(h, 1 + w * 3)[:, 1:].reshape(h, w, 3)
     want = spectrogram_rgb((pcm / 32767.0).mean(axis=1))
     assert np.abs(rgb.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_outbox_per_topic_delivery_survives_reopen_and_refusals_are_bounded(tmp_path: Path) -> None:
+    topics = ("p/s1/event", "p/events")
+    ob = Outbox(tmp_path / "o.db", OutboxConfig(), Metrics())
+    ob.add("a1", "{}", ["mqtt"])
+    ob.add("a2", "{}", ["mqtt"])
+    r1, r2 = ob.pending("mqtt")
+    out = ob.record_topic(r1.row_id, topics[0], acked=True, required=topics, max_refusals=2)
+    assert not out.done
+    ob.close()
+    ob = Outbox(tmp_path / "o.db", OutboxConfig(), Metrics())  # a crash: the ack is on disk
+    r1, r2 = ob.pending("mqtt")
+    assert r1.done_topics() == {topics[0]} and r2.done_topics() == set()
+    assert ob.record_topic(r1.row_id, topics[1], acked=True, required=topics, max_refusals=2).done
+    # a refused topic: counted, given up at the bound; the row ends when the other acked
+    out = ob.record_topic(r2.row_id, topics[1], acked=False, required=topics, max_refusals=2, error="0x87")
+    assert (out.refusals, out.gave_up, out.done) == (1, False, False)
+    out = ob.record_topic(r2.row_id, topics[1], acked=False, required=topics, max_refusals=2, error="0x87")
+    assert (out.refusals, out.gave_up, out.done) == (2, True, False)
+    assert ob.pending("mqtt")[0].done_topics() == {topics[1]}
+    out = ob.record_topic(r2.row_id, topics[0], acked=True, required=topics, max_refusals=2)
+    assert out.done and out.given_up == (topics[1],) and ob.count() == 0
+    assert ob.record_topic(r2.row_id, topics[0], acked=True, required=topics, max_refusals=2).missing
+
+
+def test_outbox_written_before_per_topic_state_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "o.db")
+    db.executescript(
+        "CREATE TABLE outbox (row_id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id TEXT NOT NULL, sink TEXT NOT NULL,"
+        " created REAL NOT NULL, payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,"
+        " UNIQUE (alert_id, sink));"
+        "INSERT INTO outbox (alert_id, sink, created, payload) VALUES ('old', 'mqtt', 1e12, '{\"x\": 1}');")
+    db.commit()
+    db.close()
+    ob = Outbox(tmp_path / "o.db", OutboxConfig(), Metrics())
+    (row,) = ob.pending("mqtt")
+    assert row.alert_id == "old" and row.delivery == {} and row.payload == '{"x": 1}'
