@@ -19,9 +19,10 @@ and, when the frame starts one, the new `Piece`, which travels to the consumer o
 - **long gap** (longer than ``max_gap_s``): a new piece starting right at the next index with a
   *fresh clip grid* (``fresh_grid=True``) and the measured ``gap_s``; no silence is written
   and nothing walks the gap, so a 30-day jump costs the same as a 1-minute one;
-- **clock step** (contiguous audio whose capture time jumps by more than ``step_s``, e.g. NTP
-  stepping a clock): a new piece at the next index with the new time and the *same* clip grid
-  (``fresh_grid=False``): the audio did not stop, only the clock moved;
+- **clock step** (contiguous audio whose capture times are more than ``step_s`` off, by the
+  same amount, for ``step_confirm_s`` of audio, e.g. NTP stepping a clock; late callbacks
+  catching up in a burst are not): a new piece dated back to the first frame of the step,
+  with the *same* clip grid (``fresh_grid=False``): the audio did not stop, the clock moved;
 - **drift** (a device clock running ±100 ppm off): contiguous readings are compared with the
   piece's prediction; when the median error of recent readings exceeds ``drift_tolerance_s``
   a new piece starts with the corrected time and the rate measured over the old piece;
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from collections.abc import Callable
 
 SAMPLE_RATE = 16000
+STEP_STEADY_S = 0.1  # readings of a clock step agree this well with each other
 
 #: piece causes (log/metric label values)
 CAUSES = ("start", "gap", "restart", "reopen", "overflow", "step", "drift")
@@ -88,6 +90,7 @@ class Timeline:
         drift_readings: int = 16,
         max_ppm: float = 500.0,
         max_skew_s: float | None = 30.0,
+        step_confirm_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_gap_s < 0 or step_s <= 0 or drift_tolerance_s <= 0:
@@ -99,6 +102,9 @@ class Timeline:
         self.drift_tolerance_s = float(drift_tolerance_s)
         self.max_ppm = float(max_ppm)
         self.max_skew_s = max_skew_s
+        self.step_confirm_s = float(step_confirm_s)
+        # (index, reading, error) of the first of the frames in a row more than step_s off
+        self._off: tuple[int, float, float] | None = None
         self.clock = clock
         self.next_index = 0
         self.piece: Piece | None = None
@@ -163,9 +169,18 @@ class Timeline:
         if t is None or not trusted:  # contiguous audio: count samples, not a stand-in clock
             return self._advance(i, n, None)
         err = t - predicted
-        if abs(err) > self.step_s:  # the clock moved, not the audio
+        if abs(err) > self.step_s:
+            # the clock moved, not the audio. Late readings (a callback delayed by load, then
+            # the queued blocks in a burst) shrink frame by frame; a step holds: confirm it
+            # over `step_confirm_s` of audio with a steady error, then date it back
+            if self._off is None or abs(err - self._off[2]) > STEP_STEADY_S:
+                self._off = (i, t, err)
+            if (i + n - self._off[0]) / p.rate < self.step_confirm_s:
+                return self._advance(i, n, None)
+            i0, t0, e0 = self._off
             self.steps += 1
-            return self._start(i, n, t, "step", False, err)
+            return self._start(i, n, t0, "step", False, e0, at=i0)
+        self._off = None
         self._errors.append(err)
         if len(self._errors) >= self._errors.maxlen // 2:  # type: ignore[operator]
             med = statistics.median(self._errors)
@@ -180,12 +195,15 @@ class Timeline:
         return self._advance(i, n, None)
 
     def _start(self, i: int, n: int, utc: float, cause: str, fresh: bool, gap_s: float,
-               rate: float | None = None) -> Placement:
-        p = Piece(start=i, utc=float(utc), rate=float(rate or self.nominal), cause=cause,
-                  fresh_grid=fresh, gap_s=float(gap_s))
+               rate: float | None = None, at: int | None = None) -> Placement:
+        """A new piece from sample ``at`` (default ``i``, the frame's; earlier for a
+        confirmed step) whose first frame is the one at ``i``."""
+        p = Piece(start=i if at is None else at, utc=float(utc), rate=float(rate or self.nominal),
+                  cause=cause, fresh_grid=fresh, gap_s=float(gap_s))
         self.piece = p
         self.pieces += 1
         self._errors.clear()
+        self._off = None
         return self._advance(i, n, p)
 
     def _advance(self, i: int, n: int, piece: Piece | None) -> Placement:

@@ -355,4 +355,5 @@ def test_real_microphone_vanishes_and_returns_on_the_timeline(tmp_path):
     assert reopen and reopen[0].fresh_grid and reopen[0].gap_s >= 1.5
     assert short.timeline.gap_samples == 0  # no silence for an absence over the bound
     away = long.timeline.gap_samples / 16000  # the absence became silence on the same piece
-    assert long.timeline.pieces == 1 and 1.5 < away < time.time() - t_kill
+    fresh = [f.piece for f in got["long"] if f.piece is not None and f.piece.fresh_grid]
+    assert len(fresh) == 1 and 1.5 < away < time.time() - t_kill  # (drift pieces may come and go)

@@ -326,6 +326,8 @@ def test_alert_times_stay_on_the_publishers_clock_through_outages_restarts_and_s
     assert m.gap_samples.labels("p")._value.get() == 0  # no made-up silence for long outages
     causes = {c: m.timeline_pieces.labels("p", c)._value.get() for c in ("gap", "restart", "step")}
     assert causes == {"gap": 1, "restart": 1, "step": 2}
+    # (a step is confirmed on its 3rd frame: the first two frames after it are 0.1-0.2 s of a
+    # clip stamped on the old clock; the test's clips start on step boundaries, so none is)
 
 
 def test_publish_audio_mic_drops_advance_seq_and_capture_time(broker, tmp_path):

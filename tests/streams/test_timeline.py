@@ -74,10 +74,25 @@ def test_clock_step_on_contiguous_audio_is_a_new_piece_with_the_same_grid(step):
     tl = Timeline(max_skew_s=None)
     for k in range(10):
         tl.place(1600, T0 + k * 0.1)
-    pl = tl.place(1600, T0 + 1.0 + step)
-    assert pl.index == 16000 and pl.gap == 0  # the audio did not stop
-    assert pl.piece is not None and pl.piece.cause == "step" and not pl.piece.fresh_grid
-    assert pl.utc == T0 + 1.0 + step and tl.steps == 1
+    for k in range(9):  # confirmed over 1 s of audio (a late callback is not a step)
+        pl = tl.place(1600, T0 + 1.0 + k * 0.1 + step)
+        assert pl.piece is None and pl.utc == T0 + 1.0 + k * 0.1
+    pl = tl.place(1600, T0 + 1.9 + step)
+    assert pl.index == 16000 + 9 * 1600 and pl.gap == 0  # the audio did not stop
+    p = pl.piece
+    assert p is not None and p.cause == "step" and not p.fresh_grid
+    assert p.start == 16000 and p.utc == T0 + 1.0 + step  # dated back to the step
+    assert pl.utc == pytest.approx(T0 + 1.9 + step) and tl.steps == 1
+
+
+def test_a_late_callback_is_not_a_clock_step():
+    tl = Timeline(max_skew_s=None)
+    for k in range(10):
+        tl.place(1600, T0 + k * 0.1)
+    # a callback delayed 1.5 s by load, then the queued blocks in a burst
+    for k, late in zip(range(10, 25), [1.5, 1.4, 1.3, 1.2] + [0.0] * 11):
+        assert tl.place(1600, T0 + k * 0.1 + late).piece is None
+    assert tl.steps == 0 and tl.pieces == 1
 
 
 @pytest.mark.parametrize("ppm", [100.0, -100.0])
@@ -153,7 +168,7 @@ def test_fuzz_indices_only_grow_and_pieces_are_ordered(events):
         nxt = pl.index + n
         if pl.piece is not None:
             log.add(pl.piece)  # raises if out of order
-            assert pl.piece.start == pl.index
+            assert pl.piece.start <= pl.index  # a confirmed clock step is dated back
         assert np.isfinite(pl.utc)
 
 
