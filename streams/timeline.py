@@ -152,47 +152,58 @@ class Timeline:
         i = self.next_index
         if p is None:
             return self._start(i, n, t if t is not None else self.clock(), "start", True, 0.0)
-        predicted = p.utc_of(i)
         if brk is not None:
-            if t is None:
-                return self._start(i, n, predicted, brk, True, 0.0)
-            away = t - predicted
-            if -self.step_s <= away <= self.max_gap_s:  # short: silence on the same piece
-                return self._advance(i + max(0, round(away * p.rate)), n, None)
-            return self._start(i, n, t, brk, True, away)
+            return self._after_break(p, i, n, t, brk)
         if lost:
             if lost / p.rate > self.max_gap_s:
                 u = t if t is not None else p.utc_of(i + lost)
-                return self._start(i, n, u, "gap", True, u - predicted)
+                return self._start(i, n, u, "gap", True, u - p.utc_of(i))
             i += lost
-            predicted = p.utc_of(i)
         if t is None or not trusted:  # contiguous audio: count samples, not a stand-in clock
             return self._advance(i, n, None)
-        err = t - predicted
+        return self._contiguous(p, i, n, t)
+
+    def _after_break(self, p: Piece, i: int, n: int, t: float | None, brk: str) -> Placement:
+        """Continuity broke: the capture times say how long the input was away."""
+        predicted = p.utc_of(i)
+        if t is None:
+            return self._start(i, n, predicted, brk, True, 0.0)
+        away = t - predicted
+        if -self.step_s <= away <= self.max_gap_s:  # short: silence on the same piece
+            return self._advance(i + max(0, round(away * p.rate)), n, None)
+        return self._start(i, n, t, brk, True, away)
+
+    def _contiguous(self, p: Piece, i: int, n: int, t: float) -> Placement:
+        """A frame right after the last one, with a trusted reading: step or drift?"""
+        err = t - p.utc_of(i)
         if abs(err) > self.step_s:
-            # the clock moved, not the audio. Late readings (a callback delayed by load, then
-            # the queued blocks in a burst) shrink frame by frame; a step holds: confirm it
-            # over `step_confirm_s` of audio with a steady error, then date it back
-            if self._off is None or abs(err - self._off[2]) > STEP_STEADY_S:
-                self._off = (i, t, err)
-            if (i + n - self._off[0]) / p.rate < self.step_confirm_s:
-                return self._advance(i, n, None)
-            i0, t0, e0 = self._off
-            self.steps += 1
-            return self._start(i, n, t0, "step", False, e0, at=i0)
+            return self._maybe_step(p, i, n, t, err)
         self._off = None
         self._errors.append(err)
-        if len(self._errors) >= self._errors.maxlen // 2:  # type: ignore[operator]
-            med = statistics.median(self._errors)
-            if abs(med) > self.drift_tolerance_s:
-                u = predicted + med
-                rate = p.rate
-                if u - p.utc > 30.0:  # long enough to measure the device's rate
-                    measured = (i - p.start) / (u - p.utc)
-                    lim = self.nominal * self.max_ppm * 1e-6
-                    rate = min(max(measured, self.nominal - lim), self.nominal + lim)
-                return self._start(i, n, u, "drift", False, med, rate)
-        return self._advance(i, n, None)
+        if len(self._errors) < (self._errors.maxlen or 1) // 2:
+            return self._advance(i, n, None)
+        med = statistics.median(self._errors)
+        if abs(med) <= self.drift_tolerance_s:
+            return self._advance(i, n, None)
+        u = p.utc_of(i) + med
+        rate = p.rate
+        if u - p.utc > 30.0:  # long enough to measure the device's rate
+            measured = (i - p.start) / (u - p.utc)
+            lim = self.nominal * self.max_ppm * 1e-6
+            rate = min(max(measured, self.nominal - lim), self.nominal + lim)
+        return self._start(i, n, u, "drift", False, med, rate)
+
+    def _maybe_step(self, p: Piece, i: int, n: int, t: float, err: float) -> Placement:
+        """The clock moved, not the audio? Late readings (a callback delayed by load, then the
+        queued blocks in a burst) shrink frame by frame; a step holds: confirm it over
+        ``step_confirm_s`` of audio with a steady error, then date it back."""
+        if self._off is None or abs(err - self._off[2]) > STEP_STEADY_S:
+            self._off = (i, t, err)
+        if (i + n - self._off[0]) / p.rate < self.step_confirm_s:
+            return self._advance(i, n, None)
+        i0, t0, e0 = self._off
+        self.steps += 1
+        return self._start(i, n, t0, "step", False, e0, at=i0)
 
     def _start(self, i: int, n: int, utc: float, cause: str, fresh: bool, gap_s: float,
                rate: float | None = None, at: int | None = None) -> Placement:
