@@ -388,3 +388,44 @@ def test_publish_audio_mic_drops_advance_seq_and_capture_time(broker, tmp_path):
     assert got[-1].sample_index + got[-1].samples.shape[0] == pytest.approx(total, abs=1600)
     assert got[-1].capture_time - got[0].capture_time == pytest.approx(
         (total - items[-1][0].shape[0]) / 16000, abs=0.1)
+
+
+def test_capture_times_in_the_future_or_far_past_fall_back_to_this_clock(broker):
+    """Through a real broker: a publisher whose clock says 30 days ahead, then (restarted) an
+    RTC-less board at 1970. Its times are not trusted; the frames are placed on this
+    machine's clock (arrival minus duration) and counted, instead of alerts 30 days off."""
+    import paho.mqtt.client as mqtt
+
+    T0 = 1_764_547_200.0
+    now = [T0 + 0.1]
+    m = Metrics()
+    src = MqttAudioSource(["p"], MqttConfig(port=broker.port, topic_prefix="fe"), metrics=m,
+                          clock=lambda: now[0])
+    got = []
+    stop = threading.Event()
+    t = threading.Thread(target=src.run, args=(got.append, stop))
+    t.start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    try:
+        assert src.subscribed.wait(10)
+        x = np.full(N, 0.1, np.float32)
+        frames = [(5000, T0 + 30 * 86400), (5001, T0 + 30 * 86400 + 0.1),  # 30 days ahead
+                  (0, 5.0)]  # restarted (seq 0) at 1970, 20 s later by this clock
+        for n, (seq, cap) in enumerate(frames):
+            now[0] = {0: T0 + 0.1, 1: T0 + 0.2, 2: T0 + 20.1}[n]
+            pub.publish("fe/audio/p", encode_frame(x, 16000, seq, int(cap * 1e9), "int16"),
+                        qos=1).wait_for_publish(5)
+            deadline = time.time() + 10
+            while len(got) < n + 1 and time.time() < deadline:
+                time.sleep(0.02)
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        stop.set()
+        t.join(10)
+    assert [round(f.capture_time, 3) for f in got] == [T0, T0 + 0.1, T0 + 20.0]
+    assert m.clock_untrusted.labels("p")._value.get() == 3
+    # the restart's 19.8-s absence (by this clock) is under max_gap_s: silence, same piece
+    assert got[2].piece is None and got[2].sample_index == 20 * 16000
