@@ -74,8 +74,10 @@ def test_duplicates_and_late_frames_are_dropped_and_counted():
 
 def test_sequence_wraparound_and_publisher_restart():
     src, ring, frames = make()
-    src.handle("fe/audio/a", frame(2**32 - 1, 0.1))
-    src.handle("fe/audio/a", frame(0, 0.1))  # wraps: next in order
+    src.handle("fe/audio/a", encode_frame(np.full(N, 0.1, np.float32), 16000, 2**32 - 1,
+                                          0, "float32"))  # captured at 0.0 s, like seq 0 below
+    src.handle("fe/audio/a", encode_frame(np.full(N, 0.1, np.float32), 16000, 0, 100_000_000,
+                                          "float32"))  # wraps: next in order
     assert ring.write_pos == 2 * N and ring.gap_samples == 0
     # far ahead: 4999 lost frames (500 s, over max_gap_s) start a new timeline piece with a
     # fresh clip grid instead of 60 s of silence and a UTC 440 s off from then on
@@ -83,7 +85,7 @@ def test_sequence_wraparound_and_publisher_restart():
     assert ring.gap_samples == 0 and ring.write_pos == 3 * N
     p = frames[-1].piece
     assert p is not None and p.fresh_grid and p.cause == "gap" and p.start == 2 * N
-    assert frames[-1].capture_time == 500.0 and abs(p.gap_s - 499.9) < 1e-6
+    assert frames[-1].capture_time == 500.0 and abs(p.gap_s - 499.8) < 1e-6
     src.handle("fe/audio/a", frame(3, 0.3))  # far behind: publisher restarted
     assert src.rejects == {}
     assert frames[-1].piece is not None and frames[-1].piece.cause == "restart"
