@@ -119,6 +119,14 @@ class AudioConfig(_Base):
             raise ValueError("memory must hold at least one clip")
         if self.window > self.memory:
             raise ValueError("window must not exceed memory")
+        from .windows import MAX_CLIPS, clips_for
+
+        n = clips_for(self.memory, self.clip, self.hop)
+        if n > MAX_CLIPS:
+            longest = self.clip + (MAX_CLIPS - 1) * self.hop
+            raise ValueError(
+                f"memory {self.memory:g}s at hop {self.hop:g}s is {n} clips; AF2 was trained on "
+                f"at most {MAX_CLIPS}: use memory <= {longest:g}s or a longer hop")
         return self
 
 

@@ -30,6 +30,7 @@ from streams.timeline import Piece
 
 CLIP_SAMPLES = 160000
 SR = 16000
+MAX_CLIPS = 30  # AF2 was trained on windows of at most 30 clips (docs/AF2_REFERENCE.md)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,13 @@ def test_unit_properties() -> None:
     assert d["ProtectSystem"] == ["strict"] and d["StateDirectory"] == ["flamingo-edge"]
 
 
+def test_unit_starts_after_time_sync() -> None:
+    """Alert times come from the system clock: an RTC-less board must not start in 1970."""
+    d = _directives()
+    assert "time-sync.target" in " ".join(d["After"]).split()
+    assert "time-sync.target" in " ".join(d["Wants"]).split()
+
+
 def test_env_example_is_a_valid_environment_file() -> None:
     for line in ENV.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):

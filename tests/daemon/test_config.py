@@ -31,7 +31,7 @@ def test_durations():
 
 def test_env_overrides_yaml(tmp_path, monkeypatch):
     p = tmp_path / "c.yaml"
-    p.write_text("model: {dir: /a, dtype: float32}\naudio: {hop: 10s}\n"
+    p.write_text("model: {dir: /a, dtype: float32}\naudio: {hop: 10s, memory: 150s}\n"
                  "alerts: {mqtt: {host: yaml-host, port: 1884}}\n"
                  "streams: [{id: s, source: file, path: rec.wav}]\n")
     monkeypatch.setenv("FLAMINGO_EDGE_MODEL__DIR", "/from/env")
@@ -43,6 +43,17 @@ def test_env_overrides_yaml(tmp_path, monkeypatch):
     assert s.audio.hop == 5.0
     assert s.streams[0].path == tmp_path / "rec.wav"  # relative to the YAML file
     assert s.audio_mqtt.host == "env-host"  # audio broker defaults to the alert broker
+
+
+def test_hop_and_memory_beyond_30_clips_is_refused():
+    """`hop: 5s` with the default 5-min memory gave 59-clip windows; AF2 saw at most 30."""
+    from edge.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_settings(data={"audio": {"hop": "5s"}})
+    assert "59 clips" in str(e.value) and "memory <= 155s" in str(e.value)
+    s = load_settings(data={"audio": {"hop": "5s", "memory": "155s", "window": "30s"}})
+    assert s.audio.hop == 5.0
 
 
 def test_errors_name_the_key_and_never_the_secret(tmp_path):
