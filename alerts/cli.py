@@ -166,6 +166,6 @@ def prune_cmd(config: str, data_dir: str | None, remove_all: bool, dry_run: bool
         raise click.ClickException(str(e)) from None
     if not gone:
         click.echo("nothing to remove")
-    for e, topic in gone:
-        what = f"{e.stream}/{e.monitor}" if e.monitor else e.stream
-        click.echo(f"{'would remove' if dry_run else 'removed'} {e.component} {what}  ({topic})")
+    for entity, topic in gone:
+        what = f"{entity.stream}/{entity.monitor}" if entity.monitor else entity.stream
+        click.echo(f"{'would remove' if dry_run else 'removed'} {entity.component} {what}  ({topic})")

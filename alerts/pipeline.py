@@ -21,8 +21,9 @@ Contract the caller relies on:
   (`alerts.rules`), and when an alert is raised saves the evidence clip (``audio`` is
   the span the result is about; pass None to skip the clip), commits it to the durable
   outbox *before* any sink sends it and before the ON state that goes with it is
-  published, records it in the history, then publishes the ON/OFF state change. History writes are best effort (logged as ``history write failed``): a
-  broken history never costs an alert. ``seq`` restarts at 1 for every ``boot_id``.
+  published, records it in the history, then publishes the ON/OFF state change.
+  History writes are best effort (logged as ``history write failed``): a broken
+  history never costs an alert. ``seq`` restarts at 1 for every ``boot_id``.
 * **`stop(timeout)`** stops accepting results, lets the worker finish the queued ones,
   flushes the outbox to MQTT, publishes ``offline`` (retained), disconnects, and returns
   within about ``timeout`` seconds. Alerts not delivered by then stay in the outbox and

@@ -85,10 +85,10 @@ def _publish_removals(config: AlertsConfig, history: History, stale: list[tuple[
             raise PruneError(f"MQTT broker {cfg.host}:{cfg.port} refused the connection: "
                              f"{refused[0] if refused else 'no CONNACK'}")
         sent: dict[int, tuple[Entity, str] | None] = {}
-        for e, topic in stale:  # not under `lock`: paho may be inside on_publish, waiting for it
-            sent[client.publish(topic, "", qos=1, retain=True).mid] = (e, topic)
-            if e.kind == "monitor":
-                for t in (topics.state(e.stream, e.monitor), topics.answer(e.stream, e.monitor)):
+        for ent, topic in stale:  # not under `lock`: paho may be inside on_publish, waiting for it
+            sent[client.publish(topic, "", qos=1, retain=True).mid] = (ent, topic)
+            if ent.kind == "monitor":
+                for t in (topics.state(ent.stream, ent.monitor), topics.answer(ent.stream, ent.monitor)):
                     sent[client.publish(t, "", qos=1, retain=True).mid] = None
         with lock:
             pending.update(sent)

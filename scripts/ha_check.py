@@ -371,7 +371,8 @@ def main() -> int:
                   "1 documented event automation not re-run by the restart",
                   f"event entity: {' -> '.join(map(str, ev_seq))}; naive trigger ran "
                   f"{len(ha.fired('naive_event'))}x for 1 alert")
-        rep.check(len(ha.fired("documented_on")) == 1, "1 documented binary sensor automation (from off to on) ran once")
+        rep.check(len(ha.fired("documented_on")) == 1,
+                  "1 documented binary sensor automation (from off to on) ran once")
 
         # ---------------------------------------------------------- 2. double event
         c2.proc.send_signal(signal.SIGTERM)

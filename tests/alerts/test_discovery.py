@@ -126,7 +126,8 @@ def test_discovery_remembered_across_restart(broker: Mosquitto, recorder_factory
     rec.messages.clear()  # drop the retained copies: we want a fresh publication
     p2 = AlertPipeline(fast_config(broker, topic_prefix="fe-test"), Metrics(), "b2", tmp_path).start()
     try:
-        assert rec.wait_for(lambda: any(not m.retain for m in rec.on("homeassistant/binary_sensor/testnode/yard_engine/config")), 10)
+        topic = "homeassistant/binary_sensor/testnode/yard_engine/config"
+        assert rec.wait_for(lambda: any(not m.retain for m in rec.on(topic)), 10)
     finally:
         p2.stop(5)
 
