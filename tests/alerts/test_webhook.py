@@ -94,6 +94,9 @@ def test_retries_with_backoff_then_delivers_signed_json(
     # the same alert is retried until accepted, then the next one: in order
     assert [b["seq"] for b in bodies] == [1, 1, 1, 1, 2]
     assert len({bodies[i]["id"] for i in range(4)}) == 1
+    # retries say so, with the original raised_at; the next alert's first attempt does not
+    assert [b["replayed"] for b in bodies] == [False, True, True, True, False]
+    assert len({bodies[i]["raised_at"] for i in range(4)}) == 1
     gaps = [reqs[i + 1]["t"] - reqs[i]["t"] for i in range(3)]
     assert gaps[0] >= 0.15 and gaps[2] > gaps[0]  # backoff grows (0.2, 0.4, 0.8 s +-20 %)
     for r in reqs:
@@ -147,6 +150,7 @@ def test_unreachable_receiver_keeps_alerts_for_the_next_start(tmp_path: Path, re
     try:
         assert wait_until(lambda: len(rx.requests) == 1, 10)
         assert json.loads(rx.requests[0]["body"])["boot_id"] == "b1"
+        assert json.loads(rx.requests[0]["body"])["replayed"] is True  # raised by the previous run
     finally:
         p2.stop(2)
 
