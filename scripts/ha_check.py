@@ -4,12 +4,9 @@
     python3 scripts/ha_check.py [--ha-venv /opt/ha-venv] [--keep DIR]
 
 Needs Home Assistant core installed in its own virtual environment (the newest release
-for this Python; for 3.11 that is 2024.3.x), with the MQTT integration's requirement:
-
-    python3 -m venv /opt/ha-venv
-    /opt/ha-venv/bin/pip install homeassistant==2024.3.3 paho-mqtt==1.6.1 janus==1.0.0
-
-and mosquitto (as for the tests). The script starts mosquitto on a free port, a fresh
+for this Python; for 3.11 that is 2024.3.x) with the requirements of the integrations it
+loads (the pip command is in docs/MQTT.md, "Checking against Home Assistant"), and
+mosquitto (as for the tests). The script starts mosquitto on a free port, a fresh
 Home Assistant in a temporary config directory, onboards it through its REST API
 (owner user, core config, analytics), adds the MQTT integration through the config-flow
 API, loads the automation examples of docs/MQTT.md, and then runs the daemon's alert
