@@ -80,7 +80,7 @@ def main() -> None:
         results["variants"][name] = r
         del m
         gc.collect()
-    path = C.write_result(C.result_name("decoder_paths", args.threads), results, machine)
+        path = C.write_result(C.result_name("decoder_paths", args.threads), results, machine)
     C.log(f"[decoder-paths] wrote {path}")
 
 

@@ -22,7 +22,12 @@ def test_quantized_linear_computes_x_times_its_dequantized_weight(cls, kw, monke
     m.bias.data.normal_(generator=g)
     m.quantize_from(lambda i, j: w[i:j])
     deq = m.dequantized(torch.float32)
-    assert torch.allclose(m(x), F.linear(x, deq, m.bias), atol=1e-4)
+    # the CPU kernels take bf16 activations (fast only so): bf16 rounding of x, nothing more
+    ref = F.linear(x, deq, m.bias)
+    assert float((m(x) - ref).norm() / ref.norm()) < 1e-2
+    many = torch.randn(100, 256, generator=g)  # beyond KERNEL_MAX_ROWS: int8 dequantizes + GEMM
+    if cls is quant.Int8Linear:
+        assert torch.allclose(m(many), F.linear(many, deq, m.bias), atol=1e-4)
     err = float((deq - w).norm() / w.norm())
     assert err < (0.01 if cls is quant.Int8Linear else 0.1)  # measured 0.007 / 0.089
     # quantizing while streaming row blocks gives the same tensors as all rows at once
@@ -57,7 +62,8 @@ def test_load_quantized_streams_and_deviates_within_the_measured_bound(
     assert isinstance(dec.embed_tokens, quant.Int8Embedding) and dec.embed_tokens.weight.dtype == torch.int8
     kinds = {type(mod) for mod in dec.modules() if isinstance(mod, quant.QUANTIZED)}
     assert (quant.Int4Linear in kinds) == (mode == "int4")
-    assert not any(isinstance(mod, torch.nn.Linear) for mod in dec.modules())
+    plain = {n.rpartition(".")[2] for n, mod in dec.named_modules() if isinstance(mod, torch.nn.Linear)}
+    assert plain == {"to_kv"}  # read once per query for the cross K/V, never by a decode step
     assert quant.weight_bytes(dec) < 0.4 * quant.weight_bytes(af2.modules.decoder)
     # the same as quantizing the float model in memory
     mem_q = AF2.random(m.config, seed=0)
