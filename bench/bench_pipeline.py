@@ -37,7 +37,7 @@ from edge.gate import Gate  # noqa: E402
 from edge.metrics import Metrics  # noqa: E402
 from edge.model import AF2, AF2Config  # noqa: E402
 from edge.model.config import LMDims  # noqa: E402
-from edge.scheduler import InferenceWorker, StreamState  # noqa: E402
+from edge.worker import InferenceWorker, StreamState  # noqa: E402
 from edge.windows import prepare_clip  # noqa: E402
 
 SR = 16000

@@ -1,13 +1,16 @@
-"""The supervisor: owns every thread of the running service.
+"""The supervisor: builds the parts of the running service and owns their threads.
 
     sources (one thread each, MQTT on paho's thread) --emit--> per-stream Ring
-    InferenceWorker thread: ready clips -> gate -> batched encode -> memory -> monitors -> queries
-    results -> result sinks (log, the alert pipeline, caller-supplied)
+    InferenceWorker thread (edge.worker): collect -> gate + batched encode -> memory ->
+        monitors -> queries -> results
+    results -> result sinks (edge.sinks: log, the alert pipeline, caller-supplied)
     http (/metrics, /healthz), systemd notify + watchdog
 
+`Daemon.start` builds the parts in order (sinks, worker, sources, HTTP, watchdog, threads);
 `Daemon.run` returns when every finite source (a file without ``loop``) has been played and
 the worker has drained, or when `stop` is called / SIGTERM arrives. A source that raises is
-restarted with backoff; a worker step that raises is logged and the worker carries on.
+restarted with backoff (`edge.sources.SourceRunner`); a worker step that raises is logged
+and the worker carries on.
 """
 
 from __future__ import annotations
@@ -16,18 +19,25 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import structlog
 
 from streams.base import Frame, Source
 from streams.timeline import Piece
 
 from .config import Settings
+from .http import HttpEndpoint
 from .metrics import Metrics
-from .results import MonitorResult
-from .scheduler import InferenceWorker, StreamState
+from .sdnotify import Notifier, ProgressGate, Watchdog
+from .sinks import FanoutSink, LogSink, ResultSink
+from .sources import SourceRunner, build_sources
+from .worker import InferenceWorker, StreamState
+from .worker.encode import ClipEncoder
+from .worker.execute import MemoryHook, QueryModel
+
+if TYPE_CHECKING:
+    from alerts.pipeline import AlertPipeline
 
 log = structlog.get_logger("edge.daemon")
 
@@ -39,111 +49,14 @@ WEIGHTS_HINT = (
 )
 
 
-def mmss(seconds: float) -> str:
-    """12.0 -> '0:12.0', 59.99999 -> '1:00.0'."""
-    m, s = divmod(round(seconds, 1), 60)
-    return f"{int(m)}:{s:04.1f}"
-
-
-class LogSink:
-    """Logs every result (one line each)."""
-
-    def __init__(self, logger: Any = None) -> None:
-        self.log = logger or structlog.get_logger("edge.results")
-
-    def submit(self, r: MonitorResult, audio: np.ndarray | None, sample_rate: int) -> None:
-        kw: dict[str, Any] = dict(stream=r.stream, monitor=r.monitor, verdict=r.verdict,
-                                  start=r.start.isoformat(timespec="seconds"),
-                                  end=r.end.isoformat(timespec="seconds"))
-        off = r.extra.get("offset_s")  # position in the stream's audio (a file's offset)
-        if off:
-            kw["at"] = f"{mmss(off[0])}-{mmss(off[1])}"
-        if r.answer:
-            kw["answer"] = r.answer
-        if r.level_dbfs is not None:
-            kw["level_dbfs"] = round(r.level_dbfs, 1)
-        if r.novelty is not None:
-            kw["novelty"] = round(r.novelty, 2)
-        if r.model_id != "level-gate":
-            kw["latency_s"] = round(r.latency_s, 2)
-        kw["reason"] = r.extra.get("reason")
-        self.log.info("monitor result", **kw)
-
-    def publish_level(self, stream: str, dbfs: float) -> None:
-        pass
-
-
-class CallbackSink:
-    def __init__(self, fn: Callable[[MonitorResult, np.ndarray | None, int], None]) -> None:
-        self.fn = fn
-
-    def submit(self, r, audio, sample_rate) -> None:
-        self.fn(r, audio, sample_rate)
-
-    def publish_level(self, stream: str, dbfs: float) -> None:
-        pass
-
-
-class FanoutSink:
-    def __init__(self, sinks: list[Any]) -> None:
-        self.sinks = sinks
-
-    def submit(self, r, audio, sample_rate) -> None:
-        for s in self.sinks:
-            try:
-                s.submit(r, audio, sample_rate)
-            except Exception:
-                log.exception("result sink failed", sink=type(s).__name__)
-
-    def publish_level(self, stream: str, dbfs: float) -> None:
-        for s in self.sinks:
-            try:
-                s.publish_level(stream, dbfs)
-            except Exception:
-                log.exception("level sink failed", sink=type(s).__name__)
-
-
-def build_sources(settings: Settings, metrics: Metrics, data_dir: Path,
-                  speed: float | None = None, loop: bool | None = None,
-                  mic_factory: Any = None) -> list[Source]:
-    """One source per file/mic stream, one MQTT client for all MQTT streams."""
-    from streams.file import FileSource
-
-    out: list[Source] = []
-    mqtt_streams = []
-    for s in settings.streams:
-        if s.source == "file":
-            path = str(s.path)
-            if path.startswith("builtin:"):
-                from .demo import BUILTIN_DEMO, demo_recording
-
-                if path != BUILTIN_DEMO:
-                    raise ValueError(f"stream {s.id}: unknown built-in recording {path!r}")
-                path = str(demo_recording(data_dir))
-            out.append(FileSource(path, s.id, speed=s.speed if speed is None else speed,
-                                  loop=s.loop if loop is None else loop, metrics=metrics))
-        elif s.source == "mic":
-            from streams.mic import MicSource
-
-            out.append(MicSource(s.id, device=s.device, samplerate=s.samplerate,
-                                 channels=s.channels, metrics=metrics, stream_factory=mic_factory))
-        else:
-            mqtt_streams.append(s.id)
-    if mqtt_streams:
-        from streams.mqtt import MqttAudioSource
-
-        out.append(MqttAudioSource(mqtt_streams, settings.audio_mqtt, metrics=metrics))
-    return out
-
-
 class Daemon:
     def __init__(
         self,
         settings: Settings,
         *,
-        model: Any = None,
+        model: QueryModel | None = None,
         sources: list[Source] | None = None,
-        sinks: list[Any] | None = None,
+        sinks: list[ResultSink] | None = None,
         metrics: Metrics | None = None,
         lossless: bool = False,
         alerts: bool = True,
@@ -151,7 +64,7 @@ class Daemon:
         log_results: bool = True,
         speed: float | None = None,
         loop: bool | None = None,
-        on_memory: Any = None,
+        on_memory: MemoryHook | None = None,
         boot_id: str | None = None,
         source_backoff: tuple[float, float] = (1.0, 60.0),
     ) -> None:
@@ -168,20 +81,23 @@ class Daemon:
         self._log_results = log_results
         self._sources_arg = sources
         self._speed, self._loop = speed, loop
-        self.streams = {s.id: StreamState(s, settings) for s in settings.streams}
-        self.alerts_pipeline: Any = None
-        self.http_endpoint: Any = None
-        self.sources: list[Source] = []
-        self._threads: list[threading.Thread] = []
-        self._finished: set[int] = set()
-        self._lock = threading.Lock()
-        self.worker: InferenceWorker | None = None
         self._on_memory = on_memory
-        self._notifier: Any = None
-        self._watchdog: Any = None
-        self._progress: Any = None
-        self.started_at: float | None = None
         self._backoff = source_backoff
+        self.streams = {s.id: StreamState(s, settings) for s in settings.streams}
+        # the parts, built by start()
+        self.sink: FanoutSink | None = None
+        self.alerts_pipeline: AlertPipeline | None = None
+        self.worker: InferenceWorker | None = None
+        self.sources: list[Source] = []
+        self.http_endpoint: HttpEndpoint | None = None
+        self._notifier: Notifier | None = None
+        self._progress: ProgressGate | None = None
+        self._watchdog: Watchdog | None = None
+        self._worker_thread: threading.Thread | None = None
+        self._runners: list[SourceRunner] = []
+        self._finished: set[int] = set()  # id() of the sources whose thread ended
+        self._lock = threading.Lock()
+        self.started_at: float | None = None
 
     # ------------------------------------------------------------ ingest
     def emit(self, frame: Frame) -> None:
@@ -209,25 +125,9 @@ class Daemon:
         if self.lossless:
             self.worker.wait_for_capacity(s.id, self.stop_event)
 
-    def _source_main(self, i: int, src: Source) -> None:
-        backoff, backoff_max = self._backoff
-        while not self.stop_event.is_set():
-            try:
-                src.run(self.emit, self.stop_event)
-                if src.finite:
-                    break
-                if not self.stop_event.is_set():
-                    log.warning("source returned; restarting", source=src.describe())
-            except Exception as e:
-                log.error("source failed; restarting", source=src.describe(), error=str(e),
-                          retry_s=backoff, exc_info=not isinstance(e, (OSError, RuntimeError)))
-                if src.finite:
-                    # a file that cannot be read will not become readable: give up on it
-                    break
-            self.stop_event.wait(backoff)
-            backoff = min(backoff * 2, backoff_max)
+    def _source_done(self, src: Source) -> None:
         with self._lock:
-            self._finished.add(i)
+            self._finished.add(id(src))
             if src.finite:
                 for sid in src.streams:
                     self.streams[sid].ended = True
@@ -235,74 +135,93 @@ class Daemon:
             self.worker.notify()
 
     # ------------------------------------------------------------ lifecycle
-    def start(self) -> "Daemon":
-        st = self.settings
+    def start(self) -> Daemon:
         self.started_at = time.monotonic()
-        if self.model is None and any(m.kind == "af2" for m in st.monitors):
+        self._log_mode()
+        self.sink = self._build_sinks()
+        self.worker = InferenceWorker(self.streams, self.settings, model=self.model,
+                                      sink=self.sink, metrics=self.metrics,
+                                      lossless=self.lossless, on_memory=self._on_memory,
+                                      encoder=self._encoder_backend())
+        self.sources = self._build_sources()
+        self.http_endpoint = self._start_http()
+        self._start_watchdog()
+        self._start_threads()
+        if self._notifier is not None:
+            self._notifier.ready(f"{len(self.streams)} stream(s), "
+                                 f"{len(self.settings.monitors)} monitor(s)")
+        return self
+
+    def _log_mode(self) -> None:
+        if self.model is None and any(m.kind == "af2" for m in self.settings.monitors):
             log.warning(WEIGHTS_HINT)
         elif self.model is None:
             log.info("model-free mode: level and novelty gate only")
-        sinks: list[Any] = []
+
+    def _build_sinks(self) -> FanoutSink:
+        """The log, the alert pipeline (started here) and the caller's sinks, in that order."""
+        sinks: list[ResultSink] = []
         if self._log_results:
             sinks.append(LogSink())
         if self._want_alerts:
-            try:
-                from alerts.pipeline import AlertPipeline
-            except ImportError as e:  # pragma: no cover - alerts is part of the package
-                log.warning("alert pipeline unavailable", error=str(e))
-            else:
-                # the configured monitors are announced (OFF) before the first connection, and
-                # entities of monitors no longer configured are removed from Home Assistant
-                configured = {sid: [m.name for m in st.monitors_for(sid)] for sid in self.streams}
-                self.alerts_pipeline = AlertPipeline(st.alerts, self.metrics, self.boot_id,
-                                                     self.data_dir).start(configured=configured)
-                sinks.append(self.alerts_pipeline)
+            from alerts.pipeline import AlertPipeline
+
+            st = self.settings
+            # the configured monitors are announced (OFF) before the first connection, and
+            # entities of monitors no longer configured are removed from Home Assistant
+            configured = {sid: [m.name for m in st.monitors_for(sid)] for sid in self.streams}
+            self.alerts_pipeline = AlertPipeline(st.alerts, self.metrics, self.boot_id,
+                                                 self.data_dir).start(configured=configured)
+            sinks.append(self.alerts_pipeline)
         sinks.extend(self._extra_sinks)
-        self.sink = FanoutSink(sinks)
-        self.worker = InferenceWorker(self.streams, st, model=self.model, sink=self.sink,
-                                      metrics=self.metrics, lossless=self.lossless,
-                                      on_memory=self._on_memory, encoder=self._encoder_backend())
+        return FanoutSink(sinks)
+
+    def _build_sources(self) -> list[Source]:
         if self._sources_arg is not None:
-            self.sources = list(self._sources_arg)
+            sources = list(self._sources_arg)
         else:
-            self.sources = build_sources(st, self.metrics, self.data_dir, self._speed, self._loop)
-        fed = {sid for src in self.sources for sid in src.streams}
+            sources = build_sources(self.settings, self.metrics, self.data_dir, self._speed,
+                                    self._loop)
+        fed = {sid for src in sources for sid in src.streams}
         for sid, s in self.streams.items():
             if sid not in fed:
                 log.warning("stream has no source", stream=sid)
                 s.ended = True
-        if self._want_http:
-            try:
-                from .http import start_http_server
+        return sources
 
-                self.http_endpoint = start_http_server(st.http.port, self.metrics, self.health,
-                                                       host=st.http.host)
-            except OSError as e:
-                log.error("http endpoint not started", error=str(e))
+    def _start_http(self) -> HttpEndpoint | None:
+        if not self._want_http:
+            return None
+        from .http import start_http_server
+
+        h = self.settings.http
         try:
-            from .sdnotify import Notifier, ProgressGate, Watchdog
+            return start_http_server(h.port, self.metrics, self.health, host=h.host)
+        except OSError as e:
+            log.error("http endpoint not started", error=str(e))
+            return None
 
-            self._notifier = Notifier()
-            # WATCHDOG=1 only while audio arrives (any stream, within 2 min) and the inference
-            # loop turns; a stuck model call or a dead source lets systemd restart us
-            self._progress = ProgressGate(["worker", "audio"], max_age_s=120.0)
-            self._watchdog = Watchdog(self._notifier, self._progress).start()
-        except ImportError:  # pragma: no cover
-            pass
-        wt = threading.Thread(target=self._worker_main, name="inference", daemon=True)
-        self._threads.append(wt)
-        wt.start()
+    def _start_watchdog(self) -> None:
+        self._notifier = Notifier()
+        # WATCHDOG=1 only while audio arrives (any stream, within 2 min) and the inference
+        # loop turns; a stuck model call or a dead source lets systemd restart us
+        self._progress = ProgressGate(["worker", "audio"], max_age_s=120.0)
+        self._watchdog = Watchdog(self._notifier, self._progress).start()
+
+    def _start_threads(self) -> None:
+        assert self.worker is not None
+        progress = self._progress
+        on_turn = (lambda: progress.beat("worker")) if progress is not None else None
+        self._worker_thread = threading.Thread(
+            target=self.worker.run, args=(self.stop_event,), kwargs={"on_turn": on_turn},
+            name="inference", daemon=True)
+        self._worker_thread.start()
         for i, src in enumerate(self.sources):
-            t = threading.Thread(target=self._source_main, args=(i, src), name=f"source-{i}",
-                                 daemon=True)
-            self._threads.append(t)
-            t.start()
-            log.info("source started", source=src.describe(), streams=list(src.streams))
-        if self._notifier is not None:
-            self._notifier.ready(f"{len(self.streams)} stream(s), {len(st.monitors)} monitor(s)")
-        return self
+            r = SourceRunner(src, self.emit, self.stop_event, self._source_done,
+                             backoff=self._backoff, name=f"source-{i}")
+            self._runners.append(r.start())
 
-    def _encoder_backend(self) -> Any:
+    def _encoder_backend(self) -> ClipEncoder | None:
         """The configured encoder backend for the model, or None (model-free / plain torch)."""
         ec = self.settings.model.encoder
         if self.model is None or not hasattr(self.model, "modules"):
@@ -317,28 +236,13 @@ class Daemon:
         log.info("encoder backend", backend=backend.describe(), fallback=backend.fallback_reason)
         return backend
 
-    def _worker_main(self) -> None:
-        assert self.worker is not None
-        w = self.worker
-        while not self.stop_event.is_set():
-            try:
-                worked = w.step()
-            except Exception:
-                w.errors += 1
-                log.exception("inference step failed")
-                worked = False
-            if self._progress is not None:
-                self._progress.beat("worker")
-            if not worked:
-                with w._cv:
-                    w._cv.wait(0.05)
-
     def finished(self) -> bool:
         """Every source is finite and done, and everything they produced is processed."""
         if self.worker is None:
             return False
         with self._lock:
-            all_done = len(self._finished) == len(self.sources) and all(s.finite for s in self.sources)
+            all_done = (len(self._finished) == len(self.sources)
+                        and all(s.finite for s in self.sources))
         return all_done and self.worker.drained()
 
     def run(self, timeout: float | None = None) -> bool:
@@ -361,7 +265,9 @@ class Daemon:
         if self.worker is not None:
             self.worker.notify()
         t_end = time.monotonic() + timeout / 2
-        for t in self._threads:
+        threads = [self._worker_thread] if self._worker_thread is not None else []
+        threads += [r.thread for r in self._runners]
+        for t in threads:
             t.join(max(0.0, t_end - time.monotonic()))
         if self._watchdog is not None:
             self._watchdog.stop()
@@ -371,7 +277,7 @@ class Daemon:
             self.http_endpoint.stop()
 
     def health(self) -> dict[str, Any]:
-        alive = all(t.is_alive() for t in self._threads[:1])
+        alive = self._worker_thread is not None and self._worker_thread.is_alive()
         h: dict[str, Any] = {
             "ok": alive and not self.stop_event.is_set(),
             "worker_alive": alive,
@@ -411,4 +317,3 @@ def load_model(model_dir: str | Path | None, dtype: str = "auto", device: str = 
              dtype=choice.dtype, encoder_dtype=choice.encoder, quantize=quantize,
              reason=choice.reason, seconds=round(time.monotonic() - t0, 1))
     return m
-

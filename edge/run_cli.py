@@ -144,7 +144,8 @@ def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_d
 
     from streams.file import FileSource
 
-    from .daemon import CallbackSink, Daemon
+    from .daemon import Daemon
+    from .sinks import CallbackSink
 
     t0 = time.time()
     if start_iso:

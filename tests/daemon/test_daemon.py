@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from edge.cli import cli
 from edge.config import load_settings
-from edge.daemon import CallbackSink, Daemon
+from edge.daemon import Daemon
+from edge.sinks import CallbackSink
 from streams.base import Frame, Source
 from streams.file import FileSource
 
@@ -153,7 +154,7 @@ def test_fast_file_logs_heard_utc_and_the_file_offset_apart(tmp_path):
     keeps the offset in the file."""
     import structlog
 
-    from edge.daemon import LogSink
+    from edge.sinks import LogSink
 
     rec = recording(tmp_path / "r.wav", seconds=40)
     got = []

@@ -53,7 +53,8 @@ MONITORS = [
 
 def test_streaming_equals_offline(model, recording, tmp_path):
     from edge.config import load_settings
-    from edge.daemon import CallbackSink, Daemon
+    from edge.daemon import Daemon
+    from edge.sinks import CallbackSink
     from edge.windows import prepare_clip
     from streams.file import FileSource
 
@@ -128,7 +129,8 @@ def test_onnxruntime_encoder_backend_through_the_daemon(model, recording, tmp_pa
     the memory then agrees with the offline PyTorch memory within the export tolerance."""
     pytest.importorskip("onnxruntime")
     from edge.config import load_settings
-    from edge.daemon import CallbackSink, Daemon
+    from edge.daemon import Daemon
+    from edge.sinks import CallbackSink
     from edge.windows import prepare_clip
     from streams.file import FileSource
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from edge.config import load_settings
 from edge.metrics import Metrics
-from edge.scheduler import InferenceWorker, StreamState
+from edge.worker import InferenceWorker, StreamState
 from streams.timeline import Piece
 
 from .fakes import FakeModel
@@ -119,7 +119,7 @@ def test_queries_past_their_deadline_are_skipped_and_counted():
     w, st, results, m = setup([{"name": "k", "question": "q", "every": "10s", "deadline": "10ms"}],
                               streams=("a",), model=model)
     feed(st["a"], 10)
-    w._collect()
+    w.collect()
     w.step()  # encode: the query falls due
     time.sleep(0.05)
     w.step()  # too late

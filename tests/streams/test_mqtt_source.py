@@ -232,7 +232,8 @@ def test_daemon_with_an_mqtt_stream_and_the_publisher_cli(broker, tmp_path):
 
     from edge.cli import cli
     from edge.config import load_settings
-    from edge.daemon import CallbackSink, Daemon
+    from edge.daemon import Daemon
+    from edge.sinks import CallbackSink
 
     x = np.zeros(16000 * 20, np.float32)
     x[16000 * 10:] = 0.5 * np.sin(np.arange(16000 * 10) * 2 * np.pi * 440 / 16000)
@@ -272,7 +273,8 @@ def test_alert_times_stay_on_the_publishers_clock_through_outages_restarts_and_s
     import paho.mqtt.client as mqtt
 
     from edge.config import load_settings
-    from edge.daemon import CallbackSink, Daemon
+    from edge.daemon import Daemon
+    from edge.sinks import CallbackSink
 
     T0 = 1_764_547_200.0
     DAY = 86400.0

@@ -1,0 +1,96 @@
+"""The daemon's sources: built from the configuration, each supervised on its own thread.
+
+`build_sources` makes one source per file/mic stream and one MQTT client for all MQTT
+streams. `SourceRunner` runs one source on a thread: a source that raises or returns while
+the daemon runs is restarted with exponential backoff; a finite source (a file without
+``loop``) that ends, or that cannot be read, is done.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from streams.base import Emit, Source
+
+from .config import Settings
+from .metrics import Metrics
+
+log = structlog.get_logger("edge.daemon")
+
+
+def build_sources(settings: Settings, metrics: Metrics, data_dir: Path,
+                  speed: float | None = None, loop: bool | None = None,
+                  mic_factory: Any = None) -> list[Source]:
+    """One source per file/mic stream, one MQTT client for all MQTT streams."""
+    from streams.file import FileSource
+
+    out: list[Source] = []
+    mqtt_streams = []
+    for s in settings.streams:
+        if s.source == "file":
+            path = str(s.path)
+            if path.startswith("builtin:"):
+                from .demo import BUILTIN_DEMO, demo_recording
+
+                if path != BUILTIN_DEMO:
+                    raise ValueError(f"stream {s.id}: unknown built-in recording {path!r}")
+                path = str(demo_recording(data_dir))
+            out.append(FileSource(path, s.id, speed=s.speed if speed is None else speed,
+                                  loop=s.loop if loop is None else loop, metrics=metrics))
+        elif s.source == "mic":
+            from streams.mic import MicSource
+
+            out.append(MicSource(s.id, device=s.device, samplerate=s.samplerate,
+                                 channels=s.channels, metrics=metrics, stream_factory=mic_factory))
+        else:
+            mqtt_streams.append(s.id)
+    if mqtt_streams:
+        from streams.mqtt import MqttAudioSource
+
+        out.append(MqttAudioSource(mqtt_streams, settings.audio_mqtt, metrics=metrics))
+    return out
+
+
+class SourceRunner:
+    """Runs one source on its own thread, restarting it with backoff; ``on_done(src)`` is
+    called once when the thread ends (stopped, or a finite source finished)."""
+
+    def __init__(self, src: Source, emit: Emit, stop: threading.Event,
+                 on_done: Callable[[Source], None],
+                 backoff: tuple[float, float] = (1.0, 60.0), name: str = "source") -> None:
+        self.src = src
+        self._emit = emit
+        self._stop = stop
+        self._on_done = on_done
+        self._backoff = backoff
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self) -> SourceRunner:
+        self.thread.start()
+        log.info("source started", source=self.src.describe(), streams=list(self.src.streams))
+        return self
+
+    def _main(self) -> None:
+        src = self.src
+        backoff, backoff_max = self._backoff
+        while not self._stop.is_set():
+            try:
+                src.run(self._emit, self._stop)
+                if src.finite:
+                    break
+                if not self._stop.is_set():
+                    log.warning("source returned; restarting", source=src.describe())
+            except Exception as e:
+                log.error("source failed; restarting", source=src.describe(), error=str(e),
+                          retry_s=backoff, exc_info=not isinstance(e, (OSError, RuntimeError)))
+                if src.finite:
+                    # a file that cannot be read will not become readable: give up on it
+                    break
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, backoff_max)
+        self._on_done(src)

@@ -1,0 +1,71 @@
+"""Result building: a `edge.results.MonitorResult` from a gate reading or a model answer,
+and the hand-off to the result sink (`edge.sinks`). A sink that raises is logged; the
+worker carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import numpy as np
+
+from ..memory import MemoryView
+from ..monitors import Due, parse_answer
+from ..results import MonitorResult, Verdict
+from ..sinks import ResultSink
+from .encode import HeardClip
+from .queries import QueryGroup
+from .state import SR, StreamState, utc
+
+log = logging.getLogger("flamingo_edge.scheduler")
+GATE_MODEL_ID = "level-gate"
+
+
+def gate_result(h: HeardClip, cfg: Any, due: Due) -> MonitorResult:
+    s, spec, reading = h.stream, h.spec, h.reading
+    return MonitorResult(
+        stream=s.id, monitor=cfg.name,
+        question=cfg.question or " or ".join(cfg.triggers),
+        answer="", token_ids=(),
+        verdict="positive" if due.positive else "negative",
+        start=s.span(spec.start, spec.end)[0], end=s.span(spec.start, spec.end)[1],
+        latency_s=0.0, model_id=GATE_MODEL_ID, severity=cfg.severity,
+        level_dbfs=reading.level_dbfs, novelty=reading.novelty,
+        extra={"reason": due.reason, "clip": spec.index, "peak_dbfs": reading.peak_dbfs,
+               "offset_s": s.offsets(spec.start, spec.end)},
+    )
+
+
+def answer_result(s: StreamState, q: QueryGroup, view: MemoryView, cfg: Any, due: Due,
+                  question: str, answer: Any, latency_s: float, model_id: str) -> MonitorResult:
+    parsed = parse_answer(cfg, answer.text)
+    return MonitorResult(
+        stream=q.stream, monitor=cfg.name, question=question, answer=answer.text,
+        token_ids=tuple(int(t) for t in answer.token_ids), verdict=cast(Verdict, parsed.verdict),
+        start=utc(view.t_start), end=utc(view.t_end),
+        latency_s=latency_s, model_id=model_id,
+        severity=cfg.severity, choice=parsed.choice,
+        level_dbfs=q.reading.level_dbfs if q.reading else None,
+        novelty=q.reading.novelty if q.reading else None,
+        extra={"reason": due.reason, "clip": q.clip_index,
+               "clips": [c.index for c in view.clips],
+               "masked": int((view.mask == 0).sum()),
+               "offset_s": s.offsets(view.start, view.end)},
+    )
+
+
+class Emitter:
+    """Counts results and passes each to the sink with the audio of its span."""
+
+    def __init__(self, sink: ResultSink | None) -> None:
+        self.sink = sink
+        self.count = 0
+
+    def __call__(self, res: MonitorResult, audio: np.ndarray | None) -> None:
+        self.count += 1
+        if self.sink is not None:
+            try:
+                self.sink.submit(res, audio, SR)
+            except Exception:
+                log.exception("result sink failed")

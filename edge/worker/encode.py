@@ -1,0 +1,107 @@
+"""Encoding stage: pending clips -> audio + gate reading + AF-CLAP tokens.
+
+`take_batch` picks up to ``audio.encode_batch`` pending clips across all streams; `Encoding.run`
+copies each clip out of its ring, runs the model-free gate on it (level, novelty; published
+as metrics and to the sinks), applies the loudness policy + int16 round trip and encodes the
+whole batch in **one** call of the encoder backend (`edge.encoder_backends`, or the model's
+own ``encode``). Without a model only the gate runs (``tokens`` is None).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ..gate import GateReading
+from ..metrics import Metrics
+from ..sinks import ResultSink
+from ..windows import ClipSpec, prepare_clip
+from .state import StreamState
+
+if TYPE_CHECKING:
+    from ..config import LoudnessConfig
+
+log = logging.getLogger("flamingo_edge.scheduler")
+
+
+class ClipEncoder(Protocol):
+    def encode(self, clips: Any) -> Any:
+        """(B, 160000) float32 tensor -> (B, 64, D) tokens."""
+        ...
+
+
+@dataclass
+class HeardClip:
+    """One clip after the encoding stage: what the memory and the monitors get."""
+
+    stream: StreamState
+    spec: ClipSpec
+    audio: np.ndarray  # (clip_len,) float32, as read from the ring
+    reading: GateReading
+    tokens: Any = None  # torch.Tensor (64, D), or None without a model
+
+
+def take_batch(streams: Iterable[StreamState], limit: int) -> list[tuple[StreamState, ClipSpec]]:
+    """Up to ``limit`` pending clips, lowest clip index first. The caller holds the lock."""
+    by_id = {s.id: s for s in streams}
+    cands = [(spec.index, s.id) for s in by_id.values() for spec in s.pending]
+    if not cands:
+        return []
+    cands.sort()
+    out = []
+    for _, sid in cands[:limit]:
+        s = by_id[sid]
+        out.append((s, s.pending.popleft()))
+    return out
+
+
+class Encoding:
+    def __init__(self, encoder: ClipEncoder | None, loudness: LoudnessConfig, metrics: Metrics,
+                 sink: ResultSink | None = None) -> None:
+        self.encoder = encoder
+        self.loudness = loudness
+        self.metrics = metrics
+        self.sink = sink
+
+    def run(self, batch: list[tuple[StreamState, ClipSpec]]) -> list[HeardClip]:
+        heard = [h for h in (self._read_and_gate(s, spec) for s, spec in batch) if h is not None]
+        if heard and self.encoder is not None:
+            tokens = self._encode([h.audio for h in heard])
+            for i, h in enumerate(heard):
+                h.tokens = tokens[i].clone()
+        return heard
+
+    def _read_and_gate(self, s: StreamState, spec: ClipSpec) -> HeardClip | None:
+        m = self.metrics
+        x = s.ring.read(spec.start, spec.end)
+        if x is None:  # overwritten before we got to it
+            m.clips_dropped.labels(s.id).inc()
+            return None
+        reading = s.gate.process(x)
+        s.last_reading = reading
+        m.level_dbfs.labels(s.id).set(reading.level_dbfs)
+        if reading.novelty is not None:
+            m.novelty.labels(s.id).set(reading.novelty)
+        if self.sink is not None:
+            try:
+                self.sink.publish_level(s.id, reading.level_dbfs)
+            except Exception:
+                log.exception("sink.publish_level failed")
+        return HeardClip(s, spec, x, reading)
+
+    def _encode(self, audio: list[np.ndarray]) -> Any:
+        import torch
+
+        assert self.encoder is not None
+        lp = self.loudness
+        clips = np.stack([prepare_clip(x, lp.policy, lp.max_gain_db, lp.gain_db) for x in audio])
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            tokens = self.encoder.encode(torch.from_numpy(clips))
+        self.metrics.encode_latency.observe(time.perf_counter() - t0)
+        return tokens

@@ -1,0 +1,108 @@
+"""Query execution: one `QueryGroup` -> one `MonitorResult` per monitor.
+
+The due monitors of one stream on one clip share one `AF2.memory` computation per window
+length and one cross-attention K/V (`AF2.ask_many`) per decoding setting. The answer of each
+monitor is turned into a result (`edge.worker.emit.answer_result`) and handed to ``emit``
+with the window's audio (the evidence clip).
+
+This is the only place the worker talks to the decoder; its interface is
+``QueryExecution.run(stream, group, monitors, emit)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ..metrics import Metrics
+from ..monitors import render_question
+from ..results import MonitorResult
+from .emit import answer_result
+from .queries import DueMonitor, QueryGroup
+from .remember import window
+from .state import SR, StreamState, clips_for
+
+if TYPE_CHECKING:
+    from ..config import AudioConfig
+
+log = logging.getLogger("flamingo_edge.scheduler")
+
+EmitFn = Callable[[MonitorResult, "np.ndarray | None"], None]
+MemoryHook = Callable[[str, int, Any, Any], None]  # (stream, clip_index, view, memory)
+
+
+class QueryModel(Protocol):
+    """What query execution needs of `edge.model.AF2`."""
+
+    def memory(self, tokens: Any, mask: Any) -> Any: ...
+
+    def ask_many(self, memory: Any, mask: Any, questions: list[str], sampling: Any) -> Any: ...
+
+
+class QueryExecution:
+    def __init__(self, model: QueryModel, audio: AudioConfig, metrics: Metrics,
+                 on_memory: MemoryHook | None = None) -> None:
+        self.model = model
+        self.window_s = audio.window
+        self.clip_s, self.hop_s = audio.clip, audio.hop
+        self.metrics = metrics
+        self.on_memory = on_memory  # test/debug hook
+        self.model_id = str(getattr(model, "model_id", "af2"))
+
+    def run(self, s: StreamState, q: QueryGroup, monitors: list[DueMonitor], emit: EmitFn) -> None:
+        for n, group in sorted(self._by_window(s, monitors).items()):
+            self._run_window(s, q, n, group, emit)
+
+    def _by_window(self, s: StreamState, monitors: list[DueMonitor]) -> dict[int, list[DueMonitor]]:
+        by_window: dict[int, list[DueMonitor]] = {}
+        for cfg, due in monitors:
+            w = cfg.window if cfg.window is not None else self.window_s
+            n = min(clips_for(w, self.clip_s, self.hop_s), s.memory_clips)
+            by_window.setdefault(n, []).append((cfg, due))
+        return by_window
+
+    def _run_window(self, s: StreamState, q: QueryGroup, n: int, group: list[DueMonitor],
+                    emit: EmitFn) -> None:
+        import torch
+
+        m = self.metrics
+        view = window(s, q.clip_index, n)
+        if view is None:
+            for cfg, _ in group:
+                m.queries_missed.labels(s.id, cfg.name).inc()
+            log.warning("no valid audio in memory for %s; %d queries skipped", s.id, len(group))
+            return
+        with torch.inference_mode():
+            memory = self.model.memory(view.tokens, view.mask)
+        if self.on_memory is not None:
+            self.on_memory(s.id, q.clip_index, view, memory)
+        audio = s.ring.read(view.start, view.end)
+        by_dec: dict[Any, list[DueMonitor]] = {}  # Sampling -> monitors
+        for cfg, due in group:
+            by_dec.setdefault(cfg.decoding.sampling(), []).append((cfg, due))
+        window_s = (view.end - view.start) / SR
+        for dec, items in by_dec.items():
+            questions = [render_question(cfg.question or "", s.id, cfg.name, window_s, s.labels)
+                         for cfg, _ in items]
+            t0 = time.perf_counter()
+            answers = self._ask(memory, view.mask, questions, dec)
+            dt = time.perf_counter() - t0
+            ntok = sum(len(a.token_ids) for a in answers)
+            if dt > 0 and ntok:
+                m.tokens_per_second.set(ntok / dt)
+            done = time.monotonic()
+            for (cfg, due), qtext, ans in zip(items, questions, answers):
+                latency = done - q.due_wall
+                m.queries.labels(s.id, cfg.name).inc()
+                m.query_latency.labels(cfg.name).observe(latency)
+                emit(answer_result(s, q, view, cfg, due, qtext, ans, latency, self.model_id), audio)
+
+    def _ask(self, memory: Any, mask: Any, questions: list[str], sampling: Any) -> list[Any]:
+        import torch
+
+        with torch.inference_mode():
+            return list(self.model.ask_many(memory, mask, questions, sampling))

@@ -1,0 +1,117 @@
+"""Query scheduling: which monitors fall due on a clip, and in what order their queries run.
+
+After each encoded clip every monitor of its stream is asked whether it is due
+(`edge.monitors.MonitorState.due`: ``every`` and/or ``triggers``). Gate monitors are
+answered at once by the caller; the due AF2 monitors of one stream on one clip form one
+`QueryGroup`, which shares a memory computation when it runs (`edge.worker.execute`).
+
+Every due monitor gets a deadline (``deadline``, else ``max(30 s, every or cooldown)``): a
+query not started by then is skipped and counted (``fe_queries_missed``), and groups none of
+whose monitors can still make it are pruned from the queue so it stays bounded.
+In ``lossless`` mode deadlines do not apply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..gate import GateReading
+from ..metrics import Metrics
+from ..monitors import Due
+from .encode import HeardClip
+
+if TYPE_CHECKING:
+    from ..config import MonitorConfig
+
+log = logging.getLogger("flamingo_edge.scheduler")
+
+DueMonitor = tuple["MonitorConfig", Due]
+
+
+@dataclass
+class QueryGroup:
+    stream: str
+    clip_index: int
+    monitors: list[DueMonitor]
+    due_wall: float  # time.monotonic() when the group fell due
+    reading: GateReading | None
+    clip_span: tuple[int, int]
+    deadlines: dict[str, float] = field(default_factory=dict)  # monitor -> monotonic deadline
+
+
+def due_monitors(h: HeardClip, with_model: bool) -> tuple[list[DueMonitor], list[DueMonitor]]:
+    """(gate monitors, AF2 monitors) of ``h``'s stream that fall due on this clip."""
+    s = h.stream
+    t = s.t_rel(h.spec.end)
+    values = h.reading.values()
+    gate: list[DueMonitor] = []
+    af2: list[DueMonitor] = []
+    for ms in s.monitors:
+        cfg = ms.cfg
+        if cfg.kind == "af2" and not with_model:
+            continue
+        due = ms.due(t, values)
+        if due is None:
+            continue
+        (gate if cfg.kind == "gate" else af2).append((cfg, due))
+    return gate, af2
+
+
+def deadline_s(cfg: MonitorConfig) -> float:
+    """How long after falling due a query may still start."""
+    return cfg.deadline if cfg.deadline is not None else max(30.0, cfg.every or cfg.cooldown)
+
+
+def make_group(h: HeardClip, monitors: list[DueMonitor], now: float) -> QueryGroup:
+    deadlines = {cfg.name: now + deadline_s(cfg) for cfg, _ in monitors}
+    return QueryGroup(h.stream.id, h.spec.index, monitors, now, h.reading,
+                      (h.spec.start, h.spec.end), deadlines)
+
+
+class QueryQueue:
+    """Waiting query groups, oldest first. Callers hold the worker lock."""
+
+    def __init__(self, metrics: Metrics, lossless: bool = False) -> None:
+        self.metrics = metrics
+        self.lossless = lossless
+        self._groups: deque[QueryGroup] = deque()
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def add(self, group: QueryGroup, now: float) -> None:
+        self._prune_expired(now)
+        self._groups.append(group)
+
+    def pop(self) -> QueryGroup | None:
+        return self._groups.popleft() if self._groups else None
+
+    def still_in_time(self, q: QueryGroup, now: float) -> list[DueMonitor]:
+        """The monitors of ``q`` that may still start; the others are counted as missed."""
+        keep = []
+        for cfg, due in q.monitors:
+            if not self.lossless and now > q.deadlines[cfg.name]:
+                self.metrics.queries_missed.labels(q.stream, cfg.name).inc()
+                log.warning("query %s/%s skipped: past its deadline", q.stream, cfg.name)
+                continue
+            keep.append((cfg, due))
+        return keep
+
+    def _prune_expired(self, now: float) -> None:
+        """Drop (and count) groups none of whose monitors can still meet its deadline, so the
+        queue stays bounded while encoding keeps the worker busy."""
+        if self.lossless:
+            return
+        keep: deque[QueryGroup] = deque()
+        for g in self._groups:
+            if all(now > g.deadlines[cfg.name] for cfg, _ in g.monitors):
+                for cfg, _ in g.monitors:
+                    self.metrics.queries_missed.labels(g.stream, cfg.name).inc()
+                log.warning("queries %s/%s skipped: past their deadline", g.stream,
+                            ",".join(cfg.name for cfg, _ in g.monitors))
+            else:
+                keep.append(g)
+        self._groups = keep
