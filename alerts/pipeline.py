@@ -59,7 +59,7 @@ from alerts.rules import RuleEngine, Transition
 from alerts.webhook import WebhookSink
 from edge.logging import register_secret
 from edge.metrics import Metrics
-from edge.results import MonitorResult
+from edge.results import AudioSpan, MonitorResult
 
 log = structlog.get_logger("alerts.pipeline")
 
@@ -187,8 +187,10 @@ class AlertPipeline:
         return delivered and pending == 0
 
     # ------------------------------------------------------------------ caller API (non-blocking)
-    def submit(self, result: MonitorResult, audio: np.ndarray | None = None, sample_rate: int = 16000) -> bool:
-        """Queue one result (and the audio of its span, for the evidence clip). Never blocks."""
+    def submit(self, result: MonitorResult, audio: AudioSpan | np.ndarray | None = None,
+               sample_rate: int = 16000) -> bool:
+        """Queue one result (and the audio of its span, for the evidence clip: an `AudioSpan`
+        reference is read only when an alert is raised, so the queue holds no copy). Never blocks."""
         if not self._accepting:
             return False
         try:
@@ -261,7 +263,7 @@ class AlertPipeline:
         except Exception as e:
             log.error("history write failed", what=what, error=f"{type(e).__name__}: {e}")
 
-    def _handle(self, r: MonitorResult, audio: np.ndarray | None, sample_rate: int) -> None:
+    def _handle(self, r: MonitorResult, audio: AudioSpan | np.ndarray | None, sample_rate: int) -> None:
         if self.history is not None:
             if self.config.history.record_results:
                 self._history("result", self.history.record_result, r, self.boot_id, ts=self._clock())
@@ -292,10 +294,13 @@ class AlertPipeline:
                           tr.reason, ts=tr.at)
         log.info("state changed", stream=tr.stream, monitor=tr.monitor, state=tr.state, reason=tr.reason)
 
-    def _raise(self, r: MonitorResult, audio: np.ndarray | None, sample_rate: int) -> None:
+    def _raise(self, r: MonitorResult, span: AudioSpan | np.ndarray | None, sample_rate: int) -> None:
         self._seq += 1
         alert = Alert.from_result(r, boot_id=self.boot_id, seq=self._seq, raised_at=utcnow())
-        if self.clips is not None and audio is not None:
+        audio = span.read() if isinstance(span, AudioSpan) and self.clips is not None else span
+        if isinstance(span, AudioSpan) and self.clips is not None and audio is None:
+            log.warning("evidence clip not saved: its audio has left the ring", alert_id=alert.id)
+        if self.clips is not None and isinstance(audio, np.ndarray):
             try:
                 flac, png = self.clips.save(alert.id, audio, sample_rate, alert.raised_at)
                 alert = dataclasses.replace(alert, clip_flac=flac, clip_png=png)

@@ -196,7 +196,10 @@ class MonitorConfig(_Base):
     triggers: list[str] = Field(default_factory=list)  # "novelty > 3", "level_dbfs > -30 and ..."
     cooldown: Duration = 60.0
     window: Duration | None = None  # memory span the question sees (default audio.window)
-    deadline: Duration | None = None  # skip a query not started this long after it fell due
+    # skip a scheduled query not started this long after it fell due (default max(30 s, every))
+    deadline: Duration | None = None
+    # the same for a triggered query (default worker.trigger_deadline): a trigger is about now
+    trigger_deadline: Duration | None = None
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     severity: Literal["info", "warning", "critical"] = "info"
 
@@ -240,6 +243,22 @@ class MonitorConfig(_Base):
         return self
 
 
+class WorkerConfig(_Base):
+    """How the one inference worker shares its time (docs/STREAMING.md, "Scheduling")."""
+
+    # while both clips and queries wait: encode batches in a row, then query groups in a row
+    encode_turns: int = Field(1, ge=1)
+    query_turns: int = Field(1, ge=1)
+    trigger_deadline: Duration = Field(30.0, gt=0)  # default deadline of a triggered query
+    drain_share: float = Field(0.5, ge=0, le=0.9)  # of the stop timeout: finishing queued work
+
+
+class HealthConfig(_Base):
+    # a stream with no audio for this long is reported silent (/healthz, fe_stream_silent);
+    # silence is a state, never a reason for the watchdog to restart the daemon
+    silent_after: Duration = Field(60.0, gt=0)
+
+
 class HttpConfig(_Base):
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -279,6 +298,8 @@ class Settings(BaseSettings):
     streams: list[StreamConfig] = Field(default_factory=list)
     monitors: list[MonitorConfig] = Field(default_factory=list)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

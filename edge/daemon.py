@@ -11,6 +11,14 @@
 the worker has drained, or when `stop` is called / SIGTERM arrives. A source that raises is
 restarted with backoff (`edge.sources.SourceRunner`); a worker step that raises is logged
 and the worker carries on.
+
+`Daemon.stop` goes in data-path order: stop the sources -> let the worker finish queued work
+until ``worker.drain_share`` of the timeout -> stop and join it, counting and logging what
+was abandoned -> flush the alert pipeline -> stop HTTP and the watchdog.
+
+Health: the systemd watchdog is fed while the worker turns (every step, every model call);
+a stream without audio for ``health.silent_after`` is *silent* (``/healthz``,
+``fe_stream_silent``), a state to report, never a reason for a restart.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +76,7 @@ class Daemon:
         on_memory: MemoryHook | None = None,
         boot_id: str | None = None,
         source_backoff: tuple[float, float] = (1.0, 60.0),
+        watchdog_max_age: float = 120.0,
     ) -> None:
         self.settings = settings
         self.model = model
@@ -83,6 +93,7 @@ class Daemon:
         self._speed, self._loop = speed, loop
         self._on_memory = on_memory
         self._backoff = source_backoff
+        self._watchdog_max_age = watchdog_max_age  # no worker turn for this long: stuck
         self.streams = {s.id: StreamState(s, settings) for s in settings.streams}
         # the parts, built by start()
         self.sink: FanoutSink | None = None
@@ -94,6 +105,9 @@ class Daemon:
         self._progress: ProgressGate | None = None
         self._watchdog: Watchdog | None = None
         self._worker_thread: threading.Thread | None = None
+        self._worker_stop = threading.Event()
+        self._stopped = False
+        self._last_audio: dict[str, float] = {}  # stream -> monotonic time of its last frame
         self._runners: list[SourceRunner] = []
         self._finished: set[int] = set()  # id() of the sources whose thread ended
         self._lock = threading.Lock()
@@ -118,8 +132,7 @@ class Daemon:
             m.gap_samples.labels(s.id).inc(r.gap)
         if r.dropped:
             m.frames_dropped.labels(s.id, "overlap").inc()
-        if self._progress is not None:
-            self._progress.beat("audio")
+        self._last_audio[s.id] = time.monotonic()
         assert self.worker is not None
         self.worker.notify()
         if self.lossless:
@@ -144,6 +157,7 @@ class Daemon:
                                       lossless=self.lossless, on_memory=self._on_memory,
                                       encoder=self._encoder_backend())
         self.sources = self._build_sources()
+        self._export_silence()
         self.http_endpoint = self._start_http()
         self._start_watchdog()
         self._start_threads()
@@ -203,17 +217,37 @@ class Daemon:
 
     def _start_watchdog(self) -> None:
         self._notifier = Notifier()
-        # WATCHDOG=1 only while audio arrives (any stream, within 2 min) and the inference
-        # loop turns; a stuck model call or a dead source lets systemd restart us
-        self._progress = ProgressGate(["worker", "audio"], max_age_s=120.0)
+        # WATCHDOG=1 only while the inference loop turns (each step, each model call): a stuck
+        # model call or a dead worker lets systemd restart us; silent inputs do not
+        self._progress = ProgressGate(["worker"], max_age_s=self._watchdog_max_age)
         self._watchdog = Watchdog(self._notifier, self._progress).start()
+
+    def progress_ok(self) -> bool:
+        """What the watchdog pings on: the worker thread alive and turning."""
+        alive = self._worker_thread is not None and self._worker_thread.is_alive()
+        return alive and self._progress is not None and self._progress()
+
+    def silent(self, stream: str) -> bool:
+        """No audio on a live stream for ``health.silent_after`` (a finished file is not)."""
+        s = self.streams[stream]
+        if s.ended or self.started_at is None:
+            return False
+        last = self._last_audio.get(stream, self.started_at)
+        return time.monotonic() - last > self.settings.health.silent_after
+
+    def _export_silence(self) -> None:
+        def reader(sid: str) -> Callable[[], float]:
+            return lambda: 1.0 if self.silent(sid) else 0.0
+
+        for sid in self.streams:
+            self.metrics.stream_silent.labels(sid).set_function(reader(sid))
 
     def _start_threads(self) -> None:
         assert self.worker is not None
         progress = self._progress
         on_turn = (lambda: progress.beat("worker")) if progress is not None else None
         self._worker_thread = threading.Thread(
-            target=self.worker.run, args=(self.stop_event,), kwargs={"on_turn": on_turn},
+            target=self.worker.run, args=(self._worker_stop,), kwargs={"on_turn": on_turn},
             name="inference", daemon=True)
         self._worker_thread.start()
         for i, src in enumerate(self.sources):
@@ -258,34 +292,60 @@ class Daemon:
             self.stop_event.wait(0.1)
         return False
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> dict[str, int]:
+        """Shut down in data-path order within about ``timeout`` seconds; returns the work
+        abandoned by the worker (each item also counted in the metrics and logged)."""
+        if self._stopped:
+            return {}
+        self._stopped = True
+        t0 = time.monotonic()
         if self._notifier is not None:
             self._notifier.stopping()
+        # 1. no new audio
         self.stop_event.set()
-        if self.worker is not None:
-            self.worker.notify()
-        t_end = time.monotonic() + timeout / 2
-        threads = [self._worker_thread] if self._worker_thread is not None else []
-        threads += [r.thread for r in self._runners]
-        for t in threads:
-            t.join(max(0.0, t_end - time.monotonic()))
+        sources_until = t0 + 0.1 * timeout
+        for r in self._runners:
+            r.thread.join(max(0.0, sources_until - time.monotonic()))
+        # 2. finish what is queued, until the drain deadline; 3. stop and join the worker
+        left = self._stop_worker(t0 + self.settings.worker.drain_share * timeout)
+        # 4. flush the alerts; 5. the rest
+        if self.alerts_pipeline is not None:
+            self.alerts_pipeline.stop(timeout=max(1.0, t0 + timeout - time.monotonic()))
         if self._watchdog is not None:
             self._watchdog.stop()
-        if self.alerts_pipeline is not None:
-            self.alerts_pipeline.stop(timeout=timeout / 2)
         if self.http_endpoint is not None:
             self.http_endpoint.stop()
+        log.info("stopped", seconds=round(time.monotonic() - t0, 2), **left)
+        return left
+
+    def _stop_worker(self, drain_until: float) -> dict[str, int]:
+        w, t = self.worker, self._worker_thread
+        if w is None:
+            return {}
+        while t is not None and t.is_alive() and time.monotonic() < drain_until:
+            w.collect()  # clips completed by the last frames count as queued work too
+            if w.idle():
+                break
+            w.notify()
+            time.sleep(0.02)
+        self._worker_stop.set()
+        w.notify()
+        if t is not None:
+            t.join(max(0.1, drain_until - time.monotonic()))
+        return w.abandon("shutdown")
 
     def health(self) -> dict[str, Any]:
         alive = self._worker_thread is not None and self._worker_thread.is_alive()
         h: dict[str, Any] = {
             "ok": alive and not self.stop_event.is_set(),
             "worker_alive": alive,
+            "silent_streams": sorted(sid for sid in self.streams if self.silent(sid)),
             "model": getattr(self.model, "model_id", None),
             "streams": {
                 sid: {
                     "samples": s.ring.write_pos - (s.ring.origin or 0),
                     "clips_pending": len(s.pending),
+                    "silent": self.silent(sid),
                     "memory_clips": len(s.memory),
                     "level_dbfs": s.last_reading.level_dbfs if s.last_reading else None,
                     "novelty": s.last_reading.novelty if s.last_reading else None,

@@ -37,8 +37,10 @@ class Metrics:
         )
         # --- encoding (edge/) ---
         self.clips_encoded = Counter("fe_clips_encoded", "Clips encoded", ["stream"], registry=r)
+        # reason: behind (encoding fell behind real time), overwritten (left the ring before
+        # it was read), encoder_error (the encoder raised), shutdown (pending at the drain deadline)
         self.clips_dropped = Counter(
-            "fe_clips_dropped", "Clips dropped because encoding fell behind", ["stream"], registry=r
+            "fe_clips_dropped", "Clips not encoded, by reason", ["stream", "reason"], registry=r
         )
         self.encode_latency = Histogram(
             "fe_encode_seconds", "Wall time of one batched encode call", registry=r,
@@ -46,6 +48,10 @@ class Metrics:
         )
         self.clips_behind = Gauge(
             "fe_clips_behind", "Complete clips waiting to be encoded", ["stream"], registry=r
+        )
+        self.stream_silent = Gauge(
+            "fe_stream_silent", "1 while no audio arrived on the stream for health.silent_after",
+            ["stream"], registry=r,
         )
         self.level_dbfs = Gauge("fe_level_dbfs", "Level of the last clip", ["stream"], registry=r)
         self.novelty = Gauge("fe_novelty", "Novelty score of the last clip", ["stream"], registry=r)
@@ -56,8 +62,13 @@ class Metrics:
         )
         self.queries = Counter("fe_queries", "Monitor queries run", ["stream", "monitor"], registry=r)
         self.queries_missed = Counter(
-            "fe_queries_missed", "Monitor queries skipped past their deadline", ["stream", "monitor"],
+            "fe_queries_missed", "Monitor queries not run: past their deadline, no audio, or "
+            "abandoned at shutdown", ["stream", "monitor"],
             registry=r,
+        )
+        self.queries_failed = Counter(
+            "fe_queries_failed", "Monitor queries lost to an error (encoder or model)",
+            ["stream", "monitor"], registry=r,
         )
         self.tokens_per_second = Gauge(
             "fe_decode_tokens_per_second", "Decode speed of the last query", registry=r

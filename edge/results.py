@@ -7,9 +7,12 @@ Everything downstream of the monitors (alert rules, MQTT, history, webhooks) con
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+
+import numpy as np
 
 Verdict = Literal["positive", "negative", "unknown"]
 
@@ -42,3 +45,22 @@ class MonitorResult:
         d["start"] = self.start.isoformat()
         d["end"] = self.end.isoformat()
         return d
+
+
+@dataclass(frozen=True)
+class AudioSpan:
+    """The audio a result is about, read from the stream's ring only when someone needs it
+    (the evidence clip of a raised alert). Queues hold this reference, never a copy of the
+    samples; `read` returns None once the ring has overwritten the span."""
+
+    start: int  # sample index on the stream's clock (inclusive)
+    end: int  # (exclusive)
+    sample_rate: int
+    reader: Callable[[int, int], np.ndarray | None] = field(repr=False, compare=False)
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start) / self.sample_rate
+
+    def read(self) -> np.ndarray | None:
+        return self.reader(self.start, self.end)

@@ -1,7 +1,8 @@
 """Where monitor results go: the `ResultSink` protocol and the sinks the daemon composes.
 
-The worker hands every `MonitorResult` (with the audio of its span, for evidence clips) to
-one sink; the daemon makes that a `FanoutSink` over the log, the alert pipeline
+The worker hands every `MonitorResult` with an `AudioSpan` (a reference to the audio of its
+span in the stream's ring, read only for an evidence clip; queues never hold a copy) to one
+sink; the daemon makes that a `FanoutSink` over the log, the alert pipeline
 (`alerts.pipeline.AlertPipeline`, which has the same two methods) and caller-supplied sinks.
 A sink that raises is logged and the others still get the result.
 """
@@ -14,13 +15,15 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
-from .results import MonitorResult
+from .results import AudioSpan, MonitorResult
 
 log = structlog.get_logger("edge.daemon")
 
+Audio = AudioSpan | np.ndarray  # what a sink gets for a result's span (tests may pass arrays)
+
 
 class ResultSink(Protocol):
-    def submit(self, result: MonitorResult, audio: np.ndarray | None, sample_rate: int) -> Any: ...
+    def submit(self, result: MonitorResult, audio: Audio | None, sample_rate: int) -> Any: ...
 
     def publish_level(self, stream: str, dbfs: float) -> None: ...
 
@@ -37,7 +40,7 @@ class LogSink:
     def __init__(self, logger: Any = None) -> None:
         self.log = logger or structlog.get_logger("edge.results")
 
-    def submit(self, r: MonitorResult, audio: np.ndarray | None, sample_rate: int) -> None:
+    def submit(self, r: MonitorResult, audio: Audio | None, sample_rate: int) -> None:
         kw: dict[str, Any] = {"stream": r.stream, "monitor": r.monitor, "verdict": r.verdict,
                               "start": r.start.isoformat(timespec="seconds"),
                               "end": r.end.isoformat(timespec="seconds")}
@@ -62,10 +65,10 @@ class LogSink:
 class CallbackSink:
     """Calls ``fn(result, audio, sample_rate)`` for every result (tests, `replay`)."""
 
-    def __init__(self, fn: Callable[[MonitorResult, np.ndarray | None, int], None]) -> None:
+    def __init__(self, fn: Callable[[MonitorResult, Audio | None, int], None]) -> None:
         self.fn = fn
 
-    def submit(self, r: MonitorResult, audio: np.ndarray | None, sample_rate: int) -> None:
+    def submit(self, r: MonitorResult, audio: Audio | None, sample_rate: int) -> None:
         self.fn(r, audio, sample_rate)
 
     def publish_level(self, stream: str, dbfs: float) -> None:
@@ -78,7 +81,7 @@ class FanoutSink:
     def __init__(self, sinks: Sequence[ResultSink]) -> None:
         self.sinks = list(sinks)
 
-    def submit(self, r: MonitorResult, audio: np.ndarray | None, sample_rate: int) -> None:
+    def submit(self, r: MonitorResult, audio: Audio | None, sample_rate: int) -> None:
         for s in self.sinks:
             try:
                 s.submit(r, audio, sample_rate)

@@ -2,8 +2,9 @@
 
 Each clip index is handed out exactly once (`edge.windows.ClipScheduler`). Per stream at most
 ``audio.max_pending_clips`` wait: when encoding falls behind real time the **oldest** pending
-clips are dropped and counted (``fe_clips_dropped``), so ingest never blocks and the memory
-stays current. A clip whose samples the ring has already overwritten is dropped the same way.
+clips are dropped and counted (``fe_clips_dropped{reason="behind"}``), so ingest never
+blocks and the memory stays current. A clip whose samples the ring has already overwritten is dropped the same way
+(``reason="overwritten"``).
 At the end of a finite source a partial last clip of at least ``audio.flush_partial`` seconds
 is padded with silence so it is heard too.
 
@@ -50,9 +51,9 @@ class Collector:
 
     def _drop_excess(self, s: StreamState) -> None:
         oldest = s.ring.oldest
-        while s.pending and (
-            s.pending[0].start < oldest
-            or (not self.lossless and len(s.pending) > self.max_pending)
-        ):
+        while s.pending and s.pending[0].start < oldest:
             s.pending.popleft()
-            self.metrics.clips_dropped.labels(s.id).inc()
+            self.metrics.clips_dropped.labels(s.id, "overwritten").inc()
+        while not self.lossless and len(s.pending) > self.max_pending:
+            s.pending.popleft()
+            self.metrics.clips_dropped.labels(s.id, "behind").inc()

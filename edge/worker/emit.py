@@ -12,7 +12,7 @@ import numpy as np
 
 from ..memory import MemoryView
 from ..monitors import Due, parse_answer
-from ..results import MonitorResult, Verdict
+from ..results import AudioSpan, MonitorResult, Verdict
 from ..sinks import ResultSink
 from .encode import HeardClip
 from .queries import QueryGroup
@@ -55,14 +55,29 @@ def answer_result(s: StreamState, q: QueryGroup, view: MemoryView, cfg: Any, due
     )
 
 
+def clip_audio(h: HeardClip) -> AudioSpan:
+    """A reference to a clip's audio in its ring (no copy)."""
+    return AudioSpan(h.spec.start, h.spec.end, SR, h.stream.ring.read)
+
+
 class Emitter:
-    """Counts results and passes each to the sink with the audio of its span."""
+    """Counts results and passes each to the sink with (a reference to) the audio of its span.
+    After `close` (shutdown: the sinks are being flushed) results are not passed on: the work
+    they came from was already counted as abandoned."""
 
     def __init__(self, sink: ResultSink | None) -> None:
         self.sink = sink
         self.count = 0
+        self.closed = False
 
-    def __call__(self, res: MonitorResult, audio: np.ndarray | None) -> None:
+    def close(self) -> None:
+        self.closed = True
+
+    def __call__(self, res: MonitorResult, audio: AudioSpan | np.ndarray | None) -> None:
+        if self.closed:
+            log.info("result after the shutdown deadline not passed on: %s/%s",
+                     res.stream, res.monitor)
+            return
         self.count += 1
         if self.sink is not None:
             try:

@@ -1,10 +1,15 @@
 """Encoding stage: pending clips -> audio + gate reading + AF-CLAP tokens.
 
-`take_batch` picks up to ``audio.encode_batch`` pending clips across all streams; `Encoding.run`
-copies each clip out of its ring, runs the model-free gate on it (level, novelty; published
-as metrics and to the sinks), applies the loudness policy + int16 round trip and encodes the
-whole batch in **one** call of the encoder backend (`edge.encoder_backends`, or the model's
-own ``encode``). Without a model only the gate runs (``tokens`` is None).
+`take_batch` picks up to ``audio.encode_batch`` pending clips **round robin** across the
+streams (the oldest pending clip of each in turn, starting one stream further every batch),
+so under overload every stream gets its share and none starves.
+`Encoding.hear` copies each clip out of its ring and runs the model-free gate on it (level,
+novelty; published as metrics and to the sinks): this always happens, whatever the encoder
+does. `Encoding.encode` applies the loudness policy + int16 round trip and encodes the whole
+batch in **one** call of the encoder backend (`edge.encoder_backends`, or the model's own
+``encode``). When the encoder raises, the batch's clips are counted
+(``fe_clips_dropped{reason="encoder_error"}``), logged once per burst, and the worker carries
+on. Without a model only the gate runs (``tokens`` stays None).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from ..gate import GateReading
 from ..metrics import Metrics
 from ..sinks import ResultSink
 from ..windows import ClipSpec, prepare_clip
+from .failures import BurstLog
 from .state import StreamState
 
 if TYPE_CHECKING:
@@ -43,20 +49,28 @@ class HeardClip:
     spec: ClipSpec
     audio: np.ndarray  # (clip_len,) float32, as read from the ring
     reading: GateReading
-    tokens: Any = None  # torch.Tensor (64, D), or None without a model
+    tokens: Any = None  # torch.Tensor (64, D), or None without a model / after an error
+    encode_failed: bool = False
 
 
-def take_batch(streams: Iterable[StreamState], limit: int) -> list[tuple[StreamState, ClipSpec]]:
-    """Up to ``limit`` pending clips, lowest clip index first. The caller holds the lock."""
-    by_id = {s.id: s for s in streams}
-    cands = [(spec.index, s.id) for s in by_id.values() for spec in s.pending]
-    if not cands:
+def take_batch(streams: Iterable[StreamState], limit: int, first: int = 0
+               ) -> list[tuple[StreamState, ClipSpec]]:
+    """Up to ``limit`` pending clips, round robin over the streams starting at stream number
+    ``first``: each stream's oldest pending clip in turn. The caller holds the lock."""
+    order = list(streams)
+    if not order:
         return []
-    cands.sort()
-    out = []
-    for _, sid in cands[:limit]:
-        s = by_id[sid]
-        out.append((s, s.pending.popleft()))
+    k = first % len(order)
+    order = order[k:] + order[:k]
+    out: list[tuple[StreamState, ClipSpec]] = []
+    while len(out) < limit:
+        took = False
+        for s in order:
+            if s.pending and len(out) < limit:
+                out.append((s, s.pending.popleft()))
+                took = True
+        if not took:
+            break
     return out
 
 
@@ -67,20 +81,34 @@ class Encoding:
         self.loudness = loudness
         self.metrics = metrics
         self.sink = sink
+        self.failures = BurstLog(log, "clip encoder")
 
-    def run(self, batch: list[tuple[StreamState, ClipSpec]]) -> list[HeardClip]:
-        heard = [h for h in (self._read_and_gate(s, spec) for s, spec in batch) if h is not None]
-        if heard and self.encoder is not None:
+    def hear(self, batch: list[tuple[StreamState, ClipSpec]]) -> list[HeardClip]:
+        """Read each clip and run the gate on it (clips the ring lost are counted)."""
+        return [h for h in (self._read_and_gate(s, spec) for s, spec in batch) if h is not None]
+
+    def encode(self, heard: list[HeardClip]) -> None:
+        """Set ``tokens`` on every clip, or ``encode_failed`` (counted) when the encoder raises."""
+        if not heard or self.encoder is None:
+            return
+        try:
             tokens = self._encode([h.audio for h in heard])
             for i, h in enumerate(heard):
                 h.tokens = tokens[i].clone()
-        return heard
+        except Exception:
+            for h in heard:
+                h.encode_failed = True
+                self.metrics.clips_dropped.labels(h.stream.id, "encoder_error").inc()
+            self.failures.failed(f"{len(heard)} clip(s) of "
+                                 f"{', '.join(sorted({h.stream.id for h in heard}))}")
+            return
+        self.failures.ok()
 
     def _read_and_gate(self, s: StreamState, spec: ClipSpec) -> HeardClip | None:
         m = self.metrics
         x = s.ring.read(spec.start, spec.end)
         if x is None:  # overwritten before we got to it
-            m.clips_dropped.labels(s.id).inc()
+            m.clips_dropped.labels(s.id, "overwritten").inc()
             return None
         reading = s.gate.process(x)
         s.last_reading = reading

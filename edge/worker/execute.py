@@ -3,7 +3,13 @@
 The due monitors of one stream on one clip share one `AF2.memory` computation per window
 length and one cross-attention K/V (`AF2.ask_many`) per decoding setting. The answer of each
 monitor is turned into a result (`edge.worker.emit.answer_result`) and handed to ``emit``
-with the window's audio (the evidence clip).
+with a reference to the window's audio (`edge.results.AudioSpan`, read only for an evidence
+clip). ``on_progress`` is called after every model call, so the watchdog sees a long group
+make progress.
+
+An exception part-way (model, memory, a broken answer) loses only the monitors of the
+window/decoding group it happened in: they are counted (``fe_queries_failed``), logged once
+per burst, and the remaining monitors of the group still run.
 
 This is the only place the worker talks to the decoder; its interface is
 ``QueryExecution.run(stream, group, monitors, emit)``.
@@ -18,10 +24,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ..memory import MemoryView
 from ..metrics import Metrics
 from ..monitors import render_question
-from ..results import MonitorResult
+from ..results import AudioSpan, MonitorResult
 from .emit import answer_result
+from .failures import BurstLog
 from .queries import DueMonitor, QueryGroup
 from .remember import window
 from .state import SR, StreamState, clips_for
@@ -31,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flamingo_edge.scheduler")
 
-EmitFn = Callable[[MonitorResult, "np.ndarray | None"], None]
+EmitFn = Callable[[MonitorResult, "AudioSpan | np.ndarray | None"], None]
 MemoryHook = Callable[[str, int, Any, Any], None]  # (stream, clip_index, view, memory)
 
 
@@ -45,17 +53,54 @@ class QueryModel(Protocol):
 
 class QueryExecution:
     def __init__(self, model: QueryModel, audio: AudioConfig, metrics: Metrics,
-                 on_memory: MemoryHook | None = None) -> None:
+                 on_memory: MemoryHook | None = None,
+                 on_progress: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.model = model
         self.window_s = audio.window
         self.clip_s, self.hop_s = audio.clip, audio.hop
         self.metrics = metrics
         self.on_memory = on_memory  # test/debug hook
+        self.on_progress = on_progress
+        self.clock = clock
         self.model_id = str(getattr(model, "model_id", "af2"))
+        self.failures = BurstLog(log, "query")
 
     def run(self, s: StreamState, q: QueryGroup, monitors: list[DueMonitor], emit: EmitFn) -> None:
         for n, group in sorted(self._by_window(s, monitors).items()):
-            self._run_window(s, q, n, group, emit)
+            try:
+                view, memory = self._memory(s, q, n)
+            except Exception:
+                self._failed(s, q, group)
+                continue
+            if view is None:
+                for cfg, _ in group:
+                    self.metrics.queries_missed.labels(s.id, cfg.name).inc()
+                log.warning("no valid audio in memory for %s; %d queries skipped", s.id, len(group))
+                continue
+            audio = AudioSpan(view.start, view.end, SR, s.ring.read)
+            by_dec: dict[Any, list[DueMonitor]] = {}  # Sampling -> monitors
+            for cfg, due in group:
+                by_dec.setdefault(cfg.decoding.sampling(), []).append((cfg, due))
+            for dec, items in by_dec.items():
+                answered: set[str] = set()
+
+                def emit_one(res: MonitorResult, a: AudioSpan | np.ndarray | None,
+                             answered: set[str] = answered) -> None:
+                    answered.add(res.monitor)
+                    emit(res, a)
+
+                try:
+                    self._answer(s, q, view, memory, items, dec, audio, emit_one)
+                except Exception:
+                    self._failed(s, q, [(c, d) for c, d in items if c.name not in answered])
+                else:
+                    self.failures.ok()
+
+    def _failed(self, s: StreamState, q: QueryGroup, lost: list[DueMonitor]) -> None:
+        for cfg, _ in lost:
+            self.metrics.queries_failed.labels(s.id, cfg.name).inc()
+        self.failures.failed(f"{s.id}: {', '.join(c.name for c, _ in lost)} on clip {q.clip_index}")
 
     def _by_window(self, s: StreamState, monitors: list[DueMonitor]) -> dict[int, list[DueMonitor]]:
         by_window: dict[int, list[DueMonitor]] = {}
@@ -65,41 +110,41 @@ class QueryExecution:
             by_window.setdefault(n, []).append((cfg, due))
         return by_window
 
-    def _run_window(self, s: StreamState, q: QueryGroup, n: int, group: list[DueMonitor],
-                    emit: EmitFn) -> None:
+    def _memory(self, s: StreamState, q: QueryGroup, n: int) -> tuple[MemoryView | None, Any]:
+        """The window of ``n`` clips up to the group's clip, and its `AF2.memory`."""
         import torch
 
-        m = self.metrics
         view = window(s, q.clip_index, n)
         if view is None:
-            for cfg, _ in group:
-                m.queries_missed.labels(s.id, cfg.name).inc()
-            log.warning("no valid audio in memory for %s; %d queries skipped", s.id, len(group))
-            return
+            return None, None
         with torch.inference_mode():
             memory = self.model.memory(view.tokens, view.mask)
         if self.on_memory is not None:
             self.on_memory(s.id, q.clip_index, view, memory)
-        audio = s.ring.read(view.start, view.end)
-        by_dec: dict[Any, list[DueMonitor]] = {}  # Sampling -> monitors
-        for cfg, due in group:
-            by_dec.setdefault(cfg.decoding.sampling(), []).append((cfg, due))
+        return view, memory
+
+    def _answer(self, s: StreamState, q: QueryGroup, view: MemoryView, memory: Any,
+                items: list[DueMonitor], sampling: Any, audio: AudioSpan,
+                emit: EmitFn) -> None:
+        """One model call for the monitors that share a decoding setting."""
+        m = self.metrics
         window_s = (view.end - view.start) / SR
-        for dec, items in by_dec.items():
-            questions = [render_question(cfg.question or "", s.id, cfg.name, window_s, s.labels)
-                         for cfg, _ in items]
-            t0 = time.perf_counter()
-            answers = self._ask(memory, view.mask, questions, dec)
-            dt = time.perf_counter() - t0
-            ntok = sum(len(a.token_ids) for a in answers)
-            if dt > 0 and ntok:
-                m.tokens_per_second.set(ntok / dt)
-            done = time.monotonic()
-            for (cfg, due), qtext, ans in zip(items, questions, answers):
-                latency = done - q.due_wall
-                m.queries.labels(s.id, cfg.name).inc()
-                m.query_latency.labels(cfg.name).observe(latency)
-                emit(answer_result(s, q, view, cfg, due, qtext, ans, latency, self.model_id), audio)
+        questions = [render_question(cfg.question or "", s.id, cfg.name, window_s, s.labels)
+                     for cfg, _ in items]
+        t0 = time.perf_counter()
+        answers = self._ask(memory, view.mask, questions, sampling)
+        dt = time.perf_counter() - t0
+        if self.on_progress is not None:
+            self.on_progress()
+        ntok = sum(len(a.token_ids) for a in answers)
+        if dt > 0 and ntok:
+            m.tokens_per_second.set(ntok / dt)
+        done = self.clock()
+        for (cfg, due), qtext, ans in zip(items, questions, answers):
+            latency = done - q.due_wall
+            m.queries.labels(s.id, cfg.name).inc()
+            m.query_latency.labels(cfg.name).observe(latency)
+            emit(answer_result(s, q, view, cfg, due, qtext, ans, latency, self.model_id), audio)
 
     def _ask(self, memory: Any, mask: Any, questions: list[str], sampling: Any) -> list[Any]:
         import torch

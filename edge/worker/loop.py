@@ -1,17 +1,23 @@
 """The single inference worker: one thread owns the model and turns the stages.
 
-Each `InferenceWorker.step`:
+Each `InferenceWorker.step` does one unit of work:
 
 1. **collect** (`edge.worker.collect`): clips that became complete on every stream join
    their stream's pending queue (oldest dropped and counted when encoding falls behind);
-2. if clips are pending, **encode** (`edge.worker.encode`) up to ``encode_batch`` of them in
-   one call (the gate runs on each), **remember** them (`edge.worker.remember`), and ask every
-   monitor of the clip's stream whether it is due (`edge.worker.queries`): gate monitors
-   answer at once, AF2 monitors queue one query group per (stream, clip);
-3. otherwise run the oldest query group (`edge.worker.execute`) if it is still in time.
+2. either an **encode turn**: up to ``encode_batch`` pending clips, round robin across the
+   streams (`edge.worker.encode`), are read and gated (always), the gate monitors answer at
+   once, the batch is encoded in one call, **remembered** (`edge.worker.remember`), and the
+   due AF2 monitors of each clip queue one query group (`edge.worker.queries`);
+3. or a **query turn**: the group with the earliest deadline runs (`edge.worker.execute`).
 
-Results are built and handed to the sink by `edge.worker.emit`. `run` loops `step` until
-stopped, calling ``on_turn`` after every step so a watchdog sees the worker turning.
+When both clips and queries wait, the turns alternate by the per-cycle budget
+``worker.encode_turns`` / ``worker.query_turns``, so encoding cannot starve the queries nor
+the queries the encoding. Results are built and handed to the sink by `edge.worker.emit`.
+`run` loops `step` until stopped and calls ``on_turn`` after every step (and execution after
+every model call), so a watchdog sees the worker turning. At shutdown the supervisor waits
+for `idle` up to a deadline, stops the loop and calls `abandon`, which counts and logs
+whatever was left.
+
 In ``lossless`` mode (replay) nothing is dropped and deadlines do not apply; the source is
 slowed down instead (`wait_for_capacity`).
 """
@@ -27,10 +33,11 @@ from typing import TYPE_CHECKING
 from ..metrics import Metrics
 from ..sinks import ResultSink
 from .collect import Collector
-from .emit import Emitter, gate_result
+from .emit import Emitter, clip_audio, gate_result
 from .encode import ClipEncoder, Encoding, HeardClip, take_batch
 from .execute import MemoryHook, QueryExecution, QueryModel
-from .queries import QueryGroup, QueryQueue, due_monitors, make_group
+from .failures import BurstLog
+from .queries import DueMonitor, QueryGroup, QueryQueue, due_monitors, make_group
 from .remember import remember
 from .state import StreamState
 
@@ -51,25 +58,36 @@ class InferenceWorker:
         lossless: bool = False,
         on_memory: MemoryHook | None = None,
         encoder: ClipEncoder | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.streams = streams
         self.settings = settings
         self.model = model
         self.metrics = metrics or Metrics()
         self.lossless = lossless
-        a = settings.audio
+        self.clock = clock  # deadlines and latencies (tests drive it)
+        a, w = settings.audio, settings.worker
         # the encoder backend (edge.encoder_backends); default: the model's own `encode`
         self.encoder: ClipEncoder | None = encoder if encoder is not None else model  # type: ignore[assignment]
         self.collector = Collector(a, self.metrics, lossless)
         self.encoding = Encoding(self.encoder if model is not None else None, a.loudness,
                                  self.metrics, sink)
         self.queries = QueryQueue(self.metrics, lossless)
-        self.execution = (QueryExecution(model, a, self.metrics, on_memory)
+        self.on_progress: Callable[[], None] | None = None
+        self.execution = (QueryExecution(model, a, self.metrics, on_memory,
+                                         on_progress=self._progress, clock=clock)
                           if model is not None else None)
         self.emit = Emitter(sink)
+        self._budget = {"encode": w.encode_turns, "query": w.query_turns}
+        self._turn, self._turns_in_row = "encode", 0
+        self._rr = 0  # round-robin start for the next encode batch
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._busy = False
+        self._in_flight: QueryGroup | None = None
+        self._in_flight_left: set[str] = set()
+        self._encoding: list = []  # (stream, clip) of the batch being encoded, until remembered
+        self._query_failures = BurstLog(log, "queries of a clip whose encoding failed")
         self.clips_processed = 0
         self.errors = 0
 
@@ -106,7 +124,9 @@ class InferenceWorker:
                 self._cv.wait(0.05)
 
     def run(self, stop: threading.Event, on_turn: Callable[[], None] | None = None) -> None:
-        """Turn `step` until ``stop`` is set; ``on_turn`` is called after every step."""
+        """Turn `step` until ``stop`` is set; ``on_turn`` is called after every step and
+        after every model call of a query group."""
+        self.on_progress = on_turn
         while not stop.is_set():
             try:
                 worked = self.step()
@@ -114,11 +134,44 @@ class InferenceWorker:
                 self.errors += 1
                 log.exception("inference step failed")
                 worked = False
-            if on_turn is not None:
-                on_turn()
+            self._progress()
             if not worked:
                 with self._cv:
                     self._cv.wait(0.05)
+
+    def abandon(self, reason: str = "shutdown") -> dict[str, int]:
+        """Stop passing results on and count (and log, once) all work left: pending clips
+        (``fe_clips_dropped{reason}``), queued query groups and the monitors of a group still
+        running (``fe_queries_missed``). Called by the supervisor after the drain deadline."""
+        m = self.metrics
+        self.emit.close()
+        with self._lock:
+            clips = 0
+            for s in self.streams.values():
+                clips += len(s.pending)
+                if s.pending:
+                    m.clips_dropped.labels(s.id, reason).inc(len(s.pending))
+                s.pending.clear()
+            for s, _ in self._encoding:  # a batch still in the encoder: never remembered now
+                m.clips_dropped.labels(s.id, reason).inc()
+                clips += 1
+            self._encoding = []
+            groups = self.queries.abandon()
+            queued = sum(len(g.monitors) for g in groups)
+            running = 0
+            if self._in_flight is not None:
+                for name in sorted(self._in_flight_left):
+                    m.queries_missed.labels(self._in_flight.stream, name).inc()
+                running = len(self._in_flight_left)
+        left = {"clips": clips, "queries_queued": queued, "queries_running": running}
+        if any(left.values()):
+            log.warning("work abandoned at %s: %d clip(s) not encoded, %d queued and %d running "
+                        "quer(ies) not answered", reason, clips, queued, running)
+        return left
+
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress()
 
     # ------------------------------------------------------------ the step
     def collect(self) -> None:
@@ -128,37 +181,105 @@ class InferenceWorker:
     def step(self) -> bool:
         self.collect()
         with self._lock:
-            batch = take_batch(self.streams.values(), self.settings.audio.encode_batch)
-            q = self.queries.pop() if not batch else None
+            batch, q = self._next_turn()
             self._busy = bool(batch or q)
+            self._in_flight = q
+            self._in_flight_left = {cfg.name for cfg, _ in q.monitors} if q else set()
+            self._encoding = list(batch)
         try:
             if batch:
-                for h in self.encoding.run(batch):
-                    self._heard(h)
+                self._encode_turn(batch)
                 return True
             if q is not None:
-                self._run_group(q)
+                self._query_turn(q)
                 return True
             return False
         finally:
             with self._cv:
                 self._busy = False
+                self._in_flight = None
+                self._encoding = []
                 self._cv.notify_all()
 
-    def _heard(self, h: HeardClip) -> None:
-        """One clip through the memory stage and the monitors."""
-        now = time.monotonic()
-        self.clips_processed += 1
-        if h.tokens is not None:
-            remember(h, self.metrics)
-        gate, af2 = due_monitors(h, with_model=self.model is not None)
-        for cfg, due in gate:
-            self.emit(gate_result(h, cfg, due), h.audio)
-        if af2:
-            with self._lock:
-                self.queries.add(make_group(h, af2, now), now)
+    def _next_turn(self) -> tuple[list, QueryGroup | None]:
+        """Pick this step's work by the per-cycle budget. The caller holds the lock."""
+        clips_wait = any(s.pending for s in self.streams.values())
+        queries_wait = len(self.queries) > 0
+        turn = self._turn
+        if turn == "encode" and not clips_wait or turn == "query" and not queries_wait:
+            turn = "query" if turn == "encode" else "encode"
+        elif self._turns_in_row >= self._budget[turn] and (clips_wait and queries_wait):
+            turn = "query" if turn == "encode" else "encode"
+        if turn != self._turn:
+            self._turn, self._turns_in_row = turn, 0
+        if turn == "query" and queries_wait:
+            q = self.queries.pop(self.clock())
+            if q is not None:
+                self._turns_in_row += 1
+                return [], q
+            if not clips_wait:  # every waiting group had expired (counted)
+                return [], None
+            self._turn, self._turns_in_row = "encode", 0
+        if clips_wait:
+            self._turns_in_row += 1
+            batch = take_batch(self.streams.values(), self.settings.audio.encode_batch, self._rr)
+            self._rr += 1
+            return batch, None
+        return [], None
 
-    def _run_group(self, q: QueryGroup) -> None:
+    def _encode_turn(self, batch: list) -> None:
+        heard = self.encoding.hear(batch)
+        with self._lock:
+            self._encoding = [(h.stream, h.spec) for h in heard]  # (lost reads are counted)
+        due: list[list[DueMonitor]] = []
+        for h in heard:  # the gate always runs, whatever the encoder does
+            gate, af2 = due_monitors(h, with_model=self.model is not None)
+            for cfg, d in gate:
+                self.emit(gate_result(h, cfg, d), clip_audio(h))
+            due.append(af2)
+        self.encoding.encode(heard)
+        with self._lock:
+            abandoned = self.emit.closed  # shut down meanwhile: abandon() counted the clips
+            self._encoding = []
+        now = self.clock()
+        if abandoned:
+            for h, af2 in zip(heard, due):
+                if af2:
+                    self._queue(h, af2, now)  # counted as missed
+            return
+        for h, af2 in zip(heard, due):
+            self.clips_processed += 1
+            if h.tokens is not None:
+                remember(h, self.metrics)
+            if af2:
+                self._queue(h, af2, now)
+
+    def _queue(self, h: HeardClip, af2: list[DueMonitor], now: float) -> None:
+        if self.emit.closed:  # shut down while this clip was encoded: abandoned
+            for cfg, _ in af2:
+                self.metrics.queries_missed.labels(h.stream.id, cfg.name).inc()
+            log.warning("queries %s/%s abandoned at shutdown", h.stream.id,
+                        ",".join(cfg.name for cfg, _ in af2))
+            return
+        if h.encode_failed:
+            for cfg, _ in af2:
+                self.metrics.queries_failed.labels(h.stream.id, cfg.name).inc()
+            self._query_failures.failed(f"{h.stream.id} clip {h.spec.index}: "
+                                        f"{', '.join(cfg.name for cfg, _ in af2)}")
+            return
+        self._query_failures.ok()
+        with self._lock:
+            self.queries.add(make_group(h, af2, now, self.settings.worker.trigger_deadline), now)
+
+    def _query_turn(self, q: QueryGroup) -> None:
         assert self.execution is not None
-        monitors = self.queries.still_in_time(q, time.monotonic())
-        self.execution.run(self.streams[q.stream], q, monitors, self.emit)
+        monitors = self.queries.still_in_time(q, self.clock())
+        with self._lock:
+            self._in_flight_left = {cfg.name for cfg, _ in monitors}
+
+        def emit(res, audio) -> None:  # type: ignore[no-untyped-def]
+            with self._lock:
+                self._in_flight_left.discard(res.monitor)
+            self.emit(res, audio)
+
+        self.execution.run(self.streams[q.stream], q, monitors, emit)

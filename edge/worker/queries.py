@@ -1,20 +1,22 @@
 """Query scheduling: which monitors fall due on a clip, and in what order their queries run.
 
-After each encoded clip every monitor of its stream is asked whether it is due
+After each clip every monitor of its stream is asked whether it is due
 (`edge.monitors.MonitorState.due`: ``every`` and/or ``triggers``). Gate monitors are
 answered at once by the caller; the due AF2 monitors of one stream on one clip form one
 `QueryGroup`, which shares a memory computation when it runs (`edge.worker.execute`).
 
-Every due monitor gets a deadline (``deadline``, else ``max(30 s, every or cooldown)``): a
-query not started by then is skipped and counted (``fe_queries_missed``), and groups none of
-whose monitors can still make it are pruned from the queue so it stays bounded.
-In ``lossless`` mode deadlines do not apply.
+Every due monitor gets a deadline: a scheduled query ``deadline`` (else ``max(30 s, every)``),
+a triggered one ``trigger_deadline`` (else ``worker.trigger_deadline``, 30 s: a trigger is
+about now, an answer an hour later is useless). The queue runs the group with the
+**earliest deadline first**; a query not started by its deadline is skipped and counted
+(``fe_queries_missed``), and groups none of whose monitors can still make it are pruned so
+the queue stays bounded. In ``lossless`` mode (replay) deadlines do not apply and groups run
+in the order they fell due.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,10 +38,14 @@ class QueryGroup:
     stream: str
     clip_index: int
     monitors: list[DueMonitor]
-    due_wall: float  # time.monotonic() when the group fell due
+    due_wall: float  # worker clock (monotonic) when the group fell due
     reading: GateReading | None
     clip_span: tuple[int, int]
-    deadlines: dict[str, float] = field(default_factory=dict)  # monitor -> monotonic deadline
+    deadlines: dict[str, float] = field(default_factory=dict)  # monitor -> worker-clock deadline
+
+    @property
+    def deadline(self) -> float:
+        return min(self.deadlines.values()) if self.deadlines else float("inf")
 
 
 def due_monitors(h: HeardClip, with_model: bool) -> tuple[list[DueMonitor], list[DueMonitor]]:
@@ -60,24 +66,27 @@ def due_monitors(h: HeardClip, with_model: bool) -> tuple[list[DueMonitor], list
     return gate, af2
 
 
-def deadline_s(cfg: MonitorConfig) -> float:
+def deadline_s(cfg: MonitorConfig, due: Due, trigger_default: float = 30.0) -> float:
     """How long after falling due a query may still start."""
+    if due.reason.startswith("trigger"):
+        return cfg.trigger_deadline if cfg.trigger_deadline is not None else trigger_default
     return cfg.deadline if cfg.deadline is not None else max(30.0, cfg.every or cfg.cooldown)
 
 
-def make_group(h: HeardClip, monitors: list[DueMonitor], now: float) -> QueryGroup:
-    deadlines = {cfg.name: now + deadline_s(cfg) for cfg, _ in monitors}
+def make_group(h: HeardClip, monitors: list[DueMonitor], now: float,
+               trigger_default: float = 30.0) -> QueryGroup:
+    deadlines = {cfg.name: now + deadline_s(cfg, due, trigger_default) for cfg, due in monitors}
     return QueryGroup(h.stream.id, h.spec.index, monitors, now, h.reading,
                       (h.spec.start, h.spec.end), deadlines)
 
 
 class QueryQueue:
-    """Waiting query groups, oldest first. Callers hold the worker lock."""
+    """Waiting query groups. Callers hold the worker lock."""
 
     def __init__(self, metrics: Metrics, lossless: bool = False) -> None:
         self.metrics = metrics
         self.lossless = lossless
-        self._groups: deque[QueryGroup] = deque()
+        self._groups: list[QueryGroup] = []
 
     def __len__(self) -> int:
         return len(self._groups)
@@ -86,8 +95,14 @@ class QueryQueue:
         self._prune_expired(now)
         self._groups.append(group)
 
-    def pop(self) -> QueryGroup | None:
-        return self._groups.popleft() if self._groups else None
+    def pop(self, now: float) -> QueryGroup | None:
+        """The group with the earliest deadline (lossless: the oldest)."""
+        self._prune_expired(now)
+        if not self._groups:
+            return None
+        i = 0 if self.lossless else min(range(len(self._groups)),
+                                        key=lambda j: self._groups[j].deadline)
+        return self._groups.pop(i)
 
     def still_in_time(self, q: QueryGroup, now: float) -> list[DueMonitor]:
         """The monitors of ``q`` that may still start; the others are counted as missed."""
@@ -100,12 +115,20 @@ class QueryQueue:
             keep.append((cfg, due))
         return keep
 
+    def abandon(self) -> list[QueryGroup]:
+        """Empty the queue (shutdown), counting every monitor as missed; returns the groups."""
+        out, self._groups = self._groups, []
+        for g in out:
+            for cfg, _ in g.monitors:
+                self.metrics.queries_missed.labels(g.stream, cfg.name).inc()
+        return out
+
     def _prune_expired(self, now: float) -> None:
         """Drop (and count) groups none of whose monitors can still meet its deadline, so the
-        queue stays bounded while encoding keeps the worker busy."""
+        queue stays bounded while the worker is busy."""
         if self.lossless:
             return
-        keep: deque[QueryGroup] = deque()
+        keep: list[QueryGroup] = []
         for g in self._groups:
             if all(now > g.deadlines[cfg.name] for cfg, _ in g.monitors):
                 for cfg, _ in g.monitors:
