@@ -1,0 +1,389 @@
+"""Soak: N live streams over MQTT through a real mosquitto into the whole daemon.
+
+    python bench/bench_soak.py --streams 2 --audio-s 600 --speed 4 --model 0.5B --dtype float32 \
+        --outage 200:120 --outage 420:20 [--name soak-2]
+
+What runs: a private mosquitto; one publisher thread per stream sending 100-ms int16 frames
+(`streams.protocol.encode_frame`) on the publisher's own clock, paced at ``--speed`` x real time
+(the capture times are the publisher's clock, so at speed > 1 they run ahead of this machine's:
+the MQTT source is built with ``max_skew_s=None`` to trust them); the daemon (`edge.daemon.Daemon`)
+with its real MQTT source, worker, alert pipeline and MQTT sink on the same broker; a subscriber
+on the alert and answer topics. Monitors per stream: ``scene`` (AF2, yes/no, every ``--every``
+over a ``--window`` window: scheduled), ``burst`` (AF2, triggered by a loud burst the publisher
+plays every 90 s of audio, 30-s window) and ``loud`` (gate, the same trigger, raises alerts).
+``--outage START:LEN`` stops a publisher at publisher-clock START for LEN seconds and restarts
+it with seq 0 (a publisher restart; LEN > 60 s is a long gap, a new timeline piece).
+
+Every frame carries a time code: 8 samples of sync (+-0.9 alternating) and the frame's
+capture time in ms as 48 samples of +-0.3. The UTC error of every result is measured against
+that code: its claimed start/end minus the capture time of the audio found at those sample
+positions (read through the result's `AudioSpan`). Alert latency is the wall time from the
+publisher sending the last frame of the result's span to the subscriber receiving the alert
+(``<prefix>/events``) or answer (``<prefix>/<stream>/<monitor>/answer``).
+
+Reports clips dropped (by reason), queries run / missed / failed, latency p50/p95, RSS every
+10 s, UTC errors, the load average. Writes bench/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import _common as C  # puts the repo on sys.path
+import numpy as np
+
+SR = 16000
+FRAME = 1600  # 100 ms
+SYNC = np.array([0.9, -0.9] * 4, np.float32)
+BITS = 48
+
+
+def timecode(capture_s: float) -> np.ndarray:
+    ms = int(round(capture_s * 1000))
+    bits = [(ms >> (BITS - 1 - i)) & 1 for i in range(BITS)]
+    return np.concatenate([SYNC, np.array([0.3 if b else -0.3 for b in bits], np.float32)])
+
+
+def find_codes(x: np.ndarray) -> list[tuple[int, float]]:
+    """(sample position, capture time) of every time code in ``x``."""
+    out = []
+    cand = np.flatnonzero(np.abs(x[:-SYNC.size - BITS] - 0.9) < 0.02) if x.size > 64 else []
+    for i in cand:
+        if np.all(np.abs(x[i:i + SYNC.size] - SYNC) < 0.02):
+            bits = x[i + SYNC.size:i + SYNC.size + BITS] > 0
+            ms = 0
+            for b in bits:
+                ms = (ms << 1) | int(b)
+            out.append((int(i), ms / 1000.0))
+    return out
+
+
+class Publisher(threading.Thread):
+    """One stream's publisher: noise, a loud 4-s burst every 90 s of audio, a time code per
+    frame; outages stop it and it restarts with seq 0."""
+
+    def __init__(self, host: str, port: int, stream: str, audio_s: float, speed: float,
+                 outages: list[tuple[float, float]], t0: float, wall0: float, seed: int) -> None:
+        super().__init__(name=f"pub-{stream}", daemon=True)
+        self.host, self.port, self.stream = host, port, stream
+        self.audio_s, self.speed, self.outages = audio_s, speed, outages
+        self.t0, self.wall0 = t0, wall0  # publisher clock = t0 + a; paced from wall0
+        self.rng = np.random.default_rng(seed)
+        self.sent_capture: list[float] = []  # capture time of each frame's first sample
+        self.sent_wall: list[float] = []  # wall time it was published
+        self.stop_event = threading.Event()
+
+    def _in_outage(self, a: float) -> bool:
+        return any(s <= a < s + n for s, n in self.outages)
+
+    def run(self) -> None:
+        import paho.mqtt.client as mqtt
+
+        from streams.protocol import encode_frame
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"soak-pub-{self.stream}")
+        c.max_queued_messages_set(0)
+        c.connect(self.host, self.port, keepalive=30)
+        c.loop_start()
+        topic = f"flamingo-edge/audio/{self.stream}"
+        seq, a, away = 0, 0.0, False
+        while a < self.audio_s and not self.stop_event.is_set():
+            delay = self.wall0 + a / self.speed - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            if self._in_outage(a):
+                away = True
+            else:
+                if away:  # the publisher restarts: its sequence numbers start again
+                    seq, away = 0, False
+                x = (0.02 * self.rng.standard_normal(FRAME)).astype(np.float32)
+                if 45.0 <= a % 90.0 < 49.0:
+                    x = self.rng.uniform(-0.9, 0.9, FRAME).astype(np.float32)
+                cap = self.t0 + a
+                code = timecode(cap)
+                x[:code.size] = code
+                c.publish(topic, encode_frame(np.clip(x, -1, 1), SR, seq, int(cap * 1e9)), qos=0)
+                self.sent_capture.append(cap)
+                self.sent_wall.append(time.time())
+                seq = (seq + 1) & 0xFFFFFFFF
+            a += FRAME / SR
+        c.loop_stop()
+        c.disconnect()
+
+    def wall_of(self, capture: float) -> float | None:
+        """Wall time at which the frame holding publisher time ``capture`` was sent."""
+        i = bisect.bisect_right(self.sent_capture, capture - 1e-6) - 1
+        if i < 0:
+            return None
+        return self.sent_wall[i]
+
+
+def truth_span(span: Any) -> tuple[float | None, float | None]:
+    """Publisher capture time of the first and one-past-last sample of a result's span."""
+    head = span.reader(span.start, min(span.end, span.start + 4 * FRAME))
+    tail = span.reader(max(span.start, span.end - 4 * FRAME), span.end)
+    t_start = t_end = None
+    if head is not None:
+        codes = find_codes(head)
+        if codes:
+            i, cap = codes[0]
+            t_start = cap - i / SR
+    if tail is not None:
+        codes = find_codes(tail)
+        if codes:
+            i, cap = codes[-1]
+            t_end = cap + (tail.size - i) / SR
+    return t_start, t_end
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)), 3) if xs else None
+
+
+def rss_mb() -> float:
+    return C.proc_status().get("VmRSS", 0) / 2**20
+
+
+def build_model(kind: str, dtype_name: str) -> Any:
+    if kind == "none":
+        return None
+    import torch
+
+    from edge.model import AF2, AF2Config
+    from edge.model.tokenizer import AF2Tokenizer
+
+    fixture = next(p for p in (C.REPO_ROOT / "tests" / "fixtures" / "af2-tiny",
+                               C.REPO_ROOT.parent / "shared" / "fixtures" / "af2-tiny") if p.exists())
+    tok = AF2Tokenizer.from_dir(fixture / "checkpoint" / "lm")
+    dtype = getattr(torch, dtype_name)
+    if kind == "tiny":
+        return AF2.load(fixture / "checkpoint", dtype=dtype)
+    return AF2.random(AF2Config.released(kind), dtype, seed=0, tokenizer=tok)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", type=int, default=2)
+    ap.add_argument("--audio-s", type=float, default=600.0, help="audio per stream (publisher clock)")
+    ap.add_argument("--speed", type=float, default=1.0, help="publisher clock x real time")
+    ap.add_argument("--model", default="0.5B", help="none | tiny (fixture) | 0.5B (random weights)")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--every", default="60s")
+    ap.add_argument("--window", default="5m")
+    ap.add_argument("--new-tokens", type=int, default=4)
+    ap.add_argument("--outage", action="append", default=[], help="START:LEN publisher seconds")
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args()
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    machine = C.machine_info()
+    outages = [tuple(float(v) for v in o.split(":")) for o in a.outage]
+
+    from alerts.config import MqttConfig
+    from edge.config import load_settings
+    from edge.daemon import Daemon
+    from edge.metrics import Metrics
+    from edge.sinks import CallbackSink
+    from streams.mqtt import MqttAudioSource
+    from tests.mqtt_broker import Mosquitto
+
+    tmp = Path(tempfile.mkdtemp(prefix="fe-soak-"))
+    broker = Mosquitto(tmp).start()
+    ids = [f"s{i}" for i in range(a.streams)]
+    dec = {"max_new_tokens": a.new_tokens}
+    settings = load_settings(data={
+        "data_dir": str(tmp / "data"),
+        "streams": [{"id": i, "source": "mqtt"} for i in ids],
+        "monitors": [
+            {"name": "scene", "question": "Is a machine running?", "every": a.every,
+             "window": a.window, "decoding": dec},
+            {"name": "burst", "question": "Was there a loud burst?", "triggers": ["level_dbfs > -12"],
+             "cooldown": "60s", "window": "30s", "decoding": dec},
+            {"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -12"], "cooldown": 0,
+             "severity": "warning"},
+        ],
+        "alerts": {"mqtt": {"host": broker.host, "port": broker.port}},
+    })
+    C.log(f"[soak] model {a.model} {a.dtype}, {a.streams} stream(s), {a.audio_s:.0f} s of audio "
+          f"at {a.speed}x, outages {outages}")
+    model = build_model(a.model, a.dtype)
+
+    records: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def on_result(r: Any, span: Any, sr: int) -> None:
+        t_start, t_end = truth_span(span) if span is not None else (None, None)
+        with lock:
+            records.append({
+                "stream": r.stream, "monitor": r.monitor, "reason": r.extra.get("reason"),
+                "verdict": r.verdict, "start": r.start.timestamp(), "end": r.end.timestamp(),
+                "truth_start": t_start, "truth_end": t_end, "emitted_wall": time.time(),
+            })
+
+    received: list[tuple[str, dict, float]] = []
+
+    def subscriber() -> Any:
+        import paho.mqtt.client as mqtt
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="soak-sub")
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            try:
+                received.append((msg.topic, json.loads(msg.payload), time.time()))
+            except ValueError:
+                pass
+
+        c.on_message = on_message
+        c.connect(broker.host, broker.port)
+        c.subscribe([("flamingo-edge/events", 1), ("flamingo-edge/+/+/answer", 0)])
+        c.loop_start()
+        return c
+
+    sub = subscriber()
+    metrics = Metrics()
+    mqtt_cfg = MqttConfig(host=broker.host, port=broker.port)
+    source = MqttAudioSource(ids, mqtt_cfg, metrics=metrics, max_skew_s=None)
+    d = Daemon(settings, model=model, sources=[source], metrics=metrics, log_results=False,
+               sinks=[CallbackSink(on_result)], http=False)
+    d.start()
+    busy = [0.0]  # seconds the worker spent in steps that did work (utilisation)
+    step = d.worker.step
+
+    def timed_step() -> bool:
+        t = time.perf_counter()
+        worked = step()
+        if worked:
+            busy[0] += time.perf_counter() - t
+        return worked
+
+    d.worker.step = timed_step  # type: ignore[method-assign]
+    group_s: list[tuple[list[str], float]] = []  # model time of each query group
+    if d.worker.execution is not None:
+        run_group = d.worker.execution.run
+
+        def timed_run(s: Any, q: Any, monitors: Any, emit: Any) -> None:
+            t = time.perf_counter()
+            run_group(s, q, monitors, emit)
+            group_s.append(([c.name for c, _ in monitors], time.perf_counter() - t))
+
+        d.worker.execution.run = timed_run  # type: ignore[method-assign]
+    time.sleep(1.0)  # the source subscribes
+    wall0 = time.time() + 0.5
+    pubs = [Publisher(broker.host, broker.port, sid, a.audio_s, a.speed, outages,
+                      t0=wall0, wall0=wall0, seed=i) for i, sid in enumerate(ids)]
+    for p in pubs:
+        p.start()
+    rss: list[tuple[float, float]] = []
+    while any(p.is_alive() for p in pubs):
+        rss.append((round(time.time() - wall0, 1), round(rss_mb(), 1)))
+        time.sleep(10.0)
+    publish_wall = time.time() - wall0
+    busy_during = busy[0]
+    backlog = {"clips_pending": sum(len(d.streams[s].pending) for s in ids),
+               "queries_queued": len(d.worker.queries)}
+    time.sleep(2.0)
+    t_stop = time.monotonic()
+    left = d.stop(timeout=30)
+    stop_s = time.monotonic() - t_stop
+    time.sleep(1.0)
+    sub.loop_stop()
+    sub.disconnect()
+    broker.stop()
+    rss.append((round(time.time() - wall0, 1), round(rss_mb(), 1)))
+
+    # ---- UTC error of every result
+    errs = [r["start"] - r["truth_start"] for r in records if r["truth_start"] is not None]
+    errs += [r["end"] - r["truth_end"] for r in records if r["truth_end"] is not None]
+    unknown = sum(r["truth_start"] is None or r["truth_end"] is None for r in records)
+    # ---- latency: publisher sent the last frame of the span -> subscriber got the message
+    pub = {p.stream: p for p in pubs}
+    truth_by_key = {(r["stream"], r["monitor"], round(r["end"], 3)): r for r in records}
+    lat: dict[str, list[float]] = {"events": [], "answers": []}
+    for topic, payload, t_recv in received:
+        kind = "events" if topic.endswith("/events") else "answers"
+        stream, monitor = payload.get("stream"), payload.get("monitor")
+        if kind == "answers":
+            parts = topic.split("/")
+            stream, monitor = parts[1], parts[2]
+        end = payload.get("end")
+        if stream not in pub or end is None:
+            continue
+        from datetime import datetime
+
+        end_ts = datetime.fromisoformat(end).timestamp()
+        rec = truth_by_key.get((stream, monitor, round(end_ts, 3)))
+        cap_end = rec["truth_end"] if rec and rec["truth_end"] is not None else end_ts
+        sent = pub[stream].wall_of(cap_end - FRAME / SR / 2)
+        if sent is not None:
+            lat[kind].append(t_recv - sent)
+    reg = metrics.registry
+
+    def total(name: str, **labels: str) -> float:
+        return sum(s.value for m in reg.collect() for s in m.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    by_monitor = {}
+    for mon in ("scene", "burst", "loud"):
+        by_monitor[mon] = {
+            "results": sum(r["monitor"] == mon for r in records),
+            "queries_run": total("fe_queries_total", monitor=mon),
+            "queries_missed": total("fe_queries_missed_total", monitor=mon),
+            "queries_failed": total("fe_queries_failed_total", monitor=mon),
+        }
+    clips_total = sum(d.streams[s].clips.next_index for s in ids)
+    result = {
+        "config": {"streams": a.streams, "audio_s": a.audio_s, "speed": a.speed, "model": a.model,
+                   "dtype": a.dtype, "every": a.every, "window": a.window,
+                   "new_tokens": a.new_tokens, "outages": outages},
+        "wall_s": round(time.time() - wall0, 1),
+        "worker_utilisation": round(busy_during / publish_wall, 3),  # busy while audio arrived
+        "encode_s_per_clip": round(total("fe_encode_seconds_sum")
+                                   / max(1.0, total("fe_clips_encoded_total")), 3),
+        "backlog_at_end": backlog,
+        "query_group_s": {mon: {"n": len(v), "p50": pct(v, 50), "mean": round(float(np.mean(v)), 3)}
+                          for mon in ("scene", "burst")
+                          for v in [[t for names, t in group_s if names == [mon]]] if v},
+        "frames_published": sum(len(p.sent_capture) for p in pubs),
+        "frames_in": total("fe_frames_in_total"),
+        "clips": clips_total,
+        "clips_encoded": total("fe_clips_encoded_total"),
+        # clips neither encoded nor counted as dropped (must be 0)
+        "clips_unaccounted": clips_total - total("fe_clips_encoded_total")
+        - total("fe_clips_dropped_total"),
+        "clips_dropped": {r: total("fe_clips_dropped_total", reason=r)
+                          for r in ("behind", "overwritten", "encoder_error", "shutdown")},
+        "monitors": by_monitor,
+        "timeline_pieces": {c: total("fe_timeline_pieces_total", cause=c)
+                            for c in ("start", "gap", "restart", "step", "drift")},
+        "alerts_raised": total("fe_alerts_raised_total"),
+        "latency_s": {k: {"n": len(v), "p50": pct(v, 50), "p95": pct(v, 95), "max": pct(v, 100)}
+                      for k, v in lat.items()},
+        "utc_error_s": {"n": len(errs), "unknown_results": unknown,
+                        "max_abs": round(max((abs(e) for e in errs), default=0.0), 4),
+                        "p95_abs": pct([abs(e) for e in errs], 95)},
+        "rss_mb": rss,
+        "stop": {"seconds": round(stop_s, 2), "abandoned": left},
+    }
+    name = a.name or f"soak-{a.model}-{a.dtype}-n{a.streams}"
+    path = C.write_result(name, result, machine)
+    C.log(json.dumps({k: result[k] for k in ("worker_utilisation", "encode_s_per_clip", "backlog_at_end",
+                                              "query_group_s",
+                                              "clips", "clips_encoded", "clips_dropped", "monitors",
+                                              "latency_s", "utc_error_s", "stop")}, indent=1))
+    C.log(f"[soak] wrote {path}")
+    os._exit(0)  # paho / worker threads are daemons; do not wait for them
+
+
+if __name__ == "__main__":
+    main()
