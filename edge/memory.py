@@ -30,6 +30,7 @@ class ClipEncoding:
     tokens: Any  # torch.Tensor (64, D)
     valid: bool  # False when the clip is (almost) only gap silence: masked out of queries
     reading: GateReading | None = None
+    held_end: int | None = None  # end of its real samples when cut (a break, a stalled tail)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ class MemoryView:
     @property
     def end(self) -> int:
         return self.clips[-1].end
+
+    @property
+    def held_end(self) -> int:
+        """End of the window's real samples (its evidence audio)."""
+        last = self.clips[-1]
+        return last.end if last.held_end is None else last.held_end
 
     @property
     def t_start(self) -> float | None:

@@ -46,6 +46,10 @@ class Metrics:
             "fe_encode_seconds", "Wall time of one batched encode call", registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
         )
+        self.clips_gap = Counter(
+            "fe_clips_gap", "Clips that were all gap silence: not encoded, masked in windows",
+            ["stream"], registry=r,
+        )
         self.clips_behind = Gauge(
             "fe_clips_behind", "Complete clips waiting to be encoded", ["stream"], registry=r
         )

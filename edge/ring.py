@@ -70,17 +70,6 @@ class Ring:
             self.dropped_samples += dropped
             return AppendResult(written=int(x.shape[0]), gap=gap, dropped=dropped)
 
-    def pad_to(self, index: int) -> int:
-        """Write silence up to ``index`` (used to flush a final partial clip). Returns samples."""
-        with self._lock:
-            if self.origin is None:
-                self.origin = self.write_pos = 0
-            n = max(0, int(index) - self.write_pos)
-            if n:
-                self._gaps.append((self.write_pos, self.write_pos + n))
-                self._write_zeros(n)
-            return n
-
     def _write(self, x: np.ndarray) -> None:
         n = x.shape[0]
         if n >= self.capacity:

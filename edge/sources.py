@@ -46,13 +46,15 @@ def build_sources(settings: Settings, metrics: Metrics, data_dir: Path,
             from streams.mic import MicSource
 
             out.append(MicSource(s.id, device=s.device, samplerate=s.samplerate,
-                                 channels=s.channels, metrics=metrics, stream_factory=mic_factory))
+                                 channels=s.channels, metrics=metrics, stream_factory=mic_factory,
+                                 max_gap_s=settings.audio.max_gap))
         else:
             mqtt_streams.append(s.id)
     if mqtt_streams:
         from streams.mqtt import MqttAudioSource
 
-        out.append(MqttAudioSource(mqtt_streams, settings.audio_mqtt, metrics=metrics))
+        out.append(MqttAudioSource(mqtt_streams, settings.audio_mqtt, metrics=metrics,
+                                   max_gap_s=settings.audio.max_gap))
     return out
 
 

@@ -29,7 +29,7 @@ def gate_result(h: HeardClip, cfg: Any, due: Due) -> MonitorResult:
         question=cfg.question or " or ".join(cfg.triggers),
         answer="", token_ids=(),
         verdict="positive" if due.positive else "negative",
-        start=s.span(spec.start, spec.end)[0], end=s.span(spec.start, spec.end)[1],
+        start=s.clip_span(spec)[0], end=s.clip_span(spec)[1],
         latency_s=0.0, model_id=GATE_MODEL_ID, severity=cfg.severity,
         level_dbfs=reading.level_dbfs, novelty=reading.novelty,
         extra={"reason": due.reason, "clip": spec.index, "peak_dbfs": reading.peak_dbfs,
@@ -57,7 +57,7 @@ def answer_result(s: StreamState, q: QueryGroup, view: MemoryView, cfg: Any, due
 
 def clip_audio(h: HeardClip) -> AudioSpan:
     """A reference to a clip's audio in its ring (no copy)."""
-    return AudioSpan(h.spec.start, h.spec.end, SR, h.stream.ring.read)
+    return AudioSpan(h.spec.start, h.spec.held_end, SR, h.stream.ring.read)  # real samples only
 
 
 class Emitter:

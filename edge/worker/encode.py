@@ -3,7 +3,9 @@
 `take_batch` picks up to ``audio.encode_batch`` pending clips **round robin** across the
 streams (the oldest pending clip of each in turn, starting one stream further every batch),
 so under overload every stream gets its share and none starves.
-`Encoding.hear` copies each clip out of its ring and runs the model-free gate on it (level,
+`Encoding.hear` skips clips that are (almost) all gap silence (``fe_clips_gap``: not heard,
+not encoded; their slot stays empty and is masked), copies each other clip out of its ring
+(a tail cut by a break or a stalled live stream as silence) and runs the model-free gate on it (level,
 novelty; published as metrics and to the sinks): this always happens, whatever the encoder
 does. `Encoding.encode` applies the loudness policy + int16 round trip and encodes the whole
 batch in **one** call of the encoder backend (`edge.encoder_backends`, or the model's own
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from ..config import LoudnessConfig
 
 log = logging.getLogger("flamingo_edge.scheduler")
+ALL_GAP = 0.99  # a clip with at least this share of gap silence is not encoded (masked)
 
 
 class ClipEncoder(Protocol):
@@ -106,10 +109,19 @@ class Encoding:
 
     def _read_and_gate(self, s: StreamState, spec: ClipSpec) -> HeardClip | None:
         m = self.metrics
-        x = s.ring.read(spec.start, spec.end)
-        if x is None:  # overwritten before we got to it
+        if s.gap_in(spec) >= ALL_GAP * (spec.end - spec.start):
+            # no captured audio in it (a short outage filled with silence): nothing to hear,
+            # nothing to encode; its slot stays empty and is masked in every window
+            m.clips_gap.labels(s.id).inc()
+            return None
+        held = s.ring.read(spec.start, spec.held_end)
+        if held is None:  # overwritten before we got to it
             m.clips_dropped.labels(s.id, "overwritten").inc()
             return None
+        x = held
+        if held.shape[0] < spec.end - spec.start:  # cut by a break or a stalled tail: silence
+            x = np.zeros(spec.end - spec.start, np.float32)
+            x[:held.shape[0]] = held
         reading = s.gate.process(x)
         s.last_reading = reading
         m.level_dbfs.labels(s.id).set(reading.level_dbfs)

@@ -78,7 +78,7 @@ class QueryExecution:
                     self.metrics.queries_missed.labels(s.id, cfg.name).inc()
                 log.warning("no valid audio in memory for %s; %d queries skipped", s.id, len(group))
                 continue
-            audio = AudioSpan(view.start, view.end, SR, s.ring.read)
+            audio = AudioSpan(view.start, view.held_end, SR, s.ring.read)
             by_dec: dict[Any, list[DueMonitor]] = {}  # Sampling -> monitors
             for cfg, due in group:
                 by_dec.setdefault(cfg.decoding.sampling(), []).append((cfg, due))

@@ -69,7 +69,7 @@ class InferenceWorker:
         a, w = settings.audio, settings.worker
         # the encoder backend (edge.encoder_backends); default: the model's own `encode`
         self.encoder: ClipEncoder | None = encoder if encoder is not None else model  # type: ignore[assignment]
-        self.collector = Collector(a, self.metrics, lossless)
+        self.collector = Collector(a, self.metrics, lossless, clock=clock)
         self.encoding = Encoding(self.encoder if model is not None else None, a.loudness,
                                  self.metrics, sink)
         self.queries = QueryQueue(self.metrics, lossless)

@@ -43,7 +43,8 @@ class StreamState:
         capacity = round((a.memory + a.clip + a.ring_margin) * SR)
         self.ring = Ring(capacity, SR)
         self.timeline = PieceLog(SR)  # sample index -> UTC, filled from the frames' pieces
-        self.clips = ClipScheduler(self.id, self.clip_len, self.hop)
+        self.clips = ClipScheduler(self.id, self.clip_len, self.hop,
+                                   min_partial=round(a.flush_partial * SR))
         g = settings.gate
         self.gate = Gate(SR, warmup_clips=g.warmup_clips, segment_s=g.segment, adapt=g.adapt,
                          adapt_below=g.adapt_below, min_std_db=g.min_std_db)
@@ -65,6 +66,20 @@ class StreamState:
     def span(self, start: int, end: int) -> tuple[datetime, datetime]:
         """UTC span of the samples ``[start, end)``."""
         return utc(self.timeline.utc_of(start)), utc(self.timeline.utc_end(end))
+
+    def clip_utc(self, spec: ClipSpec) -> tuple[float | None, float | None]:
+        """UTC of a clip's start and end, both on the piece its audio is on (a clip cut by a
+        break ends where its own piece says, not on the piece after the break)."""
+        p = self.timeline.piece_at(spec.held_end - 1)
+        return self.timeline.utc_of(spec.start), (None if p is None else p.utc_of(spec.end))
+
+    def clip_span(self, spec: ClipSpec) -> tuple[datetime, datetime]:
+        a, b = self.clip_utc(spec)
+        return utc(a), utc(b)
+
+    def gap_in(self, spec: ClipSpec) -> int:
+        """Samples of a clip that are not captured audio (gap silence, a cut tail)."""
+        return self.ring.gap_in(spec.start, spec.held_end) + (spec.end - spec.held_end)
 
     def offsets(self, start: int, end: int) -> list[float]:
         """Where ``[start, end)`` lies in the stream's audio, in seconds (a file's position)."""

@@ -159,3 +159,59 @@ def test_onnxruntime_encoder_backend_through_the_daemon(model, recording, tmp_pa
     streamed = memories[11]
     assert streamed.shape == offline.shape
     assert float((streamed - offline).norm() / offline.norm()) < 1e-4
+
+
+def test_streaming_equals_offline_with_drops_and_gaps(model, recording):
+    """The offline equality also holds when clips are dropped (backlog), a short outage left
+    an all-gap clip (not encoded) and a long outage started a fresh clip grid: every window is
+    its slot range, and its memory equals `AF2.memory` over the same clips with the same mask
+    (zero tokens in the masked slots)."""
+    from edge.config import load_settings
+    from edge.metrics import Metrics
+    from edge.windows import prepare_clip
+    from edge.worker import InferenceWorker, StreamState
+    from streams.timeline import Piece
+
+    s = load_settings(data={
+        "streams": [{"id": "rec", "source": "mqtt"}],
+        "monitors": [{"name": "minute", "question": QUESTION, "every": "10s", "window": "1m",
+                      "decoding": {"max_new_tokens": 1}}],
+        "audio": {"max_pending_clips": 2},
+    })
+    st = StreamState(s.streams[0], s)
+    views = {}
+    w = InferenceWorker({"rec": st}, s, model=model, metrics=Metrics(),
+                        on_memory=lambda sid, k, view, mem: views.__setitem__(k, (view, mem.clone())))
+    y, _ = sf.read(recording, dtype="float32")
+    C = 160000
+
+    def step_all():
+        while w.step():
+            pass
+
+    st.timeline.add(Piece(0, 1000.0))
+    st.ring.append(0, y[:4 * C])  # 4 clips at once, 2 may wait: slots 0 and 1 are dropped
+    step_all()
+    st.ring.append(5 * C, y[5 * C:6 * C])  # 10 s lost: slot 4 is all gap (not encoded)
+    step_all()
+    # a 5-min outage: a new piece with a fresh grid at the next sample, 30 slots skipped
+    st.timeline.add(Piece(6 * C, 1000.0 + 360.0, cause="gap", gap_s=300.0))
+    st.ring.append(6 * C, y[6 * C:8 * C])
+    step_all()
+    assert sorted(views) == [2, 3, 5, 36, 37]
+    encoded = {2: 2, 3: 3, 5: 5, 36: 6, 37: 7}  # slot -> clip of the recording
+    assert [c.index for c in st.memory.clips()] == [36, 37]  # 5 min later, the rest aged out
+    tokens = model.encode(torch.from_numpy(np.stack(
+        [prepare_clip(y[i * C:(i + 1) * C]) for i in encoded.values()])))
+    by_slot = dict(zip(encoded, tokens))
+    for k, (view, streamed) in views.items():
+        first = max(0, k - 5)
+        assert list(view.slots) == list(range(first, k + 1))
+        mask = torch.tensor([1.0 if j in by_slot else 0.0 for j in range(first, k + 1)])
+        toks = torch.stack([by_slot.get(j, torch.zeros_like(tokens[0])) for j in range(first, k + 1)])
+        assert torch.equal(view.mask, mask) and torch.equal(view.tokens, toks)
+        assert torch.equal(streamed, model.memory(toks, mask)), f"memory differs at slot {k}"
+    assert views[5][0].mask.tolist() == [0, 0, 1, 1, 0, 1]
+    assert views[5][0].t_start == 1020.0 and views[5][0].t_end == 1060.0
+    assert views[37][0].mask.sum() == 2 and list(views[37][0].slots) == list(range(32, 38))
+    assert views[37][0].t_start == 1360.0 and views[37][0].t_end == 1380.0

@@ -12,6 +12,7 @@ from streams.timeline import Piece
 from .fakes import FakeModel
 
 SR = 16000
+GATE = [{"name": "each", "kind": "gate", "triggers": ["level_dbfs > -90"], "cooldown": 0}]
 
 
 def setup(monitors=(), streams=("a", "b"), model=None, worker=None, clock=time.monotonic,
@@ -157,14 +158,18 @@ def test_without_a_model_only_gate_monitors_run():
 
 def test_gap_only_clips_are_masked_out():
     model = FakeModel()
-    w, st, results, _ = setup([{"name": "k", "question": "q", "every": "30s", "window": "30s"}],
+    w, st, results, m = setup([{"name": "k", "question": "q", "every": "30s", "window": "30s"}],
                               streams=("a",), model=model)
     feed(st["a"], 10)
     feed(st["a"], 10, start=st["a"].ring.write_pos + 10 * SR)  # 10 s lost upstream
     run_all(w)
-    clips = st["a"].memory.clips()
-    assert [c.valid for c in clips] == [True, False, True]
-    assert results[0][0].extra["masked"] == 1
+    # the all-gap clip is not encoded (it was, 0.6 s each, right after an outage) and its
+    # slot is masked in the window
+    assert [c.index for c in st["a"].memory.clips()] == [0, 2]
+    assert sum(model.encode_calls) == 2 and m.clips_gap.labels("a")._value.get() == 1
+    r = results[0][0]
+    assert r.extra["masked"] == 1 and r.extra["clips"] == [0, 2]
+    assert r.start.timestamp() == 1000.0 and r.end.timestamp() == 1030.0
 
 
 def test_overlapping_hop():
@@ -175,3 +180,43 @@ def test_overlapping_hop():
     clips = st["a"].memory.clips()
     assert [c.start for c in clips] == [i * 5 * SR for i in range(5)]
     assert st["a"].memory_clips == 30
+
+
+def test_live_partial_clip_is_heard_when_audio_stops_not_when_it_resumes():
+    """A live stream stops 4 s into a clip: the clip is handed out (its tail silence) once
+    the rest of it plus a grace is overdue, while the outage is still going on."""
+    now = [0.0]
+    w, st, results, m = setup(GATE, streams=("a",), clock=lambda: now[0])
+    feed(st["a"], 14)
+    run_all(w)
+    assert [r.extra["clip"] for r, _ in results] == [0]
+    now[0] += 7.9  # 6 s of the clip missing + 2 s grace not yet over
+    run_all(w)
+    assert len(results) == 1
+    now[0] += 0.2
+    run_all(w)
+    assert [r.extra["clip"] for r, _ in results] == [0, 1]
+    r, span = results[1]
+    assert r.start.timestamp() == 1010.0 and r.end.timestamp() == 1020.0
+    audio = span.read()  # the evidence is the 4 s that were heard
+    assert audio.shape == (4 * SR,) and audio.any()
+
+
+def test_a_30_day_jump_through_the_worker_is_o1_and_windows_stay_true():
+    """A mic reopening 30 days later (an RTC-less board's clock, or a long outage) used to make
+    one record per 10 s of the jump under the worker lock (259 194 for 30 days)."""
+    model = FakeModel()
+    w, st, results, _ = setup([{"name": "k", "question": "q", "every": "10s", "window": "30s"}],
+                              streams=("a",), model=model)
+    feed(st["a"], 20)
+    run_all(w)
+    st["a"].timeline.add(Piece(20 * SR, 1020.0 + 30 * 86400, cause="reopen", gap_s=30 * 86400))
+    feed(st["a"], 10)
+    t0 = time.perf_counter()
+    w.collect()
+    assert time.perf_counter() - t0 < 0.05
+    run_all(w)
+    r = results[-1][0]
+    assert r.extra["clip"] == 2 + 259200 and r.extra["clips"] == [259202]
+    assert r.extra["masked"] == 2  # the two slots before it: 30 days ago is not 'the last 30 s'
+    assert r.start.timestamp() == 1020.0 + 30 * 86400 and r.end.timestamp() == 1030.0 + 30 * 86400
