@@ -108,6 +108,9 @@ class AudioConfig(_Base):
     max_pending_clips: int = Field(6, ge=1)  # per stream; beyond it the oldest are dropped
     encode_batch: int = Field(8, ge=1)  # most clips in one encode call
     flush_partial: Duration = 2.0  # at the end of a finite source, pad a tail this long or more
+    # a live input away longer than this starts a new timeline piece with a fresh clip grid
+    # (no made-up silence); a shorter absence becomes silence on the same clip grid
+    max_gap: Duration = 60.0
 
     @model_validator(mode="after")
     def _check(self) -> "AudioConfig":
@@ -122,6 +125,8 @@ class AudioConfig(_Base):
         from .windows import MAX_CLIPS, clips_for
 
         n = clips_for(self.memory, self.clip, self.hop)
+        if self.max_gap < 0:
+            raise ValueError("max_gap must not be negative")
         if n > MAX_CLIPS:
             longest = self.clip + (MAX_CLIPS - 1) * self.hop
             raise ValueError(

@@ -111,3 +111,16 @@ def test_mic_samplerate_is_range_checked():
         assert "streams.0.samplerate" in str(e.value)
     s = load_settings(data={"streams": [{"id": "m", "source": "mic", "samplerate": 48000}]})
     assert s.streams[0].samplerate == 48000
+
+
+def test_audio_max_gap_reaches_the_sources_timelines(tmp_path):
+    from edge.metrics import Metrics
+    from edge.sources import build_sources
+
+    s = load_settings(data={"audio": {"max_gap": "5s"},
+                            "streams": [{"id": "m", "source": "mqtt"}, {"id": "k", "source": "mic"}]})
+    srcs = {type(x).__name__: x for x in build_sources(s, Metrics(), tmp_path)}
+    assert srcs["MqttAudioSource"].timeline("m").max_gap_s == 5.0
+    assert srcs["MicSource"].timeline.max_gap_s == 5.0
+    with pytest.raises(ConfigError):
+        load_settings(data={"audio": {"max_gap": "-1s"}})
