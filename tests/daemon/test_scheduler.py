@@ -186,7 +186,7 @@ def test_live_partial_clip_is_heard_when_audio_stops_not_when_it_resumes():
     """A live stream stops 4 s into a clip: the clip is handed out (its tail silence) once
     the rest of it plus a grace is overdue, while the outage is still going on."""
     now = [0.0]
-    w, st, results, m = setup(GATE, streams=("a",), clock=lambda: now[0])
+    w, st, results, _ = setup(GATE, streams=("a",), clock=lambda: now[0])
     feed(st["a"], 14)
     run_all(w)
     assert [r.extra["clip"] for r, _ in results] == [0]
