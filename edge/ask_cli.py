@@ -28,10 +28,12 @@ DTYPE_CHOICES = ["float32", "float16", "bfloat16"]
 @click.option("--temperature", type=click.FloatRange(0.0, min_open=True), default=1.0,
               show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="float32", show_default=True)
+@click.option("--quantize", type=click.Choice(["none", "int8", "int4"]), default="none",
+              show_default=True, help="Weight-only quantization of the decoder (docs/PERFORMANCE.md).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def ask(model_dir, audio_file, question, max_windows, max_new_tokens, greedy, top_k, top_p, seed,
-        temperature, dtype, device, as_json):
+        temperature, dtype, quantize, device, as_json):
     """Answer QUESTION about AUDIO_FILE with Audio Flamingo 2."""
     sampling = top_k is not None or top_p is not None or seed is not None
     if greedy and sampling:
@@ -43,7 +45,7 @@ def ask(model_dir, audio_file, question, max_windows, max_new_tokens, greedy, to
     timings: dict[str, float] = {}
     t = time.perf_counter()
     try:
-        m = AF2.load(model_dir, dtype=dtype, device=device)
+        m = AF2.load(model_dir, dtype=dtype, device=device, quantize=quantize)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     timings["load_s"] = time.perf_counter() - t

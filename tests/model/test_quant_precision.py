@@ -117,3 +117,29 @@ def test_config_defaults_to_auto_and_checks_quantize():
     assert load_settings(data={"model": {"quantize": "int4"}}).model.quantize == "int4"
     with pytest.raises(ConfigError, match="quantize"):
         load_settings(data={"model": {"quantize": "int2"}})
+
+
+def test_daemon_loads_with_auto_dtype_and_quantize(fixture_dir):
+    from edge.daemon import load_model
+
+    m = load_model(fixture_dir / "checkpoint", "auto", "cpu", "int8")
+    assert m.quantize == "int8" and isinstance(m.modules.decoder.embed_tokens, quant.Int8Embedding)
+    assert str(m.dtype).replace("torch.", "") in ("float32", "bfloat16")
+    assert m.encoder_dtype in ("float32", "bfloat16")  # the encoder backend's default
+    assert load_model(fixture_dir / "checkpoint", "float32", "cpu").encoder_dtype == "float32"
+
+
+def test_ask_cli_quantize_option_answers_like_the_quantized_model(fixture_dir):
+    import json
+    import subprocess
+    import sys
+
+    wav, q = fixture_dir / "input.wav", "Is the compressor knocking?"
+    out = subprocess.run([sys.executable, "-m", "edge", "ask", "--model", str(fixture_dir / "checkpoint"),
+                          str(wav), q, "--quantize", "int8", "--max-new-tokens", "6", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    m = AF2.load(fixture_dir / "checkpoint", quantize="int8")
+    clips, mask = m.prepare_file(wav)
+    want = m.ask(m.memory(m.encode(clips), mask), mask, q, Sampling(max_new_tokens=6))
+    assert json.loads(out.stdout)["token_ids"] == want.token_ids
