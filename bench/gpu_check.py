@@ -169,12 +169,12 @@ def encoder_sweep(model, dev: str, batches: list[int], min_s: float) -> list[dic
                 rows.append(row)
                 print(f"encoder {dt} batch {n}: {cps:.1f} clips/s, parity "
                       + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()), flush=True)
-            del b
         except Deadline:
             raise
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
-            rows.append({"dtype": dt, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+            first = str(e).splitlines()[0] if str(e) else ""
+            rows.append({"dtype": dt, "error": f"{type(e).__name__}: {first}"})
     return rows
 
 
