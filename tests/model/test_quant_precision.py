@@ -18,8 +18,8 @@ MODULES = [(quant.Int8Linear, {}), (quant.Int4Linear, {"group": 64, "packed_cpu"
 def test_quantized_linear_computes_x_times_its_dequantized_weight(cls, kw, monkeypatch):
     g = torch.Generator().manual_seed(0)
     w, x = torch.randn(304, 256, generator=g), torch.randn(5, 256, generator=g)
-    m = cls(256, 304, True, torch.float32, **kw)
-    m.bias.data.normal_(generator=g)
+    m = cls(256, 304, True, torch.float32, **kw).requires_grad_(False)
+    m.bias.normal_(generator=g)
     m.quantize_from(lambda i, j: w[i:j])
     deq = m.dequantized(torch.float32)
     # the CPU kernels take bf16 activations (fast only so): bf16 rounding of x, nothing more
