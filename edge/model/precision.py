@@ -12,7 +12,8 @@
     token, so it is fastest in the narrowest dtype the matrix-vector product measures faster
     in. One model holds one copy of its weights, so the stages share a dtype unless the
     matrix-matrix stages would pay more than the decode step gains: then float32, and the log
-    line points at `model.quantize: int8` (weight-only, float32 activations) for the decode step.
+    line points at `model.quantize: int8` (weight-only; the CPU kernel takes bf16 activations, so
+    its speed there is unmeasured) for the decode step.
 
 The choice and the numbers behind it are logged once at load (`flamingo_edge.model.precision`).
 """
@@ -102,7 +103,7 @@ def decide_cpu(measured: dict[str, float]) -> Choice:
                       f"bf16 ({nums}): decoder float32, encoder bfloat16", measured)
     why = f"bf16 matrix products are emulated here ({nums})"
     if step == "bfloat16":
-        why += "; for narrow decode-step weights set model.quantize: int8 (float32 activations)"
+        why += "; for narrow decode-step weights try model.quantize: int8 (measure it first)"
     return Choice("float32", "float32", stages, why, measured)
 
 
