@@ -36,3 +36,7 @@ cli.add_command(_engines)
 from edge.model_cli import model as _model  # noqa: E402
 
 cli.add_command(_model)
+
+from edge.probe_cli import probe as _probe  # noqa: E402
+
+cli.add_command(_probe)

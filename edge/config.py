@@ -23,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -145,7 +146,7 @@ class GateConfig(_Base):
 
 class StreamConfig(_Base):
     id: str
-    source: Literal["file", "mic", "mqtt"]
+    source: Literal["file", "mic", "mqtt", "url"]
     # file
     path: Path | None = None
     speed: float = Field(1.0, ge=0)  # 1 = real time, N = N times, 0 = as fast as possible
@@ -154,6 +155,20 @@ class StreamConfig(_Base):
     device: str | int | None = None
     samplerate: int | None = Field(None, ge=1000, le=384000)  # None: the device default
     channels: int = Field(1, ge=1, le=32)
+    # url (docs/SOURCES.md): rtsp://, rtsps://, http(s):// or anything FFmpeg opens
+    url: str | None = None
+    # "user:password", from the environment variable named here, a file, or inline
+    url_credentials_env: str | None = None
+    url_credentials_file: Path | None = None
+    url_credentials: SecretStr | None = None
+    track: int | None = Field(None, ge=0)  # audio track index (default: the first audio track)
+    language: str | None = None  # or the first audio track in this language
+    transport: Literal["tcp", "udp"] = "tcp"  # RTSP transport
+    open_timeout: Duration = Field(10.0, gt=0)
+    stall_timeout: Duration = Field(5.0, gt=0)  # no packet this long: reconnect
+    backoff_max: Duration = Field(60.0, gt=0)
+    fatal_retry: Duration = Field(300.0, gt=0)  # retry period after 401/403/404/no audio
+    ffmpeg_options: dict[str, str] = Field(default_factory=dict)
     # free-form labels usable in question templates, e.g. {location}
     labels: dict[str, str] = Field(default_factory=dict)
 
@@ -166,6 +181,27 @@ class StreamConfig(_Base):
     def _check(self) -> "StreamConfig":
         if self.source == "file" and self.path is None:
             raise ValueError("a file stream needs `path`")
+        if self.source == "url":
+            if not self.url:
+                raise ValueError("a url stream needs `url`")
+            if "@" in self.url.split("://", 1)[-1].split("/", 1)[0]:
+                raise ValueError("url: put the credentials in url_credentials_env, "
+                                 "url_credentials_file or url_credentials, not in the URL")
+            if self.url_credentials is None and self.url_credentials_env:
+                v = os.environ.get(self.url_credentials_env)
+                if not v:
+                    raise ValueError(f"url_credentials_env: environment variable "
+                                     f"{self.url_credentials_env} is not set")
+                self.url_credentials = SecretStr(v.strip())
+            if self.url_credentials is None and self.url_credentials_file is not None:
+                try:
+                    v = Path(self.url_credentials_file).expanduser().read_text(encoding="utf-8")
+                except OSError as e:
+                    raise ValueError(f"url_credentials_file: cannot read "
+                                     f"({e.strerror or type(e).__name__})") from None
+                self.url_credentials = SecretStr(v.strip())
+            if self.url_credentials is not None and ":" not in self.url_credentials.get_secret_value():
+                raise ValueError("url credentials must be `user:password`")
         return self
 
 
@@ -346,6 +382,10 @@ class Settings(BaseSettings):
         out = list(self.alerts.secrets())
         if self.mqtt is not None and self.mqtt.password is not None:
             out.append(self.mqtt.password.get_secret_value())
+        for st in self.streams:
+            if st.url_credentials is not None:
+                cred = st.url_credentials.get_secret_value()
+                out.extend([cred, cred.partition(":")[2]])
         return [s for s in out if s]
 
 

@@ -353,6 +353,12 @@ class Daemon:
                 for sid, s in self.streams.items()
             },
         }
+        for src in self.sources:  # network sources report their state (URLs redacted)
+            status = getattr(src, "status", None)
+            if callable(status):
+                for sid, st in status().items():
+                    if sid in h["streams"]:
+                        h["streams"][sid]["source"] = st
         if self.alerts_pipeline is not None:
             a = self.alerts_pipeline.health()
             h["alerts"] = a

@@ -35,6 +35,16 @@ class Metrics:
             "fe_clock_untrusted", "Frames whose capture time was too far from this machine's clock",
             ["stream"], registry=r,
         )
+        self.source_up = Gauge(
+            "fe_source_up", "1 while a network source is receiving audio", ["stream"], registry=r
+        )
+        self.source_errors = Counter(
+            "fe_source_errors", "Network source failures (auth, not_found, no_audio, stall, "
+            "network, eof, error)", ["stream", "reason"], registry=r,
+        )
+        self.source_corrupt = Counter(
+            "fe_source_corrupt_packets", "Corrupt packets counted and skipped", ["stream"], registry=r
+        )
         # --- encoding (edge/) ---
         self.clips_encoded = Counter("fe_clips_encoded", "Clips encoded", ["stream"], registry=r)
         # reason: behind (encoding fell behind real time), overwritten (left the ring before

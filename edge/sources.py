@@ -26,7 +26,7 @@ log = structlog.get_logger("edge.daemon")
 def build_sources(settings: Settings, metrics: Metrics, data_dir: Path,
                   speed: float | None = None, loop: bool | None = None,
                   mic_factory: Any = None) -> list[Source]:
-    """One source per file/mic stream, one MQTT client for all MQTT streams."""
+    """One source per file/mic/url stream, one MQTT client for all MQTT streams."""
     from streams.file import FileSource
 
     out: list[Source] = []
@@ -48,6 +48,16 @@ def build_sources(settings: Settings, metrics: Metrics, data_dir: Path,
             out.append(MicSource(s.id, device=s.device, samplerate=s.samplerate,
                                  channels=s.channels, metrics=metrics, stream_factory=mic_factory,
                                  max_gap_s=settings.audio.max_gap))
+        elif s.source == "url":
+            from streams.url import UrlSource
+
+            assert s.url is not None
+            cred = s.url_credentials.get_secret_value() if s.url_credentials else None
+            out.append(UrlSource(s.id, s.url, credentials=cred, track=s.track, language=s.language,
+                                 transport=s.transport, open_timeout=s.open_timeout,
+                                 stall_timeout=s.stall_timeout, backoff_max=s.backoff_max,
+                                 fatal_retry=s.fatal_retry, options=s.ffmpeg_options,
+                                 max_gap_s=settings.audio.max_gap, metrics=metrics))
         else:
             mqtt_streams.append(s.id)
     if mqtt_streams:

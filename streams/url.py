@@ -1,0 +1,494 @@
+"""URL source: RTSP/RTSPS cameras, NVR restreams, HTTP(S) streams, anything FFmpeg opens.
+
+Decoding is FFmpeg's, through PyAV (the ``url`` extra; imported lazily, so the daemon runs
+without it when no URL stream is configured). One source feeds one stream from one audio
+track (the first by default, or ``track`` = index among the audio tracks, or ``language``).
+Decoded frames are turned into float32 (sample format only) and downmixed + resampled to
+16 kHz mono by `streams.base.Converter`, the one converter every source uses.
+
+Failure is a state, not a crash (`UrlSource.status`):
+
+- EOF, a stall (no packet for ``stall_timeout``), a server restart or a network error:
+  reconnect after ``backoff`` doubling from ``backoff_initial`` to ``backoff_max``, each
+  delay randomised by +-``jitter`` so a fleet of cameras behind one NVR does not reconnect
+  in lockstep; the backoff resets once a session has delivered audio.
+- A refused login (401/403), a missing path (404) or a URL without an audio track is a
+  configuration problem: one clear error line naming the stream, then retries every
+  ``fatal_retry`` seconds (the camera may be fixed without restarting us), logged again only
+  when the problem changes.
+- Corrupt packets (flagged by the demuxer, or rejected by the decoder) are counted and skipped.
+
+URLs are never logged or reported with credentials: `redact_url` drops the user info and
+the query string; FFmpeg's error text is reduced to its reason (it quotes the URL).
+
+Timeline (today's `Frame` interface: a 16 kHz sample index and the capture time of sample 0):
+
+- A session's audio is placed by **arrival time**. Packets can arrive late (network, the
+  probe burst after connecting) but never before they were captured, so the capture time of
+  a session's first sample is estimated as the minimum over its first ``settle`` seconds of
+  ``arrival - position_in_session`` (a lower envelope); the frames are held for that long.
+- Within a session, the stream's own timestamps place the frames: a jump in PTS (packets
+  lost) is a gap on the sample clock, never stretched audio; audio behind the PTS already
+  seen (duplicates) is dropped.
+- Drift: the same lower envelope is tracked over ``drift_window``; when the sender's clock
+  has drifted from ours by more than ``drift_tolerance`` the difference is inserted as a gap
+  (sender slow) or dropped (sender fast), counted in ``drift_samples``; audio is never resampled
+  to fit.
+- A reconnect is a break: the new session starts at its own estimated capture time, and the
+  time in between is a gap (silence on the sample clock, counted by the ring as a gap).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import numpy as np
+import structlog
+
+from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
+
+log = structlog.get_logger("streams.url")
+
+_INSTALL_HINT = "URL streams need PyAV: pip install 'flamingo-edge[url]'"
+
+
+def import_av():
+    try:
+        import av
+    except ImportError as e:
+        raise RuntimeError(_INSTALL_HINT) from e
+    return av
+
+
+def redact_url(url: str) -> str:
+    """``rtsp://user:pw@cam:554/live?token=x`` -> ``rtsp://***@cam:554/live?***``."""
+    try:
+        p = urlsplit(url)
+    except ValueError:
+        return "(unparsable URL)"
+    if not p.scheme or not p.netloc:
+        # a file path or a device: no credentials to hide, but drop any query
+        return url.split("?", 1)[0] + ("?***" if "?" in url else "")
+    host = p.netloc.rsplit("@", 1)[-1]
+    netloc = ("***@" if "@" in p.netloc else "") + host
+    return urlunsplit((p.scheme, netloc, p.path, "***" if p.query else "", ""))
+
+
+def url_with_credentials(url: str, credentials: str | None) -> str:
+    """Put ``user:password`` into the URL's user info (percent-encoded)."""
+    if not credentials:
+        return url
+    user, _, password = credentials.partition(":")
+    p = urlsplit(url)
+    host = p.netloc.rsplit("@", 1)[-1]
+    info = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    return urlunsplit((p.scheme, f"{info}@{host}", p.path, p.query, p.fragment))
+
+
+class NoAudioTrack(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Track:
+    index: int  # among the audio tracks
+    stream_index: int  # among all of the input's streams
+    codec: str
+    sample_rate: int
+    channels: int
+    language: str | None
+
+    def describe(self) -> str:
+        lang = f", language {self.language}" if self.language else ""
+        return f"audio track {self.index}: {self.codec}, {self.sample_rate} Hz, {self.channels} ch{lang}"
+
+
+def open_input(url: str, *, credentials: str | None = None, transport: str = "tcp",
+               open_timeout: float = 10.0, read_timeout: float = 5.0,
+               options: dict[str, str] | None = None):
+    """Open ``url`` with FFmpeg (PyAV). RTSP runs over ``transport`` (tcp by default)."""
+    av = import_av()
+    opts = {}
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("rtsp", "rtsps"):
+        opts["rtsp_transport"] = transport
+        opts["timeout"] = str(int(read_timeout * 1e6))  # socket I/O timeout, microseconds
+    elif scheme in ("http", "https"):
+        opts["rw_timeout"] = str(int(read_timeout * 1e6))
+    opts.update(options or {})
+    return av.open(url_with_credentials(url, credentials), mode="r", options=opts,
+                   timeout=(open_timeout, read_timeout))
+
+
+def audio_tracks(container) -> list[Track]:
+    out = []
+    for s in container.streams:
+        if s.type != "audio":
+            continue
+        cc = s.codec_context
+        out.append(Track(len(out), s.index, cc.name, int(cc.sample_rate or 0),
+                         int(getattr(cc, "channels", 0) or cc.layout.nb_channels or 0),
+                         s.language or s.metadata.get("language")))
+    return out
+
+
+def select_track(tracks: list[Track], track: int | None, language: str | None) -> Track:
+    if not tracks:
+        raise NoAudioTrack("the input has no audio track")
+    if language is not None:
+        for t in tracks:
+            if t.language and t.language.lower() == language.lower():
+                return t
+        raise NoAudioTrack(f"no audio track in language {language!r} "
+                           f"(tracks: {', '.join(t.language or '?' for t in tracks)})")
+    if track is not None:
+        if track >= len(tracks):
+            raise NoAudioTrack(f"audio track {track} requested, the input has {len(tracks)}")
+        return tracks[track]
+    return tracks[0]
+
+
+_INT_SCALE = {"u8": None, "s16": 32768.0, "s32": 2147483648.0, "s64": 9.223372036854775808e18}
+
+
+def frame_samples(frame) -> np.ndarray:
+    """A decoded `av.AudioFrame` as float32 ``(n, channels)`` at its own rate (format only:
+    no resampling, no downmix; that is the `Converter`'s job)."""
+    a = frame.to_ndarray()
+    fmt = frame.format
+    ch = frame.layout.nb_channels
+    if fmt.is_planar:
+        x = a.T  # (channels, n) -> (n, channels)
+    else:
+        x = a.reshape(-1, ch)
+    base = fmt.name.rstrip("p")
+    if base == "u8":
+        return (x.astype(np.float32) - 128.0) / 128.0
+    scale = _INT_SCALE.get(base)
+    if scale is not None:
+        return x.astype(np.float32) / np.float32(scale)
+    return x.astype(np.float32, copy=False)
+
+
+# how a failure is reported and retried
+FATAL_KINDS = ("auth", "not_found", "no_audio")
+
+
+def classify(e: BaseException) -> tuple[str, str]:
+    """-> (kind, one-line reason without the URL)."""
+    av = import_av()
+    err = av.error
+    if isinstance(e, NoAudioTrack):
+        return "no_audio", str(e)
+    if isinstance(e, (err.HTTPUnauthorizedError, err.HTTPForbiddenError)):
+        return "auth", f"login refused ({e.strerror})"
+    if isinstance(e, err.HTTPNotFoundError):
+        return "not_found", f"not found ({e.strerror})"
+    if isinstance(e, err.ExitError):  # PyAV's timeout interrupted a blocking call
+        return "stall", "no data within the timeout"
+    if isinstance(e, err.FFmpegError):
+        return "network", str(e.strerror or type(e).__name__)
+    if isinstance(e, OSError):
+        return "network", e.strerror or type(e).__name__
+    return "error", f"{type(e).__name__}: {e}"
+
+
+@dataclass
+class _Session:
+    rate: int = 0
+    conv: Converter | None = None
+    pts0: float | None = None  # seconds, PTS of the session's first frame
+    in_pos: int = 0  # input samples (at ``rate``) placed so far in this session
+    out_pos: int = 0  # 16 kHz samples (audio + in-session gaps) placed so far
+    first_arrival: float | None = None
+    start_est: float = float("inf")  # lower envelope: UTC of the session's input sample 0
+    held: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    base: int | None = None  # stream sample index of the session's sample 0 once settled
+    t0: float = 0.0  # UTC the session's input sample 0 is mapped to (after settling)
+    corr: int = 0  # drift corrections applied (16 kHz samples; + gap inserted, - dropped)
+    drop: int = 0  # 16 kHz samples still to drop (sender running fast)
+    lags: deque = field(default_factory=deque)  # (arrival, lag)
+    audio_s: float = 0.0
+
+
+class UrlSource(Source):
+    def __init__(
+        self,
+        stream: str,
+        url: str,
+        *,
+        credentials: str | None = None,
+        track: int | None = None,
+        language: str | None = None,
+        transport: str = "tcp",
+        open_timeout: float = 10.0,
+        stall_timeout: float = 5.0,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
+        fatal_retry: float = 300.0,
+        jitter: float = 0.2,
+        settle: float = 1.0,
+        drift_window: float = 30.0,
+        drift_tolerance: float = 0.1,
+        options: dict[str, str] | None = None,
+        metrics=None,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.streams = (stream,)
+        self.stream = stream
+        self.url = url
+        self.safe_url = redact_url(url)
+        self._credentials = credentials
+        self.track, self.language = track, language
+        self.transport = transport
+        self.open_timeout, self.stall_timeout = open_timeout, stall_timeout
+        self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self.fatal_retry, self.jitter = fatal_retry, jitter
+        self.settle = settle
+        self.drift_window, self.drift_tolerance = drift_window, drift_tolerance
+        self.options = dict(options or {})
+        self.metrics = metrics
+        self.clock = clock
+        self.rng = rng
+        # status (read by health; written by the source thread only)
+        self.state = "idle"  # idle | connecting | streaming | retrying | failed | stopped
+        self.error: str | None = None
+        self.error_kind: str | None = None
+        self.track_info: Track | None = None
+        self.connects = 0
+        self.reconnects = 0
+        self.failures: dict[str, int] = {}
+        self.corrupt_packets = 0
+        self.drift_samples = 0
+        self.dropped_samples = 0  # duplicate audio (behind the PTS already placed)
+        self.next_retry: float | None = None
+        # timeline
+        self._anchor: float | None = None  # UTC of stream sample index 0
+        self._index = 0
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, dict[str, Any]]:
+        s: dict[str, Any] = {"state": self.state, "url": self.safe_url, "connects": self.connects,
+                             "reconnects": self.reconnects, "corrupt_packets": self.corrupt_packets}
+        if self.error:
+            s["error"] = self.error
+            s["error_kind"] = self.error_kind
+        if self.failures:
+            s["failures"] = dict(self.failures)
+        if self.track_info is not None:
+            s["track"] = self.track_info.describe()
+        if self.next_retry is not None and self.state in ("retrying", "failed"):
+            s["retry_in_s"] = round(max(0.0, self.next_retry - time.monotonic()), 1)
+        return {self.stream: s}
+
+    def describe(self) -> str:
+        return f"url {self.safe_url}"
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        if self.metrics is not None:
+            self.metrics.source_up.labels(self.stream).set(1 if state == "streaming" else 0)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        attempt = 0  # consecutive failures without audio
+        last_logged: tuple[str, str] | None = None
+        first = True
+        while not stop.is_set():
+            if not first:
+                self.reconnects += 1
+                if self.metrics is not None:
+                    self.metrics.source_reopens.labels(self.stream).inc()
+            first = False
+            self._set_state("connecting")
+            sess = _Session()
+            kind, reason = "eof", "the stream ended"
+            try:
+                self._session(sess, emit, stop)
+            except Exception as e:  # noqa: BLE001 - every failure is a state
+                kind, reason = classify(e)
+            finally:
+                self._flush_held(sess, emit)
+            if stop.is_set():
+                break
+            if sess.audio_s > 0:
+                attempt = 0  # it worked for a while: start the backoff over
+            self.failures[kind] = self.failures.get(kind, 0) + 1
+            if self.metrics is not None:
+                self.metrics.source_errors.labels(self.stream, kind).inc()
+            self.error, self.error_kind = reason, kind
+            if kind in FATAL_KINDS:
+                delay = self.fatal_retry
+                self._set_state("failed")
+            else:
+                delay = min(self.backoff_max, self.backoff_initial * (2 ** attempt))
+                attempt += 1
+                self._set_state("retrying")
+            delay *= 1.0 + self.jitter * (2.0 * self.rng() - 1.0)
+            if last_logged != (kind, reason):
+                level = log.error if kind in FATAL_KINDS else log.warning
+                level(f"stream {self.stream}: {reason}; retrying in {delay:.1f} s",
+                      stream=self.stream, url=self.safe_url, kind=kind)
+                last_logged = (kind, reason)
+            else:
+                log.debug("stream retry", stream=self.stream, kind=kind, retry_s=round(delay, 1))
+            self.next_retry = time.monotonic() + delay
+            stop.wait(delay)
+        self._set_state("stopped")
+
+    def _session(self, sess: _Session, emit: Emit, stop: threading.Event) -> None:
+        av = import_av()
+        container = open_input(self.url, credentials=self._credentials, transport=self.transport,
+                               open_timeout=self.open_timeout, read_timeout=self.stall_timeout,
+                               options=self.options)
+        try:
+            t = select_track(audio_tracks(container), self.track, self.language)
+            self.track_info = t
+            astream = container.streams[t.stream_index]
+            self.connects += 1
+            for packet in container.demux(astream):
+                if stop.is_set():
+                    return
+                if packet.size == 0:
+                    continue  # the demuxer's flush packet at EOF
+                if packet.is_corrupt:
+                    self._corrupt()
+                    continue
+                try:
+                    frames = astream.codec_context.decode(packet)
+                except av.error.ExitError:
+                    raise
+                except (av.error.InvalidDataError, av.error.UndefinedError, ValueError):
+                    self._corrupt()
+                    continue
+                arrival = self.clock()
+                for fr in frames:
+                    self._place(sess, fr, arrival, emit)
+                    if self.state != "streaming" and sess.base is not None:
+                        self._set_state("streaming")
+                        self.error = self.error_kind = None
+                        log.info(f"stream {self.stream}: receiving audio", stream=self.stream,
+                                 url=self.safe_url, track=t.describe())
+                if sess.base is None and sess.first_arrival is not None \
+                        and arrival - sess.first_arrival >= self.settle:
+                    self._settle(sess, emit)
+        finally:
+            try:
+                container.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _corrupt(self) -> None:
+        self.corrupt_packets += 1
+        if self.metrics is not None:
+            self.metrics.source_corrupt.labels(self.stream).inc()
+
+    # ------------------------------------------------------------------ timeline
+    def _place(self, sess: _Session, fr, arrival: float, emit: Emit) -> None:
+        rate = int(fr.sample_rate)
+        x = frame_samples(fr)
+        if sess.conv is None or rate != sess.rate:
+            if sess.conv is not None:  # the rate changed mid-session: continue at the new rate
+                sess.in_pos = round(sess.in_pos * rate / sess.rate)
+            sess.rate, sess.conv = rate, Converter(rate, SAMPLE_RATE)
+        n = x.shape[0]
+        # where the stream's own timestamps put this frame, in input samples since the session start
+        if fr.pts is not None and fr.time_base is not None:
+            pts_s = float(fr.pts * fr.time_base)
+            if sess.pts0 is None:
+                sess.pts0 = pts_s
+            pos = round((pts_s - sess.pts0) * rate)
+        else:
+            pos = sess.in_pos
+        tol = max(2, rate // 200)  # 5 ms
+        if pos > sess.in_pos + tol:  # packets lost: a gap, not stretched audio
+            gap_in = pos - sess.in_pos
+            sess.in_pos = pos
+            sess.out_pos += round(gap_in * SAMPLE_RATE / rate)
+        elif pos < sess.in_pos - tol:  # behind what we already placed: drop the overlap
+            skip = min(n, sess.in_pos - pos)
+            self.dropped_samples += skip
+            x = x[skip:]
+        if x.shape[0] == 0:
+            return
+        sess.in_pos += x.shape[0]
+        sess.audio_s += x.shape[0] / rate
+        y = sess.conv(x)
+        if sess.first_arrival is None:
+            sess.first_arrival = arrival
+        # lower envelope of the capture time of the session's sample 0
+        est = arrival - sess.in_pos / rate
+        if sess.base is None:
+            sess.start_est = min(sess.start_est, est)
+            if y.size:
+                sess.held.append((sess.out_pos, y))
+                sess.out_pos += y.shape[0]
+            return
+        self._track_drift(sess, arrival, est)
+        if y.size:
+            if sess.drop:
+                k = min(sess.drop, y.shape[0])
+                sess.drop -= k
+                y = y[k:]
+            if y.size:
+                self._emit(emit, sess.base + sess.out_pos, y)
+                sess.out_pos += y.shape[0]
+
+    def _settle(self, sess: _Session, emit: Emit) -> None:
+        """Anchor the session on the lower envelope of its arrival times and emit what was held."""
+        start = sess.start_est
+        if self._anchor is None:
+            self._anchor = start
+            base = 0
+        else:  # after a reconnect: the time in between is a gap (never go back on the clock)
+            base = max(self._index, round((start - self._anchor) * SAMPLE_RATE))
+        sess.base = base
+        sess.t0 = self._anchor + base / SAMPLE_RATE
+        for off, y in sess.held:
+            self._emit(emit, base + off, y)
+        sess.held.clear()
+
+    def _flush_held(self, sess: _Session, emit: Emit) -> None:
+        """A session that ended before settling still delivers its audio."""
+        if sess.base is None and sess.held:
+            self._settle(sess, emit)
+
+    def _track_drift(self, sess: _Session, arrival: float, est: float) -> None:
+        # lag > 0: audio arrives later than our mapping says it was captured (sender slow,
+        # or our session anchor early); lag < 0: earlier (sender fast)
+        lag = est - (sess.t0 + sess.corr / SAMPLE_RATE)
+        sess.lags.append((arrival, lag))
+        if arrival - sess.lags[0][0] < self.drift_window:
+            return
+        m = min(v for _, v in sess.lags)
+        sess.lags.clear()
+        if abs(m) <= self.drift_tolerance:
+            return
+        k = round(abs(m) * SAMPLE_RATE)
+        if m > 0:
+            sess.out_pos += k  # a gap on the sample clock
+            sess.corr += k
+        else:
+            sess.drop += k
+            sess.corr -= k
+        self.drift_samples += k
+        log.info(f"stream {self.stream}: clock drift corrected", stream=self.stream,
+                 seconds=round(m, 3))
+
+    def _emit(self, emit: Emit, index: int, y: np.ndarray) -> None:
+        if not np.isfinite(y).all():
+            y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+        y = np.clip(y, -1.0, 1.0)
+        emit(Frame(self.stream, index, self._anchor + index / SAMPLE_RATE, self._seq, y))
+        self._seq += 1
+        self._index = max(self._index, index + y.shape[0])

@@ -1,0 +1,411 @@
+"""`source: url` against real servers on loopback: GStreamer's RTSP server (G.711 µ-law 8 kHz,
+AAC 48 kHz stereo, a generated recording with an event, a video-only mount, Basic auth), an
+HTTP AAC stream, a stalling proxy and a server that speaks garbage."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import structlog
+
+from streams.url import UrlSource, redact_url, url_with_credentials
+
+from .servers import (
+    VIDEO_ONLY,
+    AdtsHttpServer,
+    GarbageServer,
+    RtspServer,
+    TcpProxy,
+    adts_tone,
+    tone_aac,
+    tone_mulaw,
+    wav_mulaw,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def rtsp():
+    srv = RtspServer([
+        {"path": "/mulaw", "launch": tone_mulaw(440, 0.5)},
+        {"path": "/aac", "launch": tone_aac(1000, 0.3)},
+        {"path": "/video", "launch": VIDEO_ONLY},
+    ]).start()
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture(scope="module")
+def rtsp_auth():
+    srv = RtspServer([{"path": "/cam", "user": "admin", "password": "hunter2-Secret",
+                       "launch": tone_mulaw(440, 0.5)}]).start()
+    yield srv
+    srv.kill()
+
+
+class Run:
+    """A source on its own thread, collecting frames."""
+
+    def __init__(self, src: UrlSource) -> None:
+        self.src = src
+        self.frames: list = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.t = threading.Thread(target=self._main, daemon=True)
+        self.t.start()
+
+    def _main(self) -> None:
+        try:
+            self.src.run(self.frames.append, self.stop)
+        except BaseException as e:  # noqa: BLE001 - the test asserts there is none
+            self.error = e
+
+    def wait(self, cond, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return True
+            time.sleep(0.05)
+        return cond()
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.t.join(10)
+        assert not self.t.is_alive()
+        assert self.error is None, repr(self.error)
+
+    def audio(self) -> np.ndarray:
+        """The frames laid out on the sample clock (gaps as zeros)."""
+        f0 = self.frames[0].sample_index
+        end = max(f.end_index for f in self.frames)
+        out = np.zeros(end - f0, np.float32)
+        for f in self.frames:
+            out[f.sample_index - f0:f.end_index - f0] = f.samples
+        return out
+
+
+def dominant_hz(x: np.ndarray) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    return float(np.argmax(spec) * SR / x.size)
+
+
+def rms_db(x: np.ndarray) -> float:
+    return float(20 * np.log10(np.sqrt(np.mean(x.astype(np.float64) ** 2)) + 1e-12))
+
+
+# ---------------------------------------------------------------- unit: URLs and credentials
+def test_redact_url_hides_credentials_and_query():
+    assert redact_url("rtsp://admin:pw@10.0.0.5:554/Streaming/Channels/101?token=abc") == \
+        "rtsp://***@10.0.0.5:554/Streaming/Channels/101?***"
+    assert redact_url("rtsp://frigate:8554/front_door") == "rtsp://frigate:8554/front_door"
+    assert "pw" not in redact_url("http://u:pw@host/x")
+    u = url_with_credentials("rtsp://cam:554/live", "ad min:p@ss:w/rd")
+    assert u == "rtsp://ad%20min:p%40ss%3Aw%2Frd@cam:554/live"
+
+
+def test_config_reads_credentials_from_env_and_file_and_refuses_them_in_the_url(tmp_path,
+                                                                                   monkeypatch):
+    from edge.config import ConfigError, load_settings
+
+    monkeypatch.setenv("CAM1_CRED", "admin:env-secret")
+    f = tmp_path / "cam2.cred"
+    f.write_text("viewer:file-secret\n")
+    s = load_settings(data={"streams": [
+        {"id": "cam1", "source": "url", "url": "rtsp://10.0.0.5/live",
+         "url_credentials_env": "CAM1_CRED"},
+        {"id": "cam2", "source": "url", "url": "rtsp://10.0.0.6/live",
+         "url_credentials_file": str(f), "transport": "udp", "track": 1},
+    ]})
+    assert s.streams[0].url_credentials.get_secret_value() == "admin:env-secret"
+    assert s.streams[1].url_credentials.get_secret_value() == "viewer:file-secret"
+    assert "env-secret" in s.secrets() and "file-secret" in s.secrets()
+    with pytest.raises(ConfigError) as e:
+        load_settings(data={"streams": [{"id": "c", "source": "url",
+                                         "url": "rtsp://admin:inline-pw@10.0.0.5/live"}]})
+    assert "not in the URL" in str(e.value) and "inline-pw" not in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_settings(data={"streams": [{"id": "c", "source": "url", "url": "rtsp://h/x",
+                                         "url_credentials_env": "NOT_SET_ANYWHERE_X"}]})
+    assert "NOT_SET_ANYWHERE_X is not set" in str(e.value)
+    with pytest.raises(ConfigError):
+        load_settings(data={"streams": [{"id": "c", "source": "url"}]})
+
+
+# ---------------------------------------------------------------- RTSP: the audio is right
+@pytest.mark.parametrize("path,hz,db,codec", [
+    ("/mulaw", 440.0, -9.0, "pcm_mulaw, 8000 Hz, 1 ch"),  # G.711 µ-law 8 kHz, sine at 0.5
+    ("/aac", 1000.0, -13.5, "aac, 48000 Hz, 2 ch"),  # AAC 48 kHz stereo, sine at 0.3
+])
+def test_rtsp_tone_arrives_at_16k_mono_with_its_level_frequency_and_time(rtsp, path, hz, db,
+                                                                         codec):
+    n_before = len([p for p in rtsp.playing if p[0] == path])
+    r = Run(UrlSource("cam", rtsp.url(path), settle=0.5))
+    assert r.wait(lambda: sum(f.samples.size for f in r.frames) >= 2 * SR, 10)
+    r.finish()
+    x = r.audio()
+    assert x.size >= 2 * SR
+    seg = x[SR // 2:]  # past the resampler's start-up
+    assert abs(rms_db(seg) - db) < 1.0
+    assert abs(dominant_hz(seg) - hz) < 5.0
+    # contiguous on the sample clock, capture times follow it
+    f = r.frames
+    assert all(a.end_index == b.sample_index for a, b in zip(f, f[1:]))
+    assert all(abs(b.capture_time - a.capture_time - (b.sample_index - a.sample_index) / SR) < 1e-6
+               for a, b in zip(f, f[1:]))
+    # the first sample's UTC is when the server's pipeline started playing
+    t_play = rtsp.wait_playing(path, n_before + 1)
+    assert abs(f[0].capture_time - t_play) < 0.25
+    st = r.src.status()["cam"]
+    assert st["track"] == f"audio track 0: {codec}" and st["connects"] == 1
+    assert r.src.failures == {} and st["corrupt_packets"] == 0
+
+
+# ---------------------------------------------------------------- faults
+def test_wrong_password_is_one_line_retried_slowly_and_never_leaks(rtsp_auth, capfd):
+    src = UrlSource("porch", rtsp_auth.url("/cam"), credentials="admin:wrong-Passw0rd",
+                    fatal_retry=0.4, jitter=0.0)
+    with structlog.testing.capture_logs() as logs:
+        r = Run(src)
+        assert r.wait(lambda: src.failures.get("auth", 0) >= 3, 10)
+        st = src.status()["porch"]
+        r.finish()
+    assert r.frames == []
+    errors = [e for e in logs if e["log_level"] in ("error", "warning")]
+    assert len(errors) == 1, errors  # one line, not one per attempt
+    assert "porch" in errors[0]["event"] and "login refused" in errors[0]["event"]
+    # bounded: 0.4 s apart (the first try is immediate)
+    assert src.failures["auth"] <= 5
+    assert st["state"] == "failed" and st["error_kind"] == "auth"
+    out = capfd.readouterr()
+    for text in (str(logs), str(st), out.out, out.err):
+        assert "wrong-Passw0rd" not in text and "admin:" not in text
+
+
+def test_right_password_from_credentials_streams(rtsp_auth):
+    r = Run(UrlSource("porch", rtsp_auth.url("/cam"), credentials="admin:hunter2-Secret",
+                      settle=0.3))
+    assert r.wait(lambda: len(r.frames) >= 5, 10)
+    r.finish()
+    assert r.src.status()["porch"]["url"] == rtsp_auth.url("/cam")
+
+
+def test_url_without_audio_is_a_clear_state(rtsp):
+    src = UrlSource("garage", rtsp.url("/video"), fatal_retry=30.0)
+    with structlog.testing.capture_logs() as logs:
+        r = Run(src)
+        assert r.wait(lambda: src.state == "failed", 15)
+        st = src.status()["garage"]
+        r.finish()
+    assert st["error_kind"] == "no_audio" and "no audio track" in st["error"]
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+        "stream garage: the input has no audio track; retrying in "
+        f"{logs[-1]['event'].rsplit('in ', 1)[1]}"]
+
+
+def test_garbage_bytes_are_network_errors_retried_with_growing_backoff():
+    g = GarbageServer()
+    try:
+        src = UrlSource("junk", f"rtsp://127.0.0.1:{g.port}/x", backoff_initial=0.1,
+                        backoff_max=0.4, jitter=0.0, open_timeout=2.0, stall_timeout=1.0)
+        r = Run(src)
+        assert r.wait(lambda: sum(src.failures.values()) >= 4, 15)
+        r.finish()
+        assert r.frames == []
+        assert src.state in ("retrying", "stopped") and src.error_kind not in ("auth", None)
+        assert g.connections >= 4
+    finally:
+        g.close()
+
+
+def test_stalled_stream_reconnects_and_the_stall_is_a_gap(rtsp):
+    proxy = TcpProxy(rtsp.port)
+    try:
+        src = UrlSource("cam", f"rtsp://127.0.0.1:{proxy.port}/mulaw", stall_timeout=0.8,
+                        backoff_initial=0.2, jitter=0.0, settle=0.3)
+        r = Run(src)
+        assert r.wait(lambda: len(r.frames) >= 5, 10)
+        proxy.frozen.set()
+        t_freeze = time.time()
+        assert r.wait(lambda: src.failures.get("stall", 0) >= 1, 5)
+        proxy.drop_connections()
+        proxy.frozen.clear()
+        n = len(r.frames)
+        assert r.wait(lambda: len(r.frames) >= n + 5 and src.state == "streaming", 10)
+        t_back = time.time()
+        r.finish()
+        assert src.reconnects >= 1
+        f = r.frames
+        jumps = [(a, b) for a, b in zip(f, f[1:]) if b.sample_index != a.end_index]
+        assert len(jumps) == 1  # one gap, where the stall was
+        a, b = jumps[0]
+        gap_s = (b.sample_index - a.end_index) / SR
+        assert 0.5 < gap_s < t_back - t_freeze + 0.5
+        assert b.sample_index > a.end_index  # never back in time
+        assert src.status()["cam"]["failures"]["stall"] >= 1
+    finally:
+        proxy.close()
+
+
+# ---------------------------------------------------------------- HTTP (Icecast-like)
+def test_http_aac_stream_with_garbage_between_loops():
+    data = adts_tone(660.0, 0.4, seconds=1.0)
+    srv = AdtsHttpServer(data, seconds=1.0, garbage=300)
+    try:
+        src = UrlSource("radio", srv.url(), settle=0.3)
+        r = Run(src)
+        assert r.wait(lambda: sum(f.samples.size for f in r.frames) >= int(3.2 * SR), 15)
+        r.finish()
+        x = r.audio()
+        seg = x[SR // 2:SR // 2 + SR // 2]
+        assert abs(dominant_hz(seg) - 660.0) < 5.0
+        assert abs(rms_db(seg) - 20 * np.log10(0.4 / np.sqrt(2))) < 1.5
+        st = src.status()["radio"]
+        assert st["track"].startswith("audio track 0: aac, 44100 Hz, 1 ch")
+        assert src.connects == 1  # garbage does not drop the connection
+        assert st["corrupt_packets"] >= 1  # it is counted and skipped
+    finally:
+        srv.close()
+
+
+# ---------------------------------------------------------------- the daemon, end to end
+def _recording(path: Path, event_at: float, seconds: float = 20.0) -> None:
+    """Quiet noise with a 1-kHz beep (-6 dBFS peak) from ``event_at`` for 0.3 s."""
+    rate = 8000
+    rng = np.random.default_rng(0)
+    x = 0.01 * rng.standard_normal(int(seconds * rate))
+    i0, i1 = int(event_at * rate), int((event_at + 0.3) * rate)
+    x[i0:i1] += 0.5 * np.sin(2 * np.pi * 1000 * np.arange(i1 - i0) / rate)
+    sf.write(str(path), x.astype(np.float32), rate, subtype="PCM_16")
+
+
+def test_daemon_camera_alert_carries_the_event_utc_across_a_server_restart(tmp_path):
+    from edge.config import load_settings
+    from edge.daemon import CallbackSink, Daemon
+
+    wav = tmp_path / "event.wav"
+    event_at = 2.0
+    _recording(wav, event_at)
+    mounts = [{"path": "/event", "launch": wav_mulaw(wav)}]
+    srv = RtspServer(mounts).start()
+    port = srv.port
+    s = load_settings(data={
+        "data_dir": str(tmp_path / "data"),
+        "streams": [{"id": "cam", "source": "url", "url": srv.url("/event"),
+                     "stall_timeout": "1s"}],
+        "monitors": [{"name": "beep", "kind": "gate", "triggers": ["peak_dbfs > -12"],
+                      "cooldown": "1s"}],
+    })
+    got: list = []
+    d = Daemon(s, sinks=[CallbackSink(lambda r, a, sr: got.append((r, a, sr)))], alerts=False,
+               http=False, log_results=False)
+    srv2 = None
+    try:
+        d.start()
+        srv.wait_playing("/event")
+        time.sleep(1.5)  # before the event: kill the server mid-stream
+        srv.kill()
+        srv2 = RtspServer(mounts, port=port).start()
+        t_play2 = srv2.wait_playing("/event", timeout=15)
+        event_utc = t_play2 + event_at
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not any(r.positive for r, _, _ in got):
+            time.sleep(0.1)
+        health = d.health()
+    finally:
+        d.stop()
+        srv.kill()
+        if srv2 is not None:
+            srv2.kill()
+    pos = [(r, a, sr) for r, a, sr in got if r.positive]
+    assert pos, [r.verdict for r, _, _ in got]
+    r, audio, sr = pos[0]
+    assert sr == SR and audio.size == round((r.end - r.start).total_seconds() * SR)
+    # the beep is in the clip where the alert says it is
+    onset = int(np.argmax(np.abs(audio) > 0.25))
+    t_onset = r.start.timestamp() + onset / SR
+    assert abs(t_onset - event_utc) < 0.3, (t_onset - event_utc)
+    assert dominant_hz(audio[onset:onset + 4000]) == pytest.approx(1000, abs=10)
+    # the downtime is a gap (silence on the clock), not squeezed audio
+    m = d.metrics
+    assert m.gap_samples.labels("cam")._value.get() >= 0.5 * SR
+    assert m.source_reopens.labels("cam")._value.get() >= 1
+    src = health["streams"]["cam"]["source"]
+    assert src["state"] == "streaming" and src["reconnects"] >= 1
+    assert src["url"] == f"rtsp://127.0.0.1:{port}/event"
+
+
+# ---------------------------------------------------------------- probe
+def test_probe_prints_tracks_and_a_level_meter(rtsp):
+    p = subprocess.run([sys.executable, "-m", "edge", "probe", rtsp.url("/mulaw"),
+                        "--seconds", "1.5"], check=False, capture_output=True, text=True, timeout=30,
+                       cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert "audio track 0: pcm_mulaw, 8000 Hz, 1 ch" in p.stdout
+    levels = [float(line.split()[0]) for line in p.stdout.splitlines()
+              if line.strip().endswith("dBFS") or " dBFS " in line]
+    assert levels and all(abs(v - (-9.0)) < 2.0 for v in levels[1:]), p.stdout
+
+
+def test_probe_wrong_url_is_one_line(rtsp):
+    p = subprocess.run([sys.executable, "-m", "edge", "probe", rtsp.url("/nothing-here"),
+                        "--seconds", "1"], check=False, capture_output=True, text=True, timeout=30,
+                       cwd=ROOT)
+    assert p.returncode != 0
+    assert p.stderr.strip().count("\n") == 0 and "not found" in p.stderr
+
+
+# ---------------------------------------------------------------- timeline: clock drift
+@pytest.mark.parametrize("ppm", [+10000, -10000])  # the camera's clock 1 % fast / slow
+def test_sender_clock_drift_is_corrected_by_gaps_or_drops_never_by_resampling(ppm):
+    import av
+
+    now = [1_800_000_000.0]
+    src = UrlSource("cam", "rtsp://camera/live", clock=lambda: now[0], settle=0.5,
+                    drift_window=5.0, drift_tolerance=0.1)
+    sess_cls = __import__("streams.url", fromlist=["_Session"])._Session
+    sess = sess_cls()
+    frames: list = []
+    errors: list[float] = []
+
+    def emit(f):
+        frames.append(f)
+
+    rate, n = 8000, 1024
+    for k in range(int(60 * rate / n)):  # 60 s of sender time
+        fr = av.AudioFrame.from_ndarray(np.full((1, n), 1000 + k % 7, np.int16), format="s16",
+                                        layout="mono")
+        fr.sample_rate = rate
+        fr.pts = k * n
+        fr.time_base = __import__("fractions").Fraction(1, rate)
+        # it arrives when its last sample was captured by our clock, plus 0-30 ms of jitter
+        now[0] = 1_800_000_000.0 + (k + 1) * n / rate / (1 + ppm * 1e-6) + 0.03 * ((k * 7) % 5) / 4
+        before = len(frames)
+        src._place(sess, fr, now[0], emit)
+        if sess.base is None and now[0] - sess.first_arrival >= src.settle:
+            src._settle(sess, emit)
+        for f in frames[before:]:
+            errors.append(f.capture_time + f.samples.size / SR - now[0])
+    late = errors[len(errors) // 4:]  # after the first correction window
+    # the error of a frame's end time against its arrival: the resampler holds up to ~0.1 s
+    # (soxr's latency: frames are handed out late, their times are right), tolerance 0.1 s,
+    # one window of drift 0.05 s, jitter 0.03 s. Without correction it grows to 0.6 s.
+    assert max(abs(e) for e in late) < 0.3, (min(late), max(late))
+    assert src.drift_samples > 0.3 * SR
+    jumps = [b.sample_index - a.end_index for a, b in zip(frames, frames[1:])]
+    if ppm < 0:  # slow sender: gaps inserted, no audio lost
+        assert max(jumps) > 0 and min(jumps) == 0
+    else:  # fast sender: audio dropped, the clock never goes back
+        assert min(jumps) >= 0
+    # the audio itself is untouched: each emitted frame is the decoded samples (no stretching)
+    total = sum(f.samples.size for f in frames)
+    expected = 60 * SR
+    assert (total <= expected + SR // 10) and (total >= expected - (src.drift_samples if ppm > 0 else 0) - SR // 2)
