@@ -215,6 +215,8 @@ class _Session:
     corr: int = 0  # drift corrections applied (16 kHz samples; + gap inserted, - dropped)
     drop: int = 0  # 16 kHz samples still to drop (sender running fast)
     lags: deque = field(default_factory=deque)  # (arrival, lag)
+    pending: list[np.ndarray] = field(default_factory=list)  # input not yet converted
+    pending_n: int = 0
     audio_s: float = 0.0
 
 
@@ -318,7 +320,7 @@ class UrlSource(Source):
             except Exception as e:  # noqa: BLE001 - every failure is a state
                 kind, reason = classify(e)
             finally:
-                self._flush_held(sess, emit)
+                self._end_session(sess, emit)
             if stop.is_set():
                 break
             if sess.audio_s > 0:
@@ -399,6 +401,7 @@ class UrlSource(Source):
         x = frame_samples(fr)
         if sess.conv is None or rate != sess.rate:
             if sess.conv is not None:  # the rate changed mid-session: continue at the new rate
+                self._flush(sess, emit, last=True)
                 sess.in_pos = round(sess.in_pos * rate / sess.rate)
             sess.rate, sess.conv = rate, Converter(rate, SAMPLE_RATE)
         n = x.shape[0]
@@ -412,6 +415,7 @@ class UrlSource(Source):
             pos = sess.in_pos
         tol = max(2, rate // 200)  # 5 ms
         if pos > sess.in_pos + tol:  # packets lost: a gap, not stretched audio
+            self._flush(sess, emit)
             gap_in = pos - sess.in_pos
             sess.in_pos = pos
             sess.out_pos += round(gap_in * SAMPLE_RATE / rate)
@@ -423,29 +427,44 @@ class UrlSource(Source):
             return
         sess.in_pos += x.shape[0]
         sess.audio_s += x.shape[0] / rate
-        y = sess.conv(x)
         if sess.first_arrival is None:
             sess.first_arrival = arrival
         # lower envelope of the capture time of the session's sample 0
         est = arrival - sess.in_pos / rate
         if sess.base is None:
             sess.start_est = min(sess.start_est, est)
-            if y.size:
-                sess.held.append((sess.out_pos, y))
-                sess.out_pos += y.shape[0]
+        else:
+            self._track_drift(sess, arrival, est, emit)
+        # convert ~0.1 s at a time: per-call overhead dominates for 20-ms AAC frames
+        sess.pending.append(x)
+        sess.pending_n += x.shape[0]
+        if sess.pending_n >= rate // 10:
+            self._flush(sess, emit)
+
+    def _flush(self, sess: _Session, emit: Emit, last: bool = False) -> None:
+        """Convert the pending input and place it at the session's output position."""
+        if not sess.pending or sess.conv is None:
             return
-        self._track_drift(sess, arrival, est)
+        x = sess.pending[0] if len(sess.pending) == 1 else np.concatenate(sess.pending)
+        sess.pending, sess.pending_n = [], 0
+        y = sess.conv(x, last=last)
+        if y.size == 0:
+            return
+        if sess.base is None:
+            sess.held.append((sess.out_pos, y))
+            sess.out_pos += y.shape[0]
+            return
+        if sess.drop:
+            k = min(sess.drop, y.shape[0])
+            sess.drop -= k
+            y = y[k:]
         if y.size:
-            if sess.drop:
-                k = min(sess.drop, y.shape[0])
-                sess.drop -= k
-                y = y[k:]
-            if y.size:
-                self._emit(emit, sess.base + sess.out_pos, y)
-                sess.out_pos += y.shape[0]
+            self._emit(emit, sess.base + sess.out_pos, y)
+            sess.out_pos += y.shape[0]
 
     def _settle(self, sess: _Session, emit: Emit) -> None:
         """Anchor the session on the lower envelope of its arrival times and emit what was held."""
+        self._flush(sess, emit)
         start = sess.start_est
         if self._anchor is None:
             self._anchor = start
@@ -458,12 +477,17 @@ class UrlSource(Source):
             self._emit(emit, base + off, y)
         sess.held.clear()
 
-    def _flush_held(self, sess: _Session, emit: Emit) -> None:
-        """A session that ended before settling still delivers its audio."""
-        if sess.base is None and sess.held:
+    def _end_session(self, sess: _Session, emit: Emit) -> None:
+        """Deliver what a session still holds (its resampler's tail too), even unsettled."""
+        if sess.first_arrival is None:
+            return
+        if sess.base is None:
+            self._flush(sess, emit, last=True)
             self._settle(sess, emit)
+        else:
+            self._flush(sess, emit, last=True)
 
-    def _track_drift(self, sess: _Session, arrival: float, est: float) -> None:
+    def _track_drift(self, sess: _Session, arrival: float, est: float, emit: Emit) -> None:
         # lag > 0: audio arrives later than our mapping says it was captured (sender slow,
         # or our session anchor early); lag < 0: earlier (sender fast)
         lag = est - (sess.t0 + sess.corr / SAMPLE_RATE)
@@ -474,6 +498,7 @@ class UrlSource(Source):
         sess.lags.clear()
         if abs(m) <= self.drift_tolerance:
             return
+        self._flush(sess, emit)  # what came before the correction keeps its place
         k = round(abs(m) * SAMPLE_RATE)
         if m > 0:
             sess.out_pos += k  # a gap on the sample clock

@@ -140,6 +140,15 @@ def test_config_reads_credentials_from_env_and_file_and_refuses_them_in_the_url(
         load_settings(data={"streams": [{"id": "c", "source": "url"}]})
 
 
+def test_cameras_example_config_is_valid(monkeypatch):
+    from edge.config import load_settings
+
+    monkeypatch.setenv("DOCK_CAM_CRED", "viewer:dock-pw")
+    s = load_settings(ROOT / "configs" / "cameras.yaml")
+    assert [st.source for st in s.streams] == ["url", "url", "url"]
+    assert s.streams[0].url_credentials.get_secret_value() == "viewer:dock-pw"
+
+
 # ---------------------------------------------------------------- RTSP: the audio is right
 @pytest.mark.parametrize("path,hz,db,codec", [
     ("/mulaw", 440.0, -9.0, "pcm_mulaw, 8000 Hz, 1 ch"),  # G.711 µ-law 8 kHz, sine at 0.5
