@@ -41,6 +41,7 @@ Timeline (today's `Frame` interface: a 16 kHz sample index and the capture time 
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -178,15 +179,18 @@ def frame_samples(frame) -> np.ndarray:
 
 
 # how a failure is reported and retried
-FATAL_KINDS = ("auth", "not_found", "no_audio")
+FATAL_KINDS = ("auth", "not_found", "no_audio", "no_pyav")
 
 
 def classify(e: BaseException) -> tuple[str, str]:
     """-> (kind, one-line reason without the URL)."""
-    av = import_av()
-    err = av.error
     if isinstance(e, NoAudioTrack):
         return "no_audio", str(e)
+    try:
+        import av
+    except ImportError:  # PyAV missing: a configuration problem, retried slowly
+        return "no_pyav", _INSTALL_HINT
+    err = av.error
     if isinstance(e, (err.HTTPUnauthorizedError, err.HTTPForbiddenError)):
         return "auth", f"login refused ({e.strerror})"
     if isinstance(e, err.HTTPNotFoundError):
@@ -197,7 +201,11 @@ def classify(e: BaseException) -> tuple[str, str]:
         return "network", str(e.strerror or type(e).__name__)
     if isinstance(e, OSError):
         return "network", e.strerror or type(e).__name__
-    return "error", f"{type(e).__name__}: {e}"
+    return "error", _redact_urls(f"{type(e).__name__}: {e}")
+
+
+def _redact_urls(text: str) -> str:
+    return re.sub(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s'\"]+", lambda m: redact_url(m.group(0)), text)
 
 
 @dataclass

@@ -39,6 +39,9 @@ def rtsp():
         {"path": "/mulaw", "launch": tone_mulaw(440, 0.5)},
         {"path": "/aac", "launch": tone_aac(1000, 0.3)},
         {"path": "/video", "launch": VIDEO_ONLY},
+        # two audio tracks, as on cameras with a second microphone / an NVR with two inputs
+        {"path": "/two", "launch": f"{tone_mulaw(440, 0.5)} "
+                                   f"{tone_mulaw(1500, 0.5).replace('pay0', 'pay1')}"},
     ]).start()
     yield srv
     srv.kill()
@@ -176,6 +179,30 @@ def test_rtsp_tone_arrives_at_16k_mono_with_its_level_frequency_and_time(rtsp, p
     st = r.src.status()["cam"]
     assert st["track"] == f"audio track 0: {codec}" and st["connects"] == 1
     assert r.src.failures == {} and st["corrupt_packets"] == 0
+
+
+@pytest.mark.parametrize("track,transport,hz", [(None, "tcp", 440.0), (1, "tcp", 1500.0),
+                                                (1, "udp", 1500.0)])
+def test_rtsp_track_selection_and_udp_transport(rtsp, track, transport, hz):
+    r = Run(UrlSource("cam", rtsp.url("/two"), track=track, transport=transport, settle=0.3))
+    assert r.wait(lambda: sum(f.samples.size for f in r.frames) >= SR, 10)
+    r.finish()
+    assert abs(dominant_hz(r.audio()[SR // 4:]) - hz) < 5.0
+    assert r.src.status()["cam"]["track"].startswith(f"audio track {track or 0}: pcm_mulaw")
+
+
+def test_track_by_language_and_clear_errors_when_missing():
+    from streams.url import NoAudioTrack, Track, select_track
+
+    ts = [Track(0, 1, "aac", 48000, 2, "eng"), Track(1, 2, "aac", 48000, 2, "deu")]
+    assert select_track(ts, None, "DEU").index == 1
+    assert select_track(ts, None, None).index == 0
+    with pytest.raises(NoAudioTrack, match="no audio track in language 'fra'"):
+        select_track(ts, None, "fra")
+    with pytest.raises(NoAudioTrack, match="audio track 2 requested, the input has 2"):
+        select_track(ts, 2, None)
+    with pytest.raises(NoAudioTrack, match="the input has no audio track"):
+        select_track([], None, None)
 
 
 # ---------------------------------------------------------------- faults
