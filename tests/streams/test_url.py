@@ -207,8 +207,13 @@ def test_track_by_language_and_clear_errors_when_missing():
 
 # ---------------------------------------------------------------- faults
 def test_wrong_password_is_one_line_retried_slowly_and_never_leaks(rtsp_auth, capfd):
+    from prometheus_client import generate_latest
+
+    from edge.metrics import Metrics
+
+    m = Metrics()
     src = UrlSource("porch", rtsp_auth.url("/cam"), credentials="admin:wrong-Passw0rd",
-                    fatal_retry=0.4, jitter=0.0)
+                    fatal_retry=0.4, jitter=0.0, metrics=m)
     with structlog.testing.capture_logs() as logs:
         r = Run(src)
         assert r.wait(lambda: src.failures.get("auth", 0) >= 3, 10)
@@ -221,8 +226,11 @@ def test_wrong_password_is_one_line_retried_slowly_and_never_leaks(rtsp_auth, ca
     # bounded: 0.4 s apart (the first try is immediate)
     assert src.failures["auth"] <= 5
     assert st["state"] == "failed" and st["error_kind"] == "auth"
+    metrics = generate_latest(m.registry).decode()
+    assert m.source_errors.labels("porch", "auth")._value.get() == src.failures["auth"]
+    assert m.source_up.labels("porch")._value.get() == 0
     out = capfd.readouterr()
-    for text in (str(logs), str(st), out.out, out.err):
+    for text in (str(logs), str(st), out.out, out.err, metrics):
         assert "wrong-Passw0rd" not in text and "admin:" not in text
 
 
