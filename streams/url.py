@@ -21,21 +21,22 @@ Failure is a state, not a crash (`UrlSource.status`):
 URLs are never logged or reported with credentials: `redact_url` drops the user info and
 the query string; FFmpeg's error text is reduced to its reason (it quotes the URL).
 
-Timeline (today's `Frame` interface: a 16 kHz sample index and the capture time of sample 0):
+Time: each stream has a `streams.timeline.Timeline`; the source gives it a capture-time
+reading for every block of audio, and the timeline decides the sample index and UTC.
 
-- A session's audio is placed by **arrival time**. Packets can arrive late (network, the
-  probe burst after connecting) but never before they were captured, so the capture time of
-  a session's first sample is estimated as the minimum over its first ``settle`` seconds of
-  ``arrival - position_in_session`` (a lower envelope); the frames are held for that long.
-- Within a session, the stream's own timestamps place the frames: a jump in PTS (packets
-  lost) is a gap on the sample clock, never stretched audio; audio behind the PTS already
-  seen (duplicates) is dropped.
-- Drift: the same lower envelope is tracked over ``drift_window``; when the sender's clock
-  has drifted from ours by more than ``drift_tolerance`` the difference is inserted as a gap
-  (sender slow) or dropped (sender fast), counted in ``drift_samples``; audio is never resampled
-  to fit.
-- A reconnect is a break: the new session starts at its own estimated capture time, and the
-  time in between is a gap (silence on the sample clock, counted by the ring as a gap).
+- The reading comes from **arrival time**. Packets can arrive late (network, the burst FFmpeg
+  reads while probing after connecting) but never before they were captured, so the capture
+  time of a session's first sample is the lower envelope (minimum) of
+  ``arrival - position_in_session`` over the last ``drift_window`` seconds; a session's first
+  ``settle`` seconds are held until that envelope has seen audio arrive at its live pace.
+  Following the envelope is what corrects a sender clock that drifts from ours: the timeline
+  re-anchors (a ``drift`` piece) when readings move more than ``drift_tolerance``.
+- Within a session the stream's own timestamps (RTP) place the frames: a jump in PTS (packets
+  lost) is a gap on the sample clock (``lost``), never stretched audio; audio behind what was
+  already placed (duplicates) is dropped.
+- A reconnect is a break (``brk="reopen"``): the new session's first reading says how long the
+  stream was away; a short absence becomes silence, a long one (over ``max_gap_s``) a new
+  timeline piece with a fresh clip grid. Audio is never stretched or squeezed to fit.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ import numpy as np
 import structlog
 
 from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
+from .timeline import Timeline
 
 log = structlog.get_logger("streams.url")
 
@@ -210,19 +212,18 @@ def _redact_urls(text: str) -> str:
 
 @dataclass
 class _Session:
+    brk: str | None = None  # the break the session's first placement reports
     rate: int = 0
     conv: Converter | None = None
     pts0: float | None = None  # seconds, PTS of the session's first frame
     in_pos: int = 0  # input samples (at ``rate``) placed so far in this session
-    out_pos: int = 0  # 16 kHz samples (audio + in-session gaps) placed so far
+    out_pos: int = 0  # 16 kHz samples (converted audio + in-session gaps) so far
+    lost: int = 0  # 16 kHz samples lost (PTS jump) before the next block
     first_arrival: float | None = None
-    start_est: float = float("inf")  # lower envelope: UTC of the session's input sample 0
-    held: list[tuple[int, np.ndarray]] = field(default_factory=list)
-    base: int | None = None  # stream sample index of the session's sample 0 once settled
-    t0: float = 0.0  # UTC the session's input sample 0 is mapped to (after settling)
-    corr: int = 0  # drift corrections applied (16 kHz samples; + gap inserted, - dropped)
-    drop: int = 0  # 16 kHz samples still to drop (sender running fast)
-    lags: deque = field(default_factory=deque)  # (arrival, lag)
+    # lower envelope of (arrival - position): a monotonic deque of (arrival, estimate)
+    env: deque = field(default_factory=deque)
+    settled: bool = False
+    held: list[tuple[int, int, np.ndarray]] = field(default_factory=list)  # (out_pos, lost, y)
     pending: list[np.ndarray] = field(default_factory=list)  # input not yet converted
     pending_n: int = 0
     audio_s: float = 0.0
@@ -246,7 +247,8 @@ class UrlSource(Source):
         jitter: float = 0.2,
         settle: float = 1.0,
         drift_window: float = 30.0,
-        drift_tolerance: float = 0.1,
+        drift_tolerance: float = 0.02,
+        max_gap_s: float = 60.0,
         options: dict[str, str] | None = None,
         metrics=None,
         clock: Callable[[], float] = time.time,
@@ -277,12 +279,12 @@ class UrlSource(Source):
         self.reconnects = 0
         self.failures: dict[str, int] = {}
         self.corrupt_packets = 0
-        self.drift_samples = 0
         self.dropped_samples = 0  # duplicate audio (behind the PTS already placed)
         self.next_retry: float | None = None
-        # timeline
-        self._anchor: float | None = None  # UTC of stream sample index 0
-        self._index = 0
+        # readings are this machine's clock (arrival times): no skew check
+        self.timeline = Timeline(SAMPLE_RATE, max_gap_s=max_gap_s, max_skew_s=None,
+                                 drift_tolerance_s=drift_tolerance, clock=clock)
+        self._sessions = 0
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -321,7 +323,7 @@ class UrlSource(Source):
                     self.metrics.source_reopens.labels(self.stream).inc()
             first = False
             self._set_state("connecting")
-            sess = _Session()
+            sess = self._new_session()
             kind, reason = "eof", "the stream ended"
             try:
                 self._session(sess, emit, stop)
@@ -384,14 +386,11 @@ class UrlSource(Source):
                 arrival = self.clock()
                 for fr in frames:
                     self._place(sess, fr, arrival, emit)
-                    if self.state != "streaming" and sess.base is not None:
+                    if self.state != "streaming" and sess.settled:
                         self._set_state("streaming")
                         self.error = self.error_kind = None
                         log.info(f"stream {self.stream}: receiving audio", stream=self.stream,
                                  url=self.safe_url, track=t.describe())
-                if sess.base is None and sess.first_arrival is not None \
-                        and arrival - sess.first_arrival >= self.settle:
-                    self._settle(sess, emit)
         finally:
             try:
                 container.close()
@@ -404,6 +403,10 @@ class UrlSource(Source):
             self.metrics.source_corrupt.labels(self.stream).inc()
 
     # ------------------------------------------------------------------ timeline
+    def _new_session(self) -> _Session:
+        """A connection's state; every session after the first that delivered audio is a break."""
+        return _Session(brk="reopen" if self.timeline.piece is not None else None)
+
     def _place(self, sess: _Session, fr, arrival: float, emit: Emit) -> None:
         rate = int(fr.sample_rate)
         x = frame_samples(fr)
@@ -424,9 +427,10 @@ class UrlSource(Source):
         tol = max(2, rate // 200)  # 5 ms
         if pos > sess.in_pos + tol:  # packets lost: a gap, not stretched audio
             self._flush(sess, emit)
-            gap_in = pos - sess.in_pos
+            k = round((pos - sess.in_pos) * SAMPLE_RATE / rate)
+            sess.lost += k
+            sess.out_pos += k
             sess.in_pos = pos
-            sess.out_pos += round(gap_in * SAMPLE_RATE / rate)
         elif pos < sess.in_pos - tol:  # behind what we already placed: drop the overlap
             skip = min(n, sess.in_pos - pos)
             self.dropped_samples += skip
@@ -437,91 +441,70 @@ class UrlSource(Source):
         sess.audio_s += x.shape[0] / rate
         if sess.first_arrival is None:
             sess.first_arrival = arrival
-        # lower envelope of the capture time of the session's sample 0
+        # the lower envelope of the capture time of the session's sample 0, over drift_window
         est = arrival - sess.in_pos / rate
-        if sess.base is None:
-            sess.start_est = min(sess.start_est, est)
-        else:
-            self._track_drift(sess, arrival, est, emit)
+        env = sess.env
+        while env and env[-1][1] >= est:
+            env.pop()
+        env.append((arrival, est))
+        while env[0][0] < arrival - self.drift_window:
+            env.popleft()
         # convert ~0.1 s at a time: per-call overhead dominates for 20-ms AAC frames
         sess.pending.append(x)
         sess.pending_n += x.shape[0]
         if sess.pending_n >= rate // 10:
             self._flush(sess, emit)
+        if not sess.settled and arrival - sess.first_arrival >= self.settle:
+            self._settle(sess, emit)
 
     def _flush(self, sess: _Session, emit: Emit, last: bool = False) -> None:
-        """Convert the pending input and place it at the session's output position."""
-        if not sess.pending or sess.conv is None:
+        """Convert the pending input and place it (or hold it while the session settles)."""
+        if sess.conv is None or not (sess.pending or last):
             return
-        x = sess.pending[0] if len(sess.pending) == 1 else np.concatenate(sess.pending)
+        if not sess.pending:  # only the resampler's tail
+            x = np.zeros((0, 1), np.float32)
+        else:
+            x = sess.pending[0] if len(sess.pending) == 1 else np.concatenate(sess.pending)
         sess.pending, sess.pending_n = [], 0
         y = sess.conv(x, last=last)
         if y.size == 0:
             return
-        if sess.base is None:
-            sess.held.append((sess.out_pos, y))
-            sess.out_pos += y.shape[0]
-            return
-        if sess.drop:
-            k = min(sess.drop, y.shape[0])
-            sess.drop -= k
-            y = y[k:]
-        if y.size:
-            self._emit(emit, sess.base + sess.out_pos, y)
-            sess.out_pos += y.shape[0]
+        off, lost = sess.out_pos, sess.lost
+        sess.out_pos += y.shape[0]
+        sess.lost = 0
+        if sess.settled:
+            self._put(sess, off, lost, y, emit)
+        else:
+            sess.held.append((off, lost, y))
 
     def _settle(self, sess: _Session, emit: Emit) -> None:
-        """Anchor the session on the lower envelope of its arrival times and emit what was held."""
-        self._flush(sess, emit)
-        start = sess.start_est
-        if self._anchor is None:
-            self._anchor = start
-            base = 0
-        else:  # after a reconnect: the time in between is a gap (never go back on the clock)
-            base = max(self._index, round((start - self._anchor) * SAMPLE_RATE))
-        sess.base = base
-        sess.t0 = self._anchor + base / SAMPLE_RATE
-        for off, y in sess.held:
-            self._emit(emit, base + off, y)
+        """The envelope has seen live pace: place what was held."""
+        sess.settled = True
+        for off, lost, y in sess.held:
+            self._put(sess, off, lost, y, emit)
         sess.held.clear()
 
     def _end_session(self, sess: _Session, emit: Emit) -> None:
         """Deliver what a session still holds (its resampler's tail too), even unsettled."""
         if sess.first_arrival is None:
             return
-        if sess.base is None:
-            self._flush(sess, emit, last=True)
+        self._flush(sess, emit, last=True)
+        if not sess.settled:
             self._settle(sess, emit)
-        else:
-            self._flush(sess, emit, last=True)
 
-    def _track_drift(self, sess: _Session, arrival: float, est: float, emit: Emit) -> None:
-        # lag > 0: audio arrives later than our mapping says it was captured (sender slow,
-        # or our session anchor early); lag < 0: earlier (sender fast)
-        lag = est - (sess.t0 + sess.corr / SAMPLE_RATE)
-        sess.lags.append((arrival, lag))
-        if arrival - sess.lags[0][0] < self.drift_window:
-            return
-        m = min(v for _, v in sess.lags)
-        sess.lags.clear()
-        if abs(m) <= self.drift_tolerance:
-            return
-        self._flush(sess, emit)  # what came before the correction keeps its place
-        k = round(abs(m) * SAMPLE_RATE)
-        if m > 0:
-            sess.out_pos += k  # a gap on the sample clock
-            sess.corr += k
-        else:
-            sess.drop += k
-            sess.corr -= k
-        self.drift_samples += k
-        log.info(f"stream {self.stream}: clock drift corrected", stream=self.stream,
-                 seconds=round(m, 3))
-
-    def _emit(self, emit: Emit, index: int, y: np.ndarray) -> None:
+    def _put(self, sess: _Session, off: int, lost: int, y: np.ndarray, emit: Emit) -> None:
+        """Place a converted block whose first sample is ``off`` 16-kHz samples into the session."""
+        reading = sess.env[0][1] + off / SAMPLE_RATE
+        tl = self.timeline
+        pl = tl.place(y.shape[0], reading, lost=lost, brk=sess.brk)
+        sess.brk = None
+        if pl.piece is not None and tl.pieces > 1:
+            log.info(f"stream {self.stream}: new timeline piece", stream=self.stream,
+                     cause=pl.piece.cause, gap_s=round(pl.piece.gap_s, 3))
+            if self.metrics is not None:
+                self.metrics.timeline_pieces.labels(self.stream, pl.piece.cause).inc()
         if not np.isfinite(y).all():
             y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
         y = np.clip(y, -1.0, 1.0)
-        emit(Frame(self.stream, index, self._anchor + index / SAMPLE_RATE, self._seq, y))
+        emit(Frame(self.stream, pl.index, pl.utc, self._seq, y, pl.piece))
         self._seq += 1
-        self._index = max(self._index, index + y.shape[0])

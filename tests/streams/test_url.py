@@ -408,48 +408,48 @@ def test_probe_wrong_url_is_one_line(rtsp):
 
 
 # ---------------------------------------------------------------- timeline: clock drift
-@pytest.mark.parametrize("ppm", [+10000, -10000])  # the camera's clock 1 % fast / slow
-def test_sender_clock_drift_is_corrected_by_gaps_or_drops_never_by_resampling(ppm):
+@pytest.mark.parametrize("ppm", [+1000, -1000])  # the camera's clock 0.1 % fast / slow
+def test_sender_clock_drift_is_followed_by_the_timeline_never_by_resampling(ppm):
+    import fractions
+
     import av
 
-    now = [1_800_000_000.0]
+    from streams.timeline import PieceLog
+    from streams.url import _Session
+
+    t_cap0 = 1_800_000_000.0  # true UTC of the camera's first sample
+    now = [t_cap0]
     src = UrlSource("cam", "rtsp://camera/live", clock=lambda: now[0], settle=0.5,
-                    drift_window=5.0, drift_tolerance=0.1)
-    sess_cls = __import__("streams.url", fromlist=["_Session"])._Session
-    sess = sess_cls()
+                    drift_window=5.0)
+    sess = _Session()
     frames: list = []
-    errors: list[float] = []
-
-    def emit(f):
-        frames.append(f)
-
     rate, n = 8000, 1024
-    for k in range(int(60 * rate / n)):  # 60 s of sender time
+    n_frames = int(60 * rate / n)  # a minute of the camera's samples
+    for k in range(n_frames):
         fr = av.AudioFrame.from_ndarray(np.full((1, n), 1000 + k % 7, np.int16), format="s16",
                                         layout="mono")
         fr.sample_rate = rate
         fr.pts = k * n
-        fr.time_base = __import__("fractions").Fraction(1, rate)
-        # it arrives when its last sample was captured by our clock, plus 0-30 ms of jitter
-        now[0] = 1_800_000_000.0 + (k + 1) * n / rate / (1 + ppm * 1e-6) + 0.03 * ((k * 7) % 5) / 4
-        before = len(frames)
-        src._place(sess, fr, now[0], emit)
-        if sess.base is None and now[0] - sess.first_arrival >= src.settle:
-            src._settle(sess, emit)
-        for f in frames[before:]:
-            errors.append(f.capture_time + f.samples.size / SR - now[0])
-    late = errors[len(errors) // 4:]  # after the first correction window
-    # the error of a frame's end time against its arrival: the resampler holds up to ~0.1 s
-    # (soxr's latency: frames are handed out late, their times are right), tolerance 0.1 s,
-    # one window of drift 0.05 s, jitter 0.03 s. Without correction it grows to 0.6 s.
-    assert max(abs(e) for e in late) < 0.3, (min(late), max(late))
-    assert src.drift_samples > 0.3 * SR
-    jumps = [b.sample_index - a.end_index for a, b in zip(frames, frames[1:])]
-    if ppm < 0:  # slow sender: gaps inserted, no audio lost
-        assert max(jumps) > 0 and min(jumps) == 0
-    else:  # fast sender: audio dropped, the clock never goes back
-        assert min(jumps) >= 0
-    # the audio itself is untouched: each emitted frame is the decoded samples (no stretching)
-    total = sum(f.samples.size for f in frames)
-    expected = 60 * SR
-    assert (total <= expected + SR // 10) and (total >= expected - (src.drift_samples if ppm > 0 else 0) - SR // 2)
+        fr.time_base = fractions.Fraction(1, rate)
+        # it arrives when its last sample was captured (true time), plus 0-30 ms of jitter
+        now[0] = t_cap0 + (k + 1) * n / rate / (1 + ppm * 1e-6) + 0.03 * ((k * 7) % 5) / 4
+        src._place(sess, fr, now[0], frames.append)
+    src._end_session(sess, frames.append)
+    log = PieceLog()
+    for f in frames:
+        if f.piece is not None:
+            log.add(f.piece)
+    i0 = frames[0].sample_index
+    # the UTC the timeline gives each frame's first sample against when it was really captured
+    # (output sample j is input sample j/2, captured at t_cap0 + j/16000 camera-seconds)
+    err = [log.utc_of(f.sample_index) - (t_cap0 + (f.sample_index - i0) / SR / (1 + ppm * 1e-6))
+           for f in frames]
+    late = err[len(err) // 3:]
+    # uncorrected the error grows to 60 ms over the minute; the timeline keeps it near its
+    # 20-ms tolerance
+    assert max(abs(e) for e in late) < 0.035, (min(late), max(late))
+    causes = [p.cause for p in log.pieces()]
+    assert causes[0] == "start" and "drift" in causes
+    # the audio is untouched: contiguous on the sample index, every sample delivered
+    assert all(a.end_index == b.sample_index for a, b in zip(frames, frames[1:]))
+    assert abs(sum(f.samples.size for f in frames) - n_frames * n * SR // rate) <= 2
