@@ -332,6 +332,11 @@ def _recording(path: Path, event_at: float, seconds: float = 20.0) -> None:
 
 
 def test_daemon_camera_alert_carries_the_event_utc_across_a_server_restart(tmp_path):
+    import json
+    import sqlite3
+    import urllib.request
+    from datetime import datetime
+
     from edge.config import load_settings
     from edge.daemon import CallbackSink, Daemon
 
@@ -347,11 +352,21 @@ def test_daemon_camera_alert_carries_the_event_utc_across_a_server_restart(tmp_p
                      "stall_timeout": "1s"}],
         "monitors": [{"name": "beep", "kind": "gate", "triggers": ["peak_dbfs > -12"],
                       "cooldown": "1s"}],
+        "alerts": {"mqtt": {"enabled": False}},
+        "http": {"enabled": True, "port": 0},
     })
     got: list = []
-    d = Daemon(s, sinks=[CallbackSink(lambda r, a, sr: got.append((r, a, sr)))], alerts=False,
-               http=False, log_results=False)
+    d = Daemon(s, sinks=[CallbackSink(lambda r, a, sr: got.append((r, a, sr)))],
+               log_results=False)
     srv2 = None
+    db = tmp_path / "data" / "history.sqlite3"
+
+    def alerts() -> list[dict]:
+        if not db.exists():
+            return []
+        with sqlite3.connect(db) as c:
+            return [json.loads(p) for (p,) in c.execute("SELECT payload FROM alerts")]
+
     try:
         d.start()
         srv.wait_playing("/event")
@@ -361,9 +376,11 @@ def test_daemon_camera_alert_carries_the_event_utc_across_a_server_restart(tmp_p
         t_play2 = srv2.wait_playing("/event", timeout=15)
         event_utc = t_play2 + event_at
         end = time.monotonic() + 30
-        while time.monotonic() < end and not any(r.positive for r, _, _ in got):
+        while time.monotonic() < end and not alerts():
             time.sleep(0.1)
-        health = d.health()
+        http = f"http://127.0.0.1:{d.http_endpoint.port}"
+        health = json.loads(urllib.request.urlopen(f"{http}/healthz").read())
+        metrics = urllib.request.urlopen(f"{http}/metrics").read().decode()
     finally:
         d.stop()
         srv.kill()
@@ -373,11 +390,18 @@ def test_daemon_camera_alert_carries_the_event_utc_across_a_server_restart(tmp_p
     assert pos, [r.verdict for r, _, _ in got]
     r, audio, sr = pos[0]
     assert sr == SR and audio.size == round((r.end - r.start).total_seconds() * SR)
-    # the beep is in the clip where the alert says it is
+    # the beep is in the clip where the result says it is
     onset = int(np.argmax(np.abs(audio) > 0.25))
     t_onset = r.start.timestamp() + onset / SR
     assert abs(t_onset - event_utc) < 0.3, (t_onset - event_utc)
     assert dominant_hz(audio[onset:onset + 4000]) == pytest.approx(1000, abs=10)
+    # and the alert that left the pipeline carries that span
+    [alert] = alerts()
+    a_start = datetime.fromisoformat(alert["start"].replace("Z", "+00:00")).timestamp()
+    a_end = datetime.fromisoformat(alert["end"].replace("Z", "+00:00")).timestamp()
+    assert (alert["stream"], alert["monitor"]) == ("cam", "beep")
+    assert a_start == pytest.approx(r.start.timestamp(), abs=1e-3)
+    assert a_start < event_utc < a_end
     # the downtime is a gap (silence on the clock), not squeezed audio
     m = d.metrics
     assert m.gap_samples.labels("cam")._value.get() >= 0.5 * SR
@@ -385,6 +409,9 @@ def test_daemon_camera_alert_carries_the_event_utc_across_a_server_restart(tmp_p
     src = health["streams"]["cam"]["source"]
     assert src["state"] == "streaming" and src["reconnects"] >= 1
     assert src["url"] == f"rtsp://127.0.0.1:{port}/event"
+    assert 'fe_source_up{stream="cam"} 1.0' in metrics
+    assert 'fe_source_errors_total{reason="eof",stream="cam"}' in metrics or \
+        'fe_source_errors_total{reason="network",stream="cam"}' in metrics
 
 
 # ---------------------------------------------------------------- probe
