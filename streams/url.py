@@ -284,9 +284,7 @@ class UrlSource(Source):
         # readings are this machine's clock (arrival times): no skew check
         self.timeline = Timeline(SAMPLE_RATE, max_gap_s=max_gap_s, max_skew_s=None,
                                  drift_tolerance_s=drift_tolerance, clock=clock)
-        self._sessions = 0
         self._seq = 0
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, dict[str, Any]]:
@@ -335,6 +333,7 @@ class UrlSource(Source):
                 break
             if sess.audio_s > 0:
                 attempt = 0  # it worked for a while: start the backoff over
+                last_logged = None  # and a new failure is news again
             self.failures[kind] = self.failures.get(kind, 0) + 1
             if self.metrics is not None:
                 self.metrics.source_errors.labels(self.stream, kind).inc()
