@@ -338,7 +338,8 @@ def test_daemon_camera_alert_carries_the_event_utc_across_a_server_restart(tmp_p
     from datetime import datetime
 
     from edge.config import load_settings
-    from edge.daemon import CallbackSink, Daemon
+    from edge.daemon import Daemon
+    from edge.sinks import CallbackSink
 
     wav = tmp_path / "event.wav"
     event_at = 2.0
@@ -356,7 +357,8 @@ def test_daemon_camera_alert_carries_the_event_utc_across_a_server_restart(tmp_p
         "http": {"enabled": True, "port": 0},
     })
     got: list = []
-    d = Daemon(s, sinks=[CallbackSink(lambda r, a, sr: got.append((r, a, sr)))],
+    # sinks get an AudioSpan (read from the ring on demand): read it while it is there
+    d = Daemon(s, sinks=[CallbackSink(lambda r, a, sr: got.append((r, a.read(), sr)))],
                log_results=False)
     srv2 = None
     db = tmp_path / "data" / "history.sqlite3"
