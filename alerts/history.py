@@ -167,7 +167,8 @@ class History:
 
     def list_results(self, *, stream: str | None = None, monitor: str | None = None, limit: int = 50) -> list[dict]:
         where, args = _filters(stream, monitor)
-        q = "SELECT ts, stream, monitor, verdict, severity, answer FROM results WHERE 1=1" + where
+        q = ("SELECT ts, stream, monitor, verdict, severity, answer,"
+             " json_extract(payload, '$.score') AS score FROM results WHERE 1=1" + where)
         q += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         with self._lock:

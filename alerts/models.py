@@ -61,6 +61,7 @@ class Alert:
     raised_at: datetime
     choice: str | None = None
     level_dbfs: float | None = None
+    score: float | None = None  # scored monitors: the probability that raised the alert
     clip_flac: str | None = None  # path relative to the clips directory
     clip_png: str | None = None
     schema_version: int = SCHEMA_VERSION
@@ -88,6 +89,7 @@ class Alert:
             raised_at=raised_at or utcnow(),
             choice=result.choice,
             level_dbfs=result.level_dbfs,
+            score=result.score,
             extra=dict(result.extra),
         )
 

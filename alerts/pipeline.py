@@ -66,6 +66,17 @@ log = structlog.get_logger("alerts.pipeline")
 _Item = tuple[MonitorResult, "np.ndarray | None", int]
 
 
+def answer_payload(r: MonitorResult) -> dict[str, Any]:
+    """The retained answer JSON of ``<prefix>/<stream>/<monitor>/answer`` (docs/MQTT.md)."""
+    return {
+        "answer": r.answer, "verdict": r.verdict, "severity": r.severity, "choice": r.choice,
+        "question": r.question, "start": r.start.isoformat(), "end": r.end.isoformat(),
+        "model_id": r.model_id, "latency_s": r.latency_s, "level_dbfs": r.level_dbfs,
+        "score": r.score, "threshold": r.threshold, "hysteresis": r.hysteresis, "probs": r.probs,
+        "coverage": r.coverage, "explained": bool(r.extra.get("explained", False)),
+    }
+
+
 class AlertPipeline:
     def __init__(
         self,
@@ -270,11 +281,7 @@ class AlertPipeline:
             self._history("monitor", self.history.record_monitor, r.stream, r.monitor, ts=self._clock())
         if self.mqtt is not None:
             self.mqtt.declare(r.stream, r.monitor)
-            self.mqtt.set_answer(r.stream, r.monitor, {
-                "answer": r.answer, "verdict": r.verdict, "severity": r.severity, "choice": r.choice,
-                "question": r.question, "start": r.start.isoformat(), "end": r.end.isoformat(),
-                "model_id": r.model_id, "latency_s": r.latency_s, "level_dbfs": r.level_dbfs,
-            })
+            self.mqtt.set_answer(r.stream, r.monitor, answer_payload(r))
         d = self._rules.observe(r)
         if d.raise_alert:
             # the alert is committed to the outbox before the ON state that announces it is

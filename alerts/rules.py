@@ -12,6 +12,10 @@ Semantics (see `alerts.config.RuleConfig`):
 * ON -> OFF after ``off_after_negatives`` consecutive ``negative`` results, or when
   ``max_not_heard_s`` seconds passed since the last positive one. ``unknown`` verdicts
   neither confirm nor clear a state.
+* Scored monitors (results with a ``score`` and a ``threshold``) are judged on the score,
+  not on the text: positive at or above the threshold, negative below
+  ``threshold - hysteresis``, unknown in between (`edge.results.verdict_of_score`). So ON
+  above the threshold, OFF after ``off_after_negatives`` scores below threshold - hysteresis.
 * An alert is raised only on OFF -> ON, and suppressed (the state still turns ON) when
   the previous alert of the pair is younger than ``cooldown_s``, or had the same
   normalised answer and is younger than ``dedupe_window_s``.
@@ -81,7 +85,8 @@ class RuleEngine:
         rule = self._config.rule_for(result.monitor)
         now = self._clock()
         p = self._pairs.setdefault(key, _PairState())
-        if result.verdict == "positive":
+        verdict = result.score_verdict
+        if verdict == "positive":
             p.negatives = 0
             p.last_positive = now
             if p.state == "ON":
@@ -99,7 +104,7 @@ class RuleEngine:
             p.last_alert_answer = answer
             return Decision(tr, True)
         if p.state == "ON":
-            if result.verdict == "negative":
+            if verdict == "negative":
                 p.negatives += 1
                 if p.negatives >= rule.off_after_negatives:
                     return Decision(self._off(key, p, "negatives", now))

@@ -233,6 +233,12 @@ class MonitorConfig(_Base):
     choices: list[str] = Field(default_factory=list)
     alert_on: list[str] = Field(default_factory=list)  # choice: options that are positive
     alert_if: str | None = None  # text: regex that makes the answer positive
+    # yes_no / choice: score the options (one forward pass, AF2.score) instead of generating
+    # text and parsing it; the score is P(positive / alert_on options) among the options
+    scored: bool = True
+    threshold: float = Field(0.5, gt=0, lt=1)  # score at or above: positive
+    hysteresis: float = Field(0.0, ge=0, lt=1)  # score below threshold - hysteresis: negative
+    explain: bool = True  # scored: generate an answer in words when the monitor turns ON
     every: Duration | None = None
     triggers: list[str] = Field(default_factory=list)  # "novelty > 3", "level_dbfs > -30 and ..."
     cooldown: Duration = 60.0
@@ -275,6 +281,8 @@ class MonitorConfig(_Base):
                 if fname is not None and fname not in TEMPLATE_FIELDS and not fname.startswith("labels."):
                     raise ValueError(f"question template: unknown field {{{fname}}}")
             parse_answer_spec(self.answer, self.choices, self.alert_on, self.alert_if)
+            if self.threshold - self.hysteresis <= 0:
+                raise ValueError("threshold - hysteresis must be above 0 (or nothing is ever negative)")
         elif not self.triggers:
             raise ValueError("a gate monitor needs `triggers`")
         if self.every is None and not self.triggers:

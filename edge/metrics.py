@@ -84,6 +84,10 @@ class Metrics:
             "fe_queries_failed", "Monitor queries lost to an error (encoder or model)",
             ["stream", "monitor"], registry=r,
         )
+        self.monitor_score = Gauge(
+            "fe_monitor_score", "Latest score (probability 0-1) of a scored monitor",
+            ["stream", "monitor"], registry=r,
+        )
         self.tokens_per_second = Gauge(
             "fe_decode_tokens_per_second", "Decode speed of the last query", registry=r
         )

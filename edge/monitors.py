@@ -89,31 +89,106 @@ def parse_answer_spec(kind: str, choices: list[str], alert_on: list[str],
         raise ValueError("`alert_if` only applies to answer: text")
 
 
+# Negation: a mention of an option does not count when a negator precedes it in the same
+# clause ("there is no knocking", "not failing, just idle") or a negated verb follows it
+# ("knocking is not present"). Clauses end at punctuation and at contrast words.
+_NEGATORS = re.compile(
+    r"(?<![\w'])(?:no|not|never|without|nothing|none|neither|nor|absence|absent|lack|lacks|"
+    r"lacking|free of|cannot|\w+n't|isnt|arent|wasnt|werent|doesnt|dont|didnt|cant|wont|"
+    r"hasnt|havent|hadnt|couldnt|wouldnt|shouldnt)(?![\w'])"
+)
+_CLAUSE_END = re.compile(r"[.;:!?,()\[\]\n]|(?<!\w)(?:but|just|only|rather|instead|though|although|"
+                         r"however|whereas|while|yet)(?!\w)")
+_POST_NEG = re.compile(
+    r"^\s*(?:sounds?|noises?)?\s*(?:(?:is|are|was|were|does|do|did|has|have|can|could)"
+    r"(?:\s+not|n't)|isnt|arent|wasnt|werent|doesnt|dont|didnt|cannot)(?!\w)"
+)
+_LEAD = r"^[\s\"'(\[*_`>#-]*"
+
+
+def _clean(s: str) -> str:
+    """Lower case, typographic apostrophes straightened, whitespace collapsed."""
+    s = s.replace("\u2019", "'").replace("\u2018", "'")
+    return re.sub(r"\s+", " ", s.strip().lower())
+
+
+def _option_pattern(option: str) -> re.Pattern[str]:
+    """Whole words only ("cart" is not in "cartoon", "yes" not in "yesterday"); any run of
+    spaces between an option's words."""
+    words = [re.escape(w) for w in _clean(option).split(" ")]
+    return re.compile(r"(?<![\w'])" + r"\s+".join(words) + r"(?![\w]|'\w)")
+
+
+def negated(text: str, start: int, end: int) -> bool:
+    """Whether the mention text[start:end] is negated within its clause."""
+    before = text[:start]
+    cut = 0
+    for m in _CLAUSE_END.finditer(before):
+        cut = m.end()
+    if _NEGATORS.search(before[cut:]):
+        return True
+    after = text[end:]
+    stop = _CLAUSE_END.search(after)
+    return bool(_POST_NEG.match(after[: stop.start()] if stop else after))
+
+
+def mentions(answer: str, options: list[str]) -> list[tuple[int, int, str, bool]]:
+    """Every whole-word mention of every option: (start, end, option, negated), in text order;
+    of overlapping mentions the longest wins ("no knocking" over "knocking")."""
+    text = _clean(answer)
+    found = []
+    for opt in options:
+        for m in _option_pattern(opt).finditer(text):
+            found.append((m.start(), m.end(), opt))
+    found.sort(key=lambda f: (f[0], -(f[1] - f[0])))
+    out: list[tuple[int, int, str, bool]] = []
+    last_end = -1
+    for a, b, opt in found:
+        if a < last_end:  # inside a longer mention found first
+            continue
+        out.append((a, b, opt, negated(text, a, b)))
+        last_end = b
+    return out
+
+
 def parse_yes_no(answer: str, positive: str = "yes") -> Parsed:
-    m = re.match(r"^[\s\"'(\[*_`]*(yes|no)\b", answer, re.IGNORECASE)
+    """The answer's leading "yes" or "no" (as a whole word; quotes/markdown before it allowed).
+    Anything else is unknown: a yes/no word later in a sentence is too often part of something
+    else ("there is no doubt: ...")."""
+    m = re.match(_LEAD + r"(yes|no)(?!\w|'\w)", _clean(answer))
     if not m:
         return Parsed("unknown")
-    word = m.group(1).lower()
+    word = m.group(1)
     return Parsed("positive" if word == positive else "negative", choice=word)
 
 
 def parse_choice(answer: str, choices: list[str], alert_on: list[str]) -> Parsed:
-    a = _norm(answer)
-    a_clean = re.sub(r"^[\s\"'(\[*_`]+", "", a)
-    opts = sorted(choices, key=len, reverse=True)  # longest first: "no knocking" before "knocking"
-    hit = next((c for c in opts if a_clean.startswith(_norm(c))), None)
-    if hit is None:
-        hit = next((c for c in opts if re.search(r"\b" + re.escape(_norm(c)) + r"\b", a)), None)
-    if hit is None:
-        return Parsed("unknown")
+    """The first mention of a choice that is not negated wins. If every mention is negated
+    and one of them is an `alert_on` option ("there is no knocking"), the answer is negative
+    without a choice; otherwise unknown."""
+    ms = mentions(answer, choices)
     pos = {_norm(x) for x in alert_on}
+    hit = next((opt for _, _, opt, neg in ms if not neg), None)
+    if hit is None:
+        if any(neg and _norm(opt) in pos for _, _, opt, neg in ms):
+            return Parsed("negative")
+        return Parsed("unknown")
     return Parsed("positive" if _norm(hit) in pos else "negative", choice=hit)
 
 
 def parse_text(answer: str, alert_if: str | None) -> Parsed:
+    """Positive if `alert_if` matches somewhere it is not negated ("no grinding" does not
+    count for ``grind``)."""
     if alert_if is None:
         return Parsed("unknown")
-    return Parsed("positive" if re.search(alert_if, answer, re.IGNORECASE) else "negative")
+    text = _clean(answer)
+    for m in re.finditer(alert_if, text, re.IGNORECASE):
+        end = m.end()
+        while end < len(text) and text[end].isalnum():  # "grind" in "grinding ...": whole word
+            end += 1
+        if m.end() > m.start() and not negated(text, m.start(), end):
+            return Parsed("positive")
+    return Parsed("negative")
 
 
 def parse_answer(cfg: Any, answer: str) -> Parsed:

@@ -34,10 +34,25 @@ class MonitorResult:
     level_dbfs: float | None = None  # loudness of the span, when known
     novelty: float | None = None  # novelty score of the span, when known
     extra: dict[str, Any] = field(default_factory=dict)
+    # scored monitors (`answer: yes_no` / `choice`, see edge.queries): the probability of the
+    # alerting option(s), the settings that turn it into a verdict, the probability of every
+    # option (case variants summed) and how much of the answer's first token the options cover
+    score: float | None = None
+    threshold: float | None = None
+    hysteresis: float | None = None
+    probs: dict[str, float] | None = None
+    coverage: float | None = None
 
     @property
     def positive(self) -> bool:
         return self.verdict == "positive"
+
+    @property
+    def score_verdict(self) -> Verdict:
+        """The verdict the alert rules use: from the score when there is one."""
+        if self.score is None or self.threshold is None:
+            return self.verdict
+        return verdict_of_score(self.score, self.threshold, self.hysteresis or 0.0)
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -64,3 +79,13 @@ class AudioSpan:
 
     def read(self) -> np.ndarray | None:
         return self.reader(self.start, self.end)
+
+
+def verdict_of_score(score: float, threshold: float, hysteresis: float = 0.0) -> Verdict:
+    """positive at or above `threshold`; negative below `threshold - hysteresis`; in between
+    (the hysteresis band) unknown: it neither turns a monitor ON nor counts towards OFF."""
+    if score >= threshold:
+        return "positive"
+    if score < threshold - hysteresis:
+        return "negative"
+    return "unknown"

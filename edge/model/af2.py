@@ -6,6 +6,8 @@
     memory = m.memory(tokens, mask)                      # (L*64, D)
     logits = m.logits(memory, mask, input_ids)           # (T, V), full forward, no cache
     ans = m.ask(memory, mask, "is the compressor knocking?", Sampling(max_new_tokens=64))
+    s = m.score(memory, mask, "is the compressor knocking?", options=["yes", "no"])
+    s.probs["yes"]                                       # one forward pass, no generation
 
 A query computes the cross-attention K/V of every decoder layer once (`cross_kv`) and decodes
 on the static path (edge/model/generate.py): fixed buffers per (batch, max length), several
@@ -56,9 +58,28 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-__all__ = ["AF2", "AF2Modules", "Answer", "Sampling", "pick_token"]
+__all__ = ["AF2", "AF2Modules", "Answer", "Sampling", "Scores", "pick_token"]
 
 MAX_MEMORY_TOKENS = 30 * TOKENS_PER_CLIP  # 5 minutes: the static cross K/V capacity with graphs
+
+
+@dataclass
+class Scores:
+    """How likely the model finds each of a fixed set of answers to one question.
+
+    `logprobs[o]` is the sum over the option's tokens of log P(token | prompt, earlier option
+    tokens), teacher-forced right after <SEP> (no EOS); `probs` is their softmax over the options
+    (the model's preference *among* the options); `coverage` is the probability the answer starts
+    with the first token of one of the options at all (low = the model would say something else).
+    """
+
+    options: list[str]
+    logprobs: dict[str, float]
+    probs: dict[str, float]
+    coverage: float
+    token_ids: dict[str, list[int]]  # each option's tokens
+    prompt_ids: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _release_name(c: AF2Config) -> str:
@@ -178,6 +199,189 @@ class AF2:
         """Teacher-forced logits (T, V) over `input_ids`, float32, full forward without caches."""
         ids = torch.as_tensor(input_ids, device=self.device).reshape(1, -1)
         return self.modules.decoder(ids, self.cross_kv(memory, mask))[0]
+
+    def score(self, memory: torch.Tensor, mask: torch.Tensor, question: str,
+              options: list[str], xkv: CrossKV | None = None) -> Scores:
+        """Teacher-forced log-probabilities of `options` as answers to `question`.
+
+        The prompt is exactly `ask`'s; each option is tokenised without special tokens and
+        follows <SEP> directly. Cost: one prefill of the prompt, then (only if some option has
+        more than one token) one batched forward of the multi-token options continuing from the
+        prompt's KV cache. Pass `xkv` (from `cross_kv`) to share it with other queries.
+        """
+        if self.tokenizer is None:
+            raise RuntimeError("this AF2 instance has no tokenizer (built with AF2.random?)")
+        options = list(options)
+        if not options:
+            raise ValueError("score needs at least one option")
+        if len(set(options)) != len(options):
+            raise ValueError(f"score options must be distinct, got {options!r}")
+        option_ids = [self.tokenizer.encode_text(o) for o in options]
+        for o, ids in zip(options, option_ids):
+            if not ids:
+                raise ValueError(f"option {o!r} has no tokens")
+        prompt = self.tokenizer.encode_prompt(question)
+        t0 = time.perf_counter()
+        if xkv is None:
+            xkv = self.cross_kv(memory, mask)
+        t_kv = time.perf_counter() - t0
+        lp, coverage, timings = self.score_ids(prompt, option_ids, xkv)
+        timings["cross_kv_s"] = t_kv
+        logprobs = {o: float(v) for o, v in zip(options, lp.tolist())}
+        probs = {o: float(v) for o, v in zip(options, lp.softmax(0).tolist())}
+        return Scores(options, logprobs, probs, coverage,
+                      {o: list(ids) for o, ids in zip(options, option_ids)}, prompt, timings)
+
+    @torch.inference_mode()
+    def score_ids(self, prompt_ids: list[int], option_ids: list[list[int]], xkv: CrossKV
+                  ) -> tuple[torch.Tensor, float, dict[str, float]]:
+        """-> (log-probabilities (N,) float64, coverage, timings) of token sequences after a prompt."""
+        dec = self.modules.decoder
+        T = len(prompt_ids)
+        t0 = time.perf_counter()
+        dec.setup_cache(1, T + max(len(o) for o in option_ids) - 1)
+        prompt = torch.tensor([prompt_ids], device=self.device)
+        first = dec(prompt, xkv, input_pos=torch.arange(T, device=self.device), last_only=True)[0, -1]
+        t_prefill = time.perf_counter() - t0
+        lp, coverage = self._options_after_prefill(first, option_ids, xkv, T)
+        t_total = time.perf_counter() - t0
+        return lp, coverage, {"prefill_s": t_prefill, "options_s": t_total - t_prefill}
+
+    def score_batch(self, memory: torch.Tensor, mask: torch.Tensor,
+                    queries: list[tuple[str, list[str]]], xkv: CrossKV | None = None) -> list[Scores]:
+        """`score` for several (question, options) about one memory: the prompts prefill as
+        one batch (right-padded; causal attention keeps padding out of every real position),
+        sharing one cross K/V. Equal to `score` one at a time up to float rounding."""
+        if self.tokenizer is None:
+            raise RuntimeError("this AF2 instance has no tokenizer (built with AF2.random?)")
+        prompts, option_ids = [], []
+        for question, options in queries:
+            options = list(options)
+            if not options or len(set(options)) != len(options):
+                raise ValueError(f"score options must be distinct and not empty, got {options!r}")
+            ids = [self.tokenizer.encode_text(o) for o in options]
+            for o, i in zip(options, ids):
+                if not i:
+                    raise ValueError(f"option {o!r} has no tokens")
+            prompts.append(self.tokenizer.encode_prompt(question))
+            option_ids.append(ids)
+        t0 = time.perf_counter()
+        if xkv is None:
+            xkv = self.cross_kv(memory, mask)
+        t_kv = time.perf_counter() - t0
+        out = []
+        for (question, options), prompt, ids, (lp, cov) in zip(
+                queries, prompts, option_ids, self.score_ids_batch(prompts, option_ids, xkv)):
+            out.append(Scores(list(options), {o: float(v) for o, v in zip(options, lp.tolist())},
+                              {o: float(v) for o, v in zip(options, lp.softmax(0).tolist())}, cov,
+                              {o: list(i) for o, i in zip(options, ids)}, prompt,
+                              {"cross_kv_s": t_kv, "batch": len(queries)}))
+        return out
+
+    @torch.inference_mode()
+    def score_ids_batch(self, prompts: list[list[int]], option_ids: list[list[list[int]]],
+                        xkv: CrossKV) -> list[tuple[torch.Tensor, float]]:
+        """Several prompts about one memory (`xkv` of batch 1) -> [(log-probabilities, coverage)]."""
+        dec = self.modules.decoder
+        dev = self.device
+        B = len(prompts)
+        lens = [len(p) for p in prompts]
+        T = max(lens)
+        longest = max(len(o) for opts in option_ids for o in opts)
+        dec.setup_cache(B, T + longest - 1)
+        ids = torch.zeros((B, T), dtype=torch.long, device=dev)
+        for b, p in enumerate(prompts):
+            ids[b, : len(p)] = torch.tensor(p)
+        last = torch.tensor([n - 1 for n in lens], device=dev)
+        first = dec(ids, xkv, input_pos=torch.arange(T, device=dev), select=last)[:, 0]  # (B, V)
+        caches = [(ly.decoder_layer.self_attn.k_cache, ly.decoder_layer.self_attn.v_cache)
+                  for ly in dec.layers]
+        out = []
+        for b, opts in enumerate(option_ids):
+            if any(len(o) > 1 for o in opts):
+                # the row's cache beyond its prompt holds padding: the options overwrite it
+                # position by position before anything reads it
+                dec.fork_cache(1, b, caches)
+            out.append(self._options_after_prefill(first[b], opts, xkv, lens[b]))
+        return out
+
+    @torch.inference_mode()
+    def score_many(self, items: list[tuple[torch.Tensor, torch.Tensor, list[int], list[list[int]]]],
+                   max_batch: int = 8) -> list[tuple[torch.Tensor, float]]:
+        """Score several (memory, mask, prompt_ids, option_ids) at once: items whose prompts
+        have the same length prefill as one batch (memories of different lengths padded and
+        masked; their cross K/V computed as one batch), at most `max_batch` rows at a time (each
+        row holds its memory's cross K/V). Multi-token options then continue per item.
+        -> [(log-probabilities (N,) float64, coverage)] in the order of `items`; equal to
+        `score_ids` one at a time up to float rounding."""
+        out: list[tuple[torch.Tensor, float] | None] = [None] * len(items)
+        by_len: dict[int, list[int]] = {}
+        for i, (_, _, prompt, _) in enumerate(items):
+            by_len.setdefault(len(prompt), []).append(i)
+        for T, idx in by_len.items():
+            for c in range(0, len(idx), max_batch):
+                chunk = idx[c : c + max_batch]
+                for i, r in zip(chunk, self._score_batch([items[i] for i in chunk], T)):
+                    out[i] = r
+        return [r for r in out if r is not None]
+
+    def _score_batch(self, items, T: int) -> list[tuple[torch.Tensor, float]]:
+        dec = self.modules.decoder
+        dev = self.device
+        B = len(items)
+        lens = [m.shape[0] for m, _, _, _ in items]
+        M = max(lens)
+        memory = torch.zeros((B, M, items[0][0].shape[-1]), dtype=self.dtype, device=dev)
+        key_mask = torch.zeros((B, M), dtype=torch.bool, device=dev)
+        for b, (mem, mask, _, _) in enumerate(items):
+            memory[b, : mem.shape[0]] = mem.to(dev, self.dtype)
+            key_mask[b, : mem.shape[0]] = self._token_mask(mask, mem.shape[0] // TOKENS_PER_CLIP) != 0
+        xkv = dec.cross_kv(memory, key_mask)  # (B, heads, M, dh) per layer
+        longest = max(len(o) for _, _, _, opts in items for o in opts)
+        dec.setup_cache(B, T + longest - 1)
+        prompts = torch.tensor([p for _, _, p, _ in items], device=dev)
+        first = dec(prompts, xkv, input_pos=torch.arange(T, device=dev), last_only=True)[:, -1]
+        caches = [(ly.decoder_layer.self_attn.k_cache, ly.decoder_layer.self_attn.v_cache)
+                  for ly in dec.layers]
+        out = []
+        for b, (_, _, _, opts) in enumerate(items):
+            row = CrossKV([k[b : b + 1] if k is not None else None for k in xkv.k],
+                          [v[b : b + 1] if v is not None else None for v in xkv.v],
+                          xkv.mask[b : b + 1])
+            if any(len(o) > 1 for o in opts):
+                dec.fork_cache(1, b, caches)
+            out.append(self._options_after_prefill(first[b], opts, row, T))
+        return out
+
+    def _options_after_prefill(self, first: torch.Tensor, option_ids: list[list[int]],
+                               xkv: CrossKV, T: int) -> tuple[torch.Tensor, float]:
+        """`first` (V,) = logits after the prompt, whose KV cache row 0 holds (T positions).
+        -> (log-probabilities (N,) float64, coverage)."""
+        dec = self.modules.decoder
+        dev = self.device
+        first = first.log_softmax(-1)  # (V,) float32: the answer's first token
+        firsts = torch.tensor([o[0] for o in option_ids], device=dev)
+        total = first[firsts].double()  # (N,)
+        coverage = float(first[firsts.unique()].double().exp().sum())
+        multi = [i for i, o in enumerate(option_ids) if len(o) > 1]
+        if multi:
+            # the multi-token options as one batch after the prompt, right-padded: causal
+            # attention keeps real positions from ever seeing the padding after them
+            n = max(len(option_ids[i]) for i in multi) - 1
+            feed = torch.zeros((len(multi), n), dtype=torch.long, device=dev)
+            target = torch.zeros_like(feed)
+            valid = torch.zeros((len(multi), n), dtype=torch.bool, device=dev)
+            for r, i in enumerate(multi):
+                o = option_ids[i]
+                feed[r, : len(o) - 1] = torch.tensor(o[:-1])
+                target[r, : len(o) - 1] = torch.tensor(o[1:])
+                valid[r, : len(o) - 1] = True
+            dec.fork_cache(len(multi))
+            logits = dec(feed, xkv, input_pos=torch.arange(T, T + n, device=dev))  # (R, n, V)
+            lp = logits.log_softmax(-1).gather(-1, target[..., None])[..., 0]
+            lp = torch.where(valid, lp, torch.zeros_like(lp)).double().sum(-1)
+            total[torch.tensor(multi, device=dev)] += lp
+        return total.cpu(), coverage
 
     def ask(self, memory: torch.Tensor, mask: torch.Tensor, question: str,
             sampling: Sampling = Sampling()) -> Answer:

@@ -283,15 +283,32 @@ class Decoder(nn.Module):
             att.k_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
             att.v_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
 
+    def fork_cache(self, batch: int, row: int = 0,
+                   source: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Make every self-attention cache `batch` copies of row `row` of `source` (default:
+        the current caches): one prefilled prompt continued by several sequences (`AF2.score`
+        teacher-forces all options this way). Returns the caches it replaced."""
+        old = [(ly.decoder_layer.self_attn.k_cache, ly.decoder_layer.self_attn.v_cache)
+               for ly in self.layers]
+        for layer, (k, v) in zip(self.layers, source if source is not None else old):
+            att = layer.decoder_layer.self_attn
+            att.k_cache = k[row : row + 1].expand(batch, -1, -1, -1).clone()
+            att.v_cache = v[row : row + 1].expand(batch, -1, -1, -1).clone()
+        return old
+
     def forward(self, ids: torch.Tensor, xkv: CrossKV, input_pos: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, select: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, V) in float32. `input_pos` (T,) selects the cached path;
-        `last_only` projects only the last position onto the vocabulary (prefill)."""
+        `last_only` projects only the last position onto the vocabulary (prefill); `select`
+        (B,) projects only position select[b] of row b (prefill of right-padded prompts)."""
         h = self.embed_tokens(ids)
         pos = input_pos if input_pos is not None else torch.arange(ids.shape[1], device=ids.device)
         cos, sin = rope_cos_sin(pos, self.d.head_dim, self.d.rope_theta, h.dtype)
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, input_pos, xkv.k[i], xkv.v[i], xkv.mask)
+        if select is not None:
+            h = h[torch.arange(h.shape[0], device=h.device), select][:, None]
         h = self.norm(h[:, -1:] if last_only else h)
         return self.output(h)
 

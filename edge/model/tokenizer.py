@@ -46,6 +46,10 @@ class AF2Tokenizer:
     def encode_prompt(self, question: str) -> list[int]:
         return self.tok.encode(self.prompt(question), add_special_tokens=False).ids
 
+    def encode_text(self, text: str) -> list[int]:
+        """Plain text (an answer option) as it would follow <SEP>: no special tokens added."""
+        return self.tok.encode(text, add_special_tokens=False).ids
+
     def answer_text(self, prompt_ids: list[int], answer_ids: list[int]) -> str:
         """Official decoding: text after the last <SEP>, EOS/pad/<|endofchunk|> removed."""
         text = self.tok.decode(list(prompt_ids) + list(answer_ids), skip_special_tokens=False)

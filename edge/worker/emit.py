@@ -6,13 +6,14 @@ worker carries on.
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
+from ..answering import Outcome
 from ..memory import MemoryView
-from ..monitors import Due, parse_answer
-from ..results import AudioSpan, MonitorResult, Verdict
+from ..monitors import Due
+from ..results import AudioSpan, MonitorResult
 from ..sinks import ResultSink
 from .encode import HeardClip
 from .queries import QueryGroup
@@ -38,20 +39,26 @@ def gate_result(h: HeardClip, cfg: Any, due: Due) -> MonitorResult:
 
 
 def answer_result(s: StreamState, q: QueryGroup, view: MemoryView, cfg: Any, due: Due,
-                  question: str, answer: Any, latency_s: float, model_id: str) -> MonitorResult:
-    parsed = parse_answer(cfg, answer.text)
+                  question: str, o: Outcome, latency_s: float, model_id: str) -> MonitorResult:
+    """A model monitor's result; ``o`` is its answer (`edge.answering.Outcome`: scored, or
+    generated and parsed)."""
     return MonitorResult(
-        stream=q.stream, monitor=cfg.name, question=question, answer=answer.text,
-        token_ids=tuple(int(t) for t in answer.token_ids), verdict=cast(Verdict, parsed.verdict),
+        stream=q.stream, monitor=cfg.name, question=question, answer=o.answer,
+        token_ids=o.token_ids, verdict=o.verdict,
         start=utc(view.t_start), end=utc(view.t_end),
         latency_s=latency_s, model_id=model_id,
-        severity=cfg.severity, choice=parsed.choice,
+        severity=cfg.severity, choice=o.choice,
         level_dbfs=q.reading.level_dbfs if q.reading else None,
         novelty=q.reading.novelty if q.reading else None,
         extra={"reason": due.reason, "clip": q.clip_index,
                "clips": [c.index for c in view.clips],
                "masked": int((view.mask == 0).sum()),
-               "offset_s": s.offsets(view.start, view.end)},
+               "offset_s": s.offsets(view.start, view.end),
+               "explained": o.explained},
+        score=o.score,
+        threshold=cfg.threshold if o.score is not None else None,
+        hysteresis=cfg.hysteresis if o.score is not None else None,
+        probs=o.probs, coverage=o.coverage,
     )
 
 

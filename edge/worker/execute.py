@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ..answering import Outcome, Query, TurnOnWatch, answer_due
 from ..memory import MemoryView
 from ..metrics import Metrics
 from ..monitors import render_question
@@ -48,14 +49,21 @@ class QueryModel(Protocol):
 
     def memory(self, tokens: Any, mask: Any) -> Any: ...
 
-    def ask_many(self, memory: Any, mask: Any, questions: list[str], sampling: Any) -> Any: ...
+    def cross_kv(self, memory: Any, mask: Any) -> Any: ...
+
+    def ask_batch(self, queries: list[tuple[Any, str]], sampling: Any) -> Any: ...
+
+    def score_batch(self, memory: Any, mask: Any, queries: list[tuple[str, list[str]]],
+                    xkv: Any = None) -> Any: ...
 
 
 class QueryExecution:
     def __init__(self, model: QueryModel, audio: AudioConfig, metrics: Metrics,
                  on_memory: MemoryHook | None = None,
                  on_progress: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 watch: TurnOnWatch | None = None) -> None:
+        self.watch = watch  # explain-on-ON of scored monitors (None: never explain)
         self.model = model
         self.window_s = audio.window
         self.clip_s, self.hop_s = audio.clip, audio.hop
@@ -79,23 +87,19 @@ class QueryExecution:
                 log.warning("no valid audio in memory for %s; %d queries skipped", s.id, len(group))
                 continue
             audio = AudioSpan(view.start, view.held_end, SR, s.ring.read)
-            by_dec: dict[Any, list[DueMonitor]] = {}  # Sampling -> monitors
-            for cfg, due in group:
-                by_dec.setdefault(cfg.decoding.sampling(), []).append((cfg, due))
-            for dec, items in by_dec.items():
-                answered: set[str] = set()
+            answered: set[str] = set()
 
-                def emit_one(res: MonitorResult, a: AudioSpan | np.ndarray | None,
-                             answered: set[str] = answered) -> None:
-                    answered.add(res.monitor)
-                    emit(res, a)
+            def emit_one(res: MonitorResult, a: AudioSpan | np.ndarray | None,
+                         answered: set[str] = answered) -> None:
+                answered.add(res.monitor)
+                emit(res, a)
 
-                try:
-                    self._answer(s, q, view, memory, items, dec, audio, emit_one)
-                except Exception:
-                    self._failed(s, q, [(c, d) for c, d in items if c.name not in answered])
-                else:
-                    self.failures.ok()
+            try:
+                self._answer(s, q, view, memory, group, audio, emit_one)
+            except Exception:
+                self._failed(s, q, [(c, d) for c, d in group if c.name not in answered])
+            else:
+                self.failures.ok()
 
     def _failed(self, s: StreamState, q: QueryGroup, lost: list[DueMonitor]) -> None:
         for cfg, _ in lost:
@@ -124,30 +128,38 @@ class QueryExecution:
         return view, memory
 
     def _answer(self, s: StreamState, q: QueryGroup, view: MemoryView, memory: Any,
-                items: list[DueMonitor], sampling: Any, audio: AudioSpan,
-                emit: EmitFn) -> None:
-        """One model call for the monitors that share a decoding setting."""
+                items: list[DueMonitor], audio: AudioSpan, emit: EmitFn) -> None:
+        """All due monitors about one memory through `edge.answering.answer_due`: one cross
+        K/V whatever their decoding settings; yes_no/choice scored, text generated, a scored
+        monitor turning ON explained in words."""
         m = self.metrics
         window_s = (view.end - view.start) / SR
-        questions = [render_question(cfg.question or "", s.id, cfg.name, window_s, s.labels)
-                     for cfg, _ in items]
+        queries = [Query(cfg, render_question(cfg.question or "", s.id, cfg.name, window_s, s.labels))
+                   for cfg, _ in items]
+        dues = {cfg.name: due for cfg, due in items}
+
+        def make_result(query: Query, o: Outcome) -> MonitorResult:
+            return answer_result(s, q, view, query.cfg, dues[query.cfg.name], query.question, o,
+                                 self.clock() - q.due_wall, self.model_id)
+
+        import torch
+
         t0 = time.perf_counter()
-        answers = self._ask(memory, view.mask, questions, sampling)
+        with torch.inference_mode():
+            results = answer_due(self.model, memory, view.mask, queries, make_result, self.watch)
         dt = time.perf_counter() - t0
         if self.on_progress is not None:
             self.on_progress()
-        ntok = sum(len(a.token_ids) for a in answers)
+        ntok = sum(len(r.token_ids) for r in results)
         if dt > 0 and ntok:
             m.tokens_per_second.set(ntok / dt)
-        done = self.clock()
-        for (cfg, due), qtext, ans in zip(items, questions, answers):
-            latency = done - q.due_wall
-            m.queries.labels(s.id, cfg.name).inc()
-            m.query_latency.labels(cfg.name).observe(latency)
-            emit(answer_result(s, q, view, cfg, due, qtext, ans, latency, self.model_id), audio)
-
-    def _ask(self, memory: Any, mask: Any, questions: list[str], sampling: Any) -> list[Any]:
-        import torch
-
-        with torch.inference_mode():
-            return list(self.model.ask_many(memory, mask, questions, sampling))
+        for res in results:
+            m.queries.labels(s.id, res.monitor).inc()
+            m.query_latency.labels(res.monitor).observe(res.latency_s)
+            if res.score is not None:
+                m.monitor_score.labels(s.id, res.monitor).set(res.score)
+            emit(res, audio)
+        done = {r.monitor for r in results}
+        lost = [(c, d) for c, d in items if c.name not in done]
+        if lost:  # the model failed on some of them (logged by edge.answering)
+            self._failed(s, q, lost)

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..answering import TurnOnWatch
 from ..metrics import Metrics
 from ..sinks import ResultSink
 from .collect import Collector
@@ -75,7 +76,8 @@ class InferenceWorker:
         self.queries = QueryQueue(self.metrics, lossless)
         self.on_progress: Callable[[], None] | None = None
         self.execution = (QueryExecution(model, a, self.metrics, on_memory,
-                                         on_progress=self._progress, clock=clock)
+                                         on_progress=self._progress, clock=clock,
+                                         watch=TurnOnWatch(settings.alerts))
                           if model is not None else None)
         self.emit = Emitter(sink)
         self._budget = {"encode": w.encode_turns, "query": w.query_turns}

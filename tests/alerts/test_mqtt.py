@@ -54,7 +54,7 @@ def test_topics_payloads_and_clean_shutdown(
     assert set(first) == {
         "id", "schema_version", "boot_id", "seq", "stream", "monitor", "severity", "verdict", "answer",
         "question", "start", "end", "model_id", "latency_s", "raised_at", "choice", "level_dbfs",
-        "clip_flac", "clip_png", "extra", "event_type", "replayed",
+        "score", "clip_flac", "clip_png", "extra", "event_type", "replayed",
     }
     assert first["replayed"] is False  # delivered at the first attempt
     assert first["schema_version"] == 1 and first["stream"] == "s1" and first["monitor"] == "knock"

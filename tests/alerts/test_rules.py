@@ -136,3 +136,48 @@ def test_matches_reference_model(verdicts: list[str], n: int) -> None:
         assert d.raise_alert == expect_alert
         assert e.state("s1", "knock") == state
         assert (d.transition is not None) == (prev != state)
+
+
+def scored(score: float, threshold: float = 0.7, hysteresis: float = 0.2, verdict: str = "unknown"):
+    """A scored result: the rules must read the score, whatever the text verdict says."""
+    import dataclasses
+
+    return dataclasses.replace(result(verdict, answer="yes"), score=score, threshold=threshold,
+                               hysteresis=hysteresis)
+
+
+def test_scored_results_turn_on_above_threshold_and_off_below_threshold_minus_hysteresis() -> None:
+    e, _ = engine(off_after_negatives=2)
+    assert e.observe(scored(0.69)).transition is None  # below threshold: stays OFF
+    d = e.observe(scored(0.70))
+    assert d.transition and d.transition.state == "ON" and d.raise_alert
+    # inside the hysteresis band (0.5 <= s < 0.7): neither confirms nor clears
+    for s in (0.6, 0.55, 0.5, 0.65):
+        assert e.observe(scored(s)).transition is None
+    assert e.state("s1", "knock") == "ON"
+    assert e.observe(scored(0.49)).transition is None  # first below 0.5
+    d = e.observe(scored(0.1))
+    assert d.transition and d.transition.state == "OFF" and d.transition.reason == "negatives"
+
+
+def test_the_score_wins_over_the_text_verdict() -> None:
+    e, _ = engine(off_after_negatives=1)
+    assert e.observe(scored(0.2, verdict="positive")).transition is None
+    assert e.observe(scored(0.9, verdict="negative")).raise_alert
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), max_size=30), st.floats(0.05, 0.95), st.floats(0.0, 0.5),
+       st.integers(1, 4))
+def test_scored_rules_match_a_reference(scores: list[float], thr: float, hyst: float, n: int) -> None:
+    e, _ = engine(off_after_negatives=n)
+    state, below = "OFF", 0
+    for s in scores:
+        e.observe(scored(s, thr, hyst))
+        if s >= thr:
+            state, below = "ON", 0
+        elif s < thr - hyst and state == "ON":
+            below += 1
+            if below >= n:
+                state, below = "OFF", 0
+        assert e.state("s1", "knock") == state

@@ -44,7 +44,7 @@ def recording(tmp_path_factory):
 
 
 MONITORS = [
-    {"name": "whole", "question": QUESTION, "every": "30s", "window": "5m",
+    {"name": "whole", "question": QUESTION, "answer": "text", "every": "30s", "window": "5m",
      "decoding": {"max_new_tokens": 12}},
     {"name": "recent", "question": "Is there knocking? Answer yes or no.", "every": "30s",
      "window": "30s", "decoding": {"max_new_tokens": 6}},
@@ -94,8 +94,16 @@ def test_streaming_equals_offline(model, recording, tmp_path):
         assert torch.equal(streamed, offline), f"memory differs at clip {k}"
         n = 12 if r.monitor == "whole" else 6
         ans = model.ask(offline, mask, r.question, Sampling(max_new_tokens=n))
-        assert list(r.token_ids) == list(ans.token_ids)
-        assert r.answer == ans.text and r.model_id == model.model_id
+        if r.monitor == "recent":  # yes_no: scored on the streamed memory = scored offline
+            sc = model.score(offline, mask, r.question, options=["yes", "Yes", "no", "No"])
+            assert r.score == pytest.approx(sc.probs["yes"] + sc.probs["Yes"], abs=1e-9)
+            assert r.coverage == pytest.approx(sc.coverage, abs=1e-9)
+        if r.monitor == "whole" or r.extra["explained"]:
+            assert list(r.token_ids) == list(ans.token_ids)
+            assert r.answer == ans.text
+        else:
+            assert r.token_ids == () and r.answer in ("yes", "no")
+        assert r.model_id == model.model_id
         assert r.start.timestamp() == first * 10.0 and r.end.timestamp() == (k + 1) * 10.0
     whole = sorted((r for r in results if r.monitor == "whole"), key=lambda r: r.end)
     assert [len(r.extra["clips"]) for r in whole] == [3, 6, 9, 12]

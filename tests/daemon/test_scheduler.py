@@ -1,5 +1,6 @@
 """The inference worker, driven step by step (no threads)."""
 
+import math
 import time
 
 import numpy as np
@@ -89,28 +90,39 @@ def test_when_encoding_falls_behind_the_oldest_clips_are_dropped():
     assert m.clips_dropped.labels("a", "behind")._value.get() == 7
 
 
-def test_due_monitors_share_one_memory_and_one_kv_per_decoding_setting():
+def test_due_monitors_share_one_memory_per_window_and_one_kv_per_memory():
     model = FakeModel()
     mons = [
         {"name": "k1", "question": "knocking at {stream}?", "every": "30s"},
-        {"name": "k2", "question": "alarm?", "every": "30s"},
+        {"name": "k2", "question": "alarm?", "every": "30s", "explain": False,
+         "decoding": {"max_new_tokens": 7}},
         {"name": "k3", "question": "describe", "answer": "text", "every": "30s",
          "decoding": {"max_new_tokens": 5}},
+        {"name": "k4", "question": "what?", "answer": "text", "every": "30s"},
         {"name": "wide", "question": "long?", "every": "30s", "window": "5m"},
     ]
     w, st, results, m = setup(mons, streams=("a",), model=model)
     feed(st["a"], 30)
     run_all(w)
-    assert len(results) == 4
-    # two window lengths (30 s and 5 m) -> two memories; in the 30-s one two decoding settings
-    assert model.memory_calls == 2
-    assert sorted(len(q) for q, _ in model.ask_calls) == [1, 1, 2]
-    # each group's decoding settings reach the model as one options object
-    assert sorted((s.max_new_tokens, len(q)) for q, s in model.ask_calls) == [(5, 1), (64, 1), (64, 2)]
+    assert len(results) == 5
+    # two window lengths (30 s and 5 m) -> two memories, each with ONE cross K/V whatever the
+    # monitors' decoding settings (two text settings + scored + explained in the 30-s one)
+    assert model.memory_calls == 2 and model.cross_kv_calls == 2
+    assert sorted(q for q, _ in model.score_calls) == ["alarm?", "knocking at a?", "long?"]
     by = {r.monitor: r for r, _ in results}
-    assert by["k1"].question == "knocking at a?" and by["k1"].verdict == "positive"
-    assert by["k1"].token_ids == (7, len("knocking at a?"))
-    assert by["k3"].verdict == "unknown" and by["k1"].model_id == "fake-af2"
+    # scored yes/no: P(yes) among yes/Yes/no/No with the fake's log-probabilities
+    want = 0.9 / (0.6 + 0.3 + 0.05 + math.exp(-10))  # "No" is not in the fake's table: -10
+    assert abs(by["k1"].score - want) < 1e-9 and by["k1"].verdict == "positive"
+    assert by["k1"].probs["yes"] == by["k1"].score and by["k1"].threshold == 0.5
+    assert m.monitor_score.labels("a", "k1")._value.get() == by["k1"].score
+    # k1 turned ON: explained in words (its own decoding settings); k2 has explain off
+    assert by["k1"].question == "knocking at a?" and by["k1"].answer == "Yes, knocking."
+    assert by["k1"].token_ids == (7, len("knocking at a?")) and by["k1"].extra["explained"]
+    assert by["k2"].answer == "yes" and by["k2"].token_ids == () and not by["k2"].extra["explained"]
+    assert by["k3"].verdict == "unknown" and by["k3"].score is None and by["k1"].model_id == "fake-af2"
+    # each text group's decoding settings reach the model as one options object
+    assert sorted((q, s.max_new_tokens) for qs, s in model.ask_calls for q in qs) == [
+        ("describe", 5), ("knocking at a?", 64), ("long?", 64), ("what?", 64)]
     assert by["k1"].end.timestamp() - by["k1"].start.timestamp() == 30.0
     assert m.queries.labels("a", "k1")._value.get() == 1
     audio = dict((r.monitor, a) for r, a in results)["k1"]

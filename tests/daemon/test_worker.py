@@ -187,19 +187,21 @@ def test_an_encoder_error_is_counted_the_gate_still_runs_and_the_worker_carries_
 
 
 class BrokenAsk(FakeModel):
-    def ask_many(self, memory, mask, questions, sampling):
-        if any("boom" in q for q in questions):
+    def ask_batch(self, queries, sampling):
+        if any("boom" in q for _, q in queries):
             raise RuntimeError("decoder exploded")
-        return super().ask_many(memory, mask, questions, sampling)
+        return super().ask_batch(queries, sampling)
 
 
 def test_an_exception_part_way_through_a_query_group_loses_only_its_monitors():
+    # text monitors: one decoding group fails (k1 and k2 share it), the other group and the
+    # other window are answered
     model = BrokenAsk()
-    mons = [{"name": "k1", "question": "boom?", "every": "10s"},
-            {"name": "k2", "question": "fine?", "every": "10s"},
-            {"name": "k3", "question": "other decoding", "every": "10s",
+    mons = [{"name": "k1", "question": "boom?", "answer": "text", "every": "10s"},
+            {"name": "k2", "question": "fine?", "answer": "text", "every": "10s"},
+            {"name": "k3", "question": "other decoding", "answer": "text", "every": "10s",
              "decoding": {"max_new_tokens": 5}},
-            {"name": "wide", "question": "wide?", "every": "10s", "window": "5m"}]
+            {"name": "wide", "question": "wide?", "answer": "text", "every": "10s", "window": "5m"}]
     w, st, results, m = setup(mons, streams=("a",), model=model)
     feed(st["a"], 10)
     while w.step():
@@ -296,17 +298,17 @@ def daemon_settings(tmp_path, monitors, **extra):
 
 
 class Blocking(FakeModel):
-    """A query that takes 'five minutes': ask_many blocks until released."""
+    """A query that takes 'five minutes': scoring blocks until released."""
 
     def __init__(self):
         super().__init__()
         self.started = threading.Event()
         self.release = threading.Event()
 
-    def ask_many(self, memory, mask, questions, sampling):
+    def score_batch(self, memory, mask, queries, xkv=None):
         self.started.set()
         self.release.wait(30)
-        return super().ask_many(memory, mask, questions, sampling)
+        return super().score_batch(memory, mask, queries, xkv)
 
 
 def test_stop_during_a_long_query_counts_and_logs_what_it_abandons(tmp_path, caplog):
