@@ -23,7 +23,7 @@ import structlog
 
 from alerts.config import ClipsConfig
 
-log = structlog.get_logger("alerts.clips")
+log = structlog.get_logger(__name__)
 
 # Viridis, sampled at 9 points; linearly interpolated in between.
 _VIRIDIS = np.array(

@@ -207,7 +207,7 @@ class AlertsConfig(_Base):
         return self.rules.model_copy(update=o.model_dump(exclude_none=True))
 
     def secrets(self) -> list[str]:
-        """The secret values in this config, for the log redactor (see `edge.logging`)."""
+        """The secret values in this config, for the log redactor (see `edge.log`)."""
         out = []
         for s in (self.mqtt.password, self.mqtt.tls.key_password, self.webhook.secret):
             if s is not None and s.get_secret_value():

@@ -67,7 +67,7 @@ from alerts.topics import Topics
 from edge import __version__
 from edge.metrics import Metrics
 
-log = structlog.get_logger("alerts.mqtt")
+log = structlog.get_logger(__name__)
 
 SINK = "mqtt"
 

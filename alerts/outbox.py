@@ -37,7 +37,7 @@ import structlog
 from alerts.config import OutboxConfig
 from edge.metrics import Metrics
 
-log = structlog.get_logger("alerts.outbox")
+log = structlog.get_logger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

@@ -57,11 +57,11 @@ from alerts.mqtt_sink import MqttSink
 from alerts.outbox import Outbox
 from alerts.rules import RuleEngine, Transition
 from alerts.webhook import WebhookSink
-from edge.logging import register_secret
+from edge.log import register_secret
 from edge.metrics import Metrics
 from edge.results import AudioSpan, MonitorResult
 
-log = structlog.get_logger("alerts.pipeline")
+log = structlog.get_logger(__name__)
 
 _Item = tuple[MonitorResult, "np.ndarray | None", int]
 

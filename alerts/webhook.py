@@ -44,7 +44,7 @@ from alerts.outbox import Outbox
 from edge import __version__
 from edge.metrics import Metrics
 
-log = structlog.get_logger("alerts.webhook")
+log = structlog.get_logger(__name__)
 
 SINK = "webhook"
 SIGNATURE_HEADER = "X-Flamingo-Edge-Signature-256"

@@ -14,7 +14,7 @@ Sections (`--sections`, all by default):
     backends    the encoder backends, as below
 
 `--tiny` runs every section's logic at tiny dims on the CPU in seconds (CI runs it:
-tests/model/test_gpu_check.py), so a broken check is caught before a GPU box is lent.
+tests/edge/model/test_gpu_check.py), so a broken check is caught before a GPU box is lent.
 
 Backends: for each that exists on the machine, parity against the PyTorch float32 encoder on the
 same GPU (TF32 off) and throughput at batch `--batch`.

@@ -2,7 +2,7 @@
 
     python bench/make_synthetic_checkpoint.py [--dir /tmp/fe-synth] [--layers 4]
 
-Every key and shape comes from the released 0.5B layout (`/work/shared/docs/af2_layout.json`,
+Every key and shape comes from the released 0.5B layout (`tests/fixtures/af2_layout.json`,
 or --layout), keeping only the first --layers language-model layers, so the file has exactly the
 official structure: the encoder again under `clap.nvclap.*` (with the STFT/fusion/head tensors
 AF2 never uses), `audio_transformer_clap.*`, every decoder layer twice
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DEFAULT_LAYOUT = Path("/work/shared/docs/af2_layout.json")
+DEFAULT_LAYOUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "af2_layout.json"
 DEFAULT_DIR = Path("/tmp/fe-synth")
 QWEN_BASE_TOKENS = 151643  # BPE tokens of the Qwen2.5 tokenizer
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",

@@ -37,7 +37,7 @@ from typing import Any
 from .monitors import _norm, parse_answer
 from .results import Verdict, verdict_of_score
 
-log = logging.getLogger("flamingo_edge.answering")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

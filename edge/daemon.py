@@ -48,7 +48,7 @@ from .worker.execute import MemoryHook, QueryModel
 if TYPE_CHECKING:
     from alerts.pipeline import AlertPipeline
 
-log = structlog.get_logger("edge.daemon")
+log = structlog.get_logger(__name__)
 
 WEIGHTS_HINT = (
     "no AF2 weights given: only the model-free level/novelty gate runs. To run the AF2 "

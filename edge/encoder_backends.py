@@ -37,7 +37,7 @@ import torch
 from edge.model.audio import int16_roundtrip_torch
 from edge.model.config import CLIP_SAMPLES, TOKENS_PER_CLIP
 
-log = logging.getLogger("edge.encoder")
+log = logging.getLogger(__name__)
 
 KINDS = ("torch", "onnxruntime", "tensorrt")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge.metrics import Metrics
 
-log = structlog.get_logger("edge.http")
+log = structlog.get_logger(__name__)
 
 HealthFn = Callable[[], dict[str, Any]]
 

@@ -21,7 +21,7 @@ def _settings(config: str | None, data: dict | None = None, **overrides: Any):
 
 
 def _logging(settings, level: str | None, fmt: str | None) -> None:
-    from .logging import configure_logging
+    from .log import configure_logging
 
     configure_logging(level or settings.log.level, fmt or "auto", secrets=settings.secrets())
 
@@ -64,7 +64,7 @@ def run(config, model_dir, speed, loop, data_dir, log_level, log_format) -> None
     from .daemon import Daemon
     from .sdnotify import ShutdownSignal
 
-    log = structlog.get_logger("edge.cli")
+    log = structlog.get_logger(__name__)
     if config is None:
         log.info("running the embedded demo: a 4-minute machine-room recording "
                  "(knocking at 1:00 and 3:15, an alarm at 2:20)", speed=speed or 8)

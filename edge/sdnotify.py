@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-log = structlog.get_logger("edge.sdnotify")
+log = structlog.get_logger(__name__)
 
 
 class Notifier:

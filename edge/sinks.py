@@ -17,7 +17,7 @@ import structlog
 
 from .results import AudioSpan, MonitorResult
 
-log = structlog.get_logger("edge.daemon")
+log = structlog.get_logger(__name__)
 
 Audio = AudioSpan | np.ndarray  # what a sink gets for a result's span (tests may pass arrays)
 
@@ -38,7 +38,7 @@ class LogSink:
     """Logs every result (one line each)."""
 
     def __init__(self, logger: Any = None) -> None:
-        self.log = logger or structlog.get_logger("edge.results")
+        self.log = logger or structlog.get_logger(f"{__name__}.results")
 
     def submit(self, r: MonitorResult, audio: Audio | None, sample_rate: int) -> None:
         kw: dict[str, Any] = {"stream": r.stream, "monitor": r.monitor, "verdict": r.verdict,

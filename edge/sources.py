@@ -20,7 +20,7 @@ from streams.base import Emit, Source
 from .config import Settings
 from .metrics import Metrics
 
-log = structlog.get_logger("edge.daemon")
+log = structlog.get_logger(__name__)
 
 
 def build_sources(settings: Settings, metrics: Metrics, data_dir: Path,

@@ -28,7 +28,7 @@ import numpy as np
 from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
 from .timeline import Timeline
 
-log = logging.getLogger("flamingo_edge.streams.mic")
+log = logging.getLogger(__name__)
 
 StreamFactory = Callable[..., Any]
 

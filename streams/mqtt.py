@@ -36,7 +36,7 @@ from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
 from .protocol import MAX_FRAME_BYTES, AudioFrame, FrameError, decode_frame
 from .timeline import Timeline
 
-log = logging.getLogger("flamingo_edge.streams.mqtt")
+log = logging.getLogger(__name__)
 
 UNKNOWN_STREAM = "_unknown"
 

@@ -57,7 +57,7 @@ import structlog
 from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
 from .timeline import Timeline
 
-log = structlog.get_logger("streams.url")
+log = structlog.get_logger(__name__)
 
 _INSTALL_HINT = "URL streams need PyAV: pip install 'flamingo-edge[url]'"
 

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "af2-tiny"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURE = FIXTURES / "af2-tiny"
 
 
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     if not FIXTURE.is_dir():
-        pytest.fail(f"AF2 fixture not found at {FIXTURE} (expected ../shared/fixtures/af2-tiny)")
+        pytest.fail(f"AF2 fixture not found at {FIXTURE} (it is part of the checkout)")
     return FIXTURE
+
+
+@pytest.fixture(scope="session")
+def af2_layout() -> dict:
+    """Every key and shape of the released 0.5B/1.5B/3B safe_ckpt (see docs/AF2_REFERENCE.md)."""
+    return json.loads((FIXTURES / "af2_layout.json").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +46,14 @@ def af2(fixture_dir):
     from edge.model import AF2
 
     return AF2.load(fixture_dir / "checkpoint", dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture
+def log_capture() -> Iterator[io.StringIO]:
+    """Every log line (structlog and stdlib) rendered as JSON into a buffer."""
+    from edge.log import clear_secrets, configure_logging
+
+    buf = io.StringIO()
+    configure_logging("DEBUG", fmt="json", stream=buf)
+    yield buf
+    clear_secrets()

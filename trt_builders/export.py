@@ -9,7 +9,7 @@ every backend applies it on the host side before running the graph (edge/encoder
 
 `ExportEncoder` wraps a loaded `HTSAT` and re-expresses its forward for export only; the PyTorch
 model in edge/model/ is not touched. The rewrites keep the arithmetic op for op, so the wrapper
-matches `HTSAT` to float rounding (tests/trt/test_export.py checks it):
+matches `HTSAT` to float rounding (tests/trt_builders/test_export.py checks it):
 
 * STFT: a strided Conv with the windowed DFT basis; the reflect padding is two constant-index
   Gathers + Concat (no Pad op, whose reflect mode differs across TensorRT versions);

@@ -1,6 +1,6 @@
 """Loading AF2 checkpoints: the official on-disk layout and our compact one.
 
-Official layout (see ../shared/docs/AF2_REFERENCE.md §1)::
+Official layout (see docs/AF2_REFERENCE.md §1)::
 
     clap_ckpt/epoch_16.pt         AF-CLAP training pickle (fallback for encoder weights)
     safe_ckpt/metadata.json       {"model_chunk_0": [...keys], ...}
@@ -118,7 +118,7 @@ BLOCK_BYTES = 64 << 20  # large tensors are copied in row blocks of about this s
 
 
 @dataclass
-class Source:
+class TensorSource:
     """Where one tensor is read from, and how to copy it into its destination."""
 
     file: Path
@@ -136,7 +136,7 @@ class SafeChunks:
     peak RSS stays near the size of the model being built, not model + checkpoint."""
 
     def __init__(self, files: list[Path]) -> None:
-        self.sources: dict[str, Source] = {}
+        self.sources: dict[str, TensorSource] = {}
         for path in files:
             if not path.is_file():
                 raise CheckpointError(f"{path}: missing weights file")
@@ -146,7 +146,7 @@ class SafeChunks:
             except Exception as e:
                 raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from None
             for k, shape in shapes.items():
-                self.sources.setdefault(k, Source(path, k, shape, self._copier(path, k),
+                self.sources.setdefault(k, TensorSource(path, k, shape, self._copier(path, k),
                                                   self._rows(path, k)))
 
     @staticmethod
@@ -223,7 +223,7 @@ def meta_skeleton(config: AF2Config, dtype: torch.dtype = torch.float32):
     return mods.to(dtype)
 
 
-def _materialise(mods, device: torch.device, sources: dict[str, Source], where: str,
+def _materialise(mods, device: torch.device, sources: dict[str, TensorSource], where: str,
                  encoder_only: bool = False):
     """Allocate uninitialised storage, then fill every tensor from its source, cast on the fly.
 
@@ -237,7 +237,7 @@ def _materialise(mods, device: torch.device, sources: dict[str, Source], where: 
     expected = {prefix + k: tuple(v.shape) for k, v in part.state_dict().items()}
     quantized = {prefix + k: m for k, m in quant.quantized_modules(part).items()}
     derived = {prefix + k for k in quant.derived_names(part)}
-    plan: dict[str, Source] = {}
+    plan: dict[str, TensorSource] = {}
     missing = []
     for name, shape in expected.items():
         if name.endswith("num_batches_tracked") or name in derived:
@@ -363,7 +363,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
     return m
 
 
-def _official_sources(model_dir: Path, chunks: SafeChunks, names: list[str]) -> dict[str, Source]:
+def _official_sources(model_dir: Path, chunks: SafeChunks, names: list[str]) -> dict[str, TensorSource]:
     """Our parameter name -> source, following the official load order: the AF-CLAP pickle
     first, then the safe_ckpt on top (so `clap.nvclap.*` in the safe_ckpt wins).
 
@@ -371,7 +371,7 @@ def _official_sources(model_dir: Path, chunks: SafeChunks, names: list[str]) -> 
     is refused even when the safe_ckpt already holds every encoder weight."""
     path = model_dir / "clap_ckpt" / "epoch_16.pt"
     clap = load_clap_pickle(path) if path.exists() else {}
-    out: dict[str, Source] = {}
+    out: dict[str, TensorSource] = {}
     for name in names:
         for key in official_candidates(name):
             if key in chunks.sources:
@@ -381,7 +381,7 @@ def _official_sources(model_dir: Path, chunks: SafeChunks, names: list[str]) -> 
             key = "module.audio_branch." + name[len("encoder."):]
             if name.startswith("encoder.") and key in clap:
                 t = clap[key]
-                out[name] = Source(path, key, tuple(t.shape), lambda dst, t=t: dst.copy_(t),
+                out[name] = TensorSource(path, key, tuple(t.shape), lambda dst, t=t: dst.copy_(t),
                                    lambda i, j, t=t: t[i:j])
     return out
 

@@ -13,7 +13,7 @@ generated ids copied to the host once at the end.
 Rows of a batch are independent: prompts are left-padded (a row's RoPE positions start at 0 on
 its first real token, pad columns are masked out of every real query), memories of different
 lengths are padded to the longest with their key mask, so a row's ids equal what it decodes
-alone (exactly in float32 on the fixture and on random weights; tests/model/test_static_decode.py).
+alone (exactly in float32 on the fixture and on random weights; tests/edge/model/test_static_decode.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 
 from .decoder import CrossKV, Decoder, StaticCache
 
-log = logging.getLogger("flamingo_edge.model.generate")
+log = logging.getLogger(__name__)
 
 SEQ_BUCKET = 64  # cache lengths are rounded up to this: fewer shapes, fewer graph captures
 

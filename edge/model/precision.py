@@ -15,7 +15,7 @@
     line points at `model.quantize: int8` (weight-only; the CPU kernel takes bf16 activations, so
     its speed there is unmeasured) for the decode step.
 
-The choice and the numbers behind it are logged once at load (`flamingo_edge.model.precision`).
+The choice and the numbers behind it are logged once at load (logger `edge.model.precision`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-log = logging.getLogger("flamingo_edge.model.precision")
+log = logging.getLogger(__name__)
 
 
 def fp32_on_cuda() -> None:

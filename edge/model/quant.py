@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger("flamingo_edge.model.quant")
+log = logging.getLogger(__name__)
 
 MODES = ("none", "int8", "int4")
 ROW_BLOCK_BYTES = 64 << 20  # float32 rows read at a time while quantizing

@@ -19,7 +19,7 @@ from .encode import HeardClip
 from .queries import QueryGroup
 from .state import SR, StreamState, utc
 
-log = logging.getLogger("flamingo_edge.scheduler")
+log = logging.getLogger(__name__)
 GATE_MODEL_ID = "level-gate"
 
 

@@ -34,7 +34,7 @@ from .state import StreamState
 if TYPE_CHECKING:
     from ..config import LoudnessConfig
 
-log = logging.getLogger("flamingo_edge.scheduler")
+log = logging.getLogger(__name__)
 ALL_GAP = 0.99  # a clip with at least this share of gap silence is not encoded (masked)
 
 

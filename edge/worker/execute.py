@@ -38,7 +38,7 @@ from .state import SR, StreamState, clips_for
 if TYPE_CHECKING:
     from ..config import AudioConfig
 
-log = logging.getLogger("flamingo_edge.scheduler")
+log = logging.getLogger(__name__)
 
 EmitFn = Callable[[MonitorResult, "AudioSpan | np.ndarray | None"], None]
 MemoryHook = Callable[[str, int, Any, Any], None]  # (stream, clip_index, view, memory)

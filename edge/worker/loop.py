@@ -45,7 +45,7 @@ from .state import StreamState
 if TYPE_CHECKING:
     from ..config import Settings
 
-log = logging.getLogger("flamingo_edge.scheduler")
+log = logging.getLogger(__name__)
 
 
 class InferenceWorker:

@@ -28,7 +28,7 @@ from .encode import HeardClip
 if TYPE_CHECKING:
     from ..config import MonitorConfig
 
-log = logging.getLogger("flamingo_edge.scheduler")
+log = logging.getLogger(__name__)
 
 DueMonitor = tuple["MonitorConfig", Due]
 

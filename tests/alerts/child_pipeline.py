@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from alerts.config import AlertsConfig  # noqa: E402
 from alerts.outbox import Outbox  # noqa: E402
 from alerts.pipeline import AlertPipeline  # noqa: E402
-from edge.logging import configure_logging  # noqa: E402
+from edge.log import configure_logging  # noqa: E402
 from edge.metrics import Metrics  # noqa: E402
 from edge.sdnotify import Notifier, ShutdownSignal, Watchdog  # noqa: E402
 from tests.alerts.helpers import alternating, result  # noqa: E402

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge.logging import clear_secrets, configure_logging
 from edge.metrics import Metrics
 from tests.alerts.helpers import Recorder
 from tests.mqtt_broker import Mosquitto, Pki, make_pki
@@ -52,15 +50,6 @@ def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics()
-
-
-@pytest.fixture
-def log_capture() -> Iterator[io.StringIO]:
-    """Every log line (structlog and stdlib) rendered as JSON into a buffer."""
-    buf = io.StringIO()
-    configure_logging("DEBUG", fmt="json", stream=buf)
-    yield buf
-    clear_secrets()
 
 
 @pytest.fixture

@@ -94,7 +94,7 @@ def test_ort_trt_provider_options(tmp_path):
 
 # ---- selection on this machine ---------------------------------------------------------
 def test_tensorrt_request_falls_back_to_ort_cpu_with_one_line(tiny, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="edge.encoder")
+    caplog.set_level(logging.WARNING, logger="edge.encoder_backends")
     sel = select_backend("tensorrt", tiny, cache_dir=tmp_path, env=CPU_ONLY, max_batch=2)
     b = sel.backend
     assert isinstance(b, OnnxRuntimeBackend) and b.describe() == "onnxruntime CPUExecutionProvider"

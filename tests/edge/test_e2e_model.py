@@ -6,7 +6,6 @@ ids equal `AF2.ask` on that offline memory.
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,8 @@ import soundfile as sf
 import torch
 
 from edge.model import Sampling
+from tests.conftest import FIXTURE
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT / ".." / "shared" / "fixtures" / "af2-tiny"
 QUESTION = "What sound is this? Is anything abnormal?"
 
 
@@ -24,7 +22,7 @@ def _model_dir():
     for d in (FIXTURE / "checkpoint", FIXTURE):
         if (d / "safe_ckpt").exists():
             return d
-    pytest.fail(f"AF2 fixture model not found under {FIXTURE} (expected ../shared/fixtures/af2-tiny)")
+    pytest.fail(f"AF2 fixture model not found under {FIXTURE} (it is part of the checkout)")
 
 
 @pytest.fixture(scope="module")

@@ -166,7 +166,7 @@ class BrokenEncoder(FakeModel):
 
 
 def test_an_encoder_error_is_counted_the_gate_still_runs_and_the_worker_carries_on(caplog):
-    caplog.set_level(logging.INFO, logger="flamingo_edge.scheduler")
+    caplog.set_level(logging.INFO, logger="edge.worker")
     model = BrokenEncoder(fail_calls=3)
     mons = [{"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -40"], "cooldown": 0},
             {"name": "k", "question": "q", "every": "10s"}]
@@ -312,7 +312,7 @@ class Blocking(FakeModel):
 
 
 def test_stop_during_a_long_query_counts_and_logs_what_it_abandons(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="flamingo_edge.scheduler")
+    caplog.set_level(logging.INFO, logger="edge.worker")
     model = Blocking()
     s = daemon_settings(tmp_path, [{"name": "k", "question": "q", "every": "10s"}])
     got = []

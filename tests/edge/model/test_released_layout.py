@@ -3,19 +3,17 @@ checkpoints (`af2_layout.json` lists their keys and shapes), so real weights loa
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
-import torch
 
 from edge.model.checkpoint import meta_skeleton, official_candidates
 from edge.model.config import RELEASES, AF2Config
 
 
 @pytest.fixture(scope="module")
-def layout(fixture_dir):
-    return json.loads((fixture_dir.parents[1] / "docs" / "af2_layout.json").read_text())
+def layout(af2_layout):
+    return af2_layout
 
 
 @pytest.mark.parametrize("release", RELEASES)

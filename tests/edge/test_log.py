@@ -11,7 +11,7 @@ import structlog
 from pydantic import ValidationError
 
 from alerts.config import AlertsConfig
-from edge.logging import (
+from edge.log import (
     MASK, clear_secrets, configure_logging, format_validation_error, redact_text, register_secret,
 )
 from tests.alerts.helpers import log_events

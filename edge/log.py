@@ -4,6 +4,11 @@ Call `configure_logging()` once at start-up. Both structlog loggers and the stan
 library (``logging.getLogger``: paho, urllib3, ...) go through the same processors, so
 every line is rendered the same way and passes the redaction processor.
 
+Logger names follow one rule: a module logs through ``structlog.get_logger(__name__)`` (or
+``logging.getLogger(__name__)``), so a line's ``logger`` field is the module that wrote it
+(``alerts.mqtt_sink``, ``streams.mqtt``, ``edge.scheduler``); a purpose-specific child adds a
+suffix to it (``edge.daemon.results``).
+
 Redaction (`redact_event`) guarantees, for every line:
 
 * values of keys that look like credentials (password, passwd, secret, token, api_key,

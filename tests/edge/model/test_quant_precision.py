@@ -101,7 +101,7 @@ def test_auto_dtype_rule_on_both_kinds_of_cpu():
 def test_auto_dtype_measures_this_machine_and_logs_its_choice(caplog):
     import logging
 
-    with caplog.at_level(logging.INFO, logger="flamingo_edge.model.precision"):
+    with caplog.at_level(logging.INFO, logger="edge.model.precision"):
         c = resolve("auto", "cpu")
     assert c.dtype in ("float32", "bfloat16") and set(c.measured) == {
         "bf16_matmul_speedup", "bf16_matvec_speedup"}

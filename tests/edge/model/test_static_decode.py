@@ -151,7 +151,7 @@ def test_graph_capture_failure_falls_back_to_the_eager_step_and_logs_once(rnd, c
     want = [m.generate(p, x, s, eos_id=-1)[0] for p, x in zip(prompts, xkvs)]
     m.set_graphs(True)  # on a CPU the capture cannot work: it must fail cleanly
     try:
-        with caplog.at_level(logging.WARNING, logger="flamingo_edge.model.generate"):
+        with caplog.at_level(logging.WARNING, logger="edge.model.generate"):
             got = [m.generate(p, x, s, eos_id=-1)[0] for p, x in zip(prompts, xkvs)]
             again = m.generate(prompts[0], xkvs[0], s, eos_id=-1)[0]
         assert got == want and again == want[0]
