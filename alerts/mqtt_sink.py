@@ -37,8 +37,8 @@ not authorised) are logged once per attempt with the reason and retried with
 exponential backoff (``backoff_initial_s`` .. ``backoff_max_s``, +-20 % jitter).
 With MQTT 5, a PUBACK/SUBACK reason code >= 0x80 (e.g. 0x87 *Not authorized* from a
 broker ACL) is logged as an error and counted in ``fe_alerts_failed{sink="mqtt"}``;
-only the refused topic is retried (with backoff, from the outbox head), at most
-``max_refusals`` times per alert, then given up (``fe_alerts_dropped{reason="refused"}``).
+only the refused topic is retried (with that alert's own backoff: other alerts are not
+held back), at most ``max_refusals`` times per alert, then given up (``fe_alerts_dropped{reason="refused"}``).
 MQTT 3.1.1 cannot report ACL denials at all.
 """
 
@@ -150,8 +150,7 @@ class MqttSink:
         self._announce_mids: set[int] = set()
         self._online = False  # `online` published for the current announcement
         self._cursor = 0
-        self._outbox_resume_at = 0.0
-        self._outbox_backoff = self._cfg.backoff_initial_s
+        self._retry_at: dict[int, float] = {}  # outbox row -> when its refused topic may be retried
         self._control_mids: dict[int, str] = {}
         self._offline_mid: int | None = None
         self._offline_acked = False
@@ -362,7 +361,7 @@ class MqttSink:
         self._backoff = self._cfg.backoff_initial_s
         self.last_error = None
         self._reset_inflight()
-        self._outbox_resume_at = 0.0
+        self._retry_at.clear()  # a new connection retries refused topics at once
         log.info("mqtt connected", host=self._cfg.host, port=self._cfg.port, client_id=self.client_id,
                  boot_id=self._boot_id)
         if self._ha.enabled:
@@ -444,13 +443,13 @@ class MqttSink:
             else:
                 self._metrics.alerts_sent.labels(SINK).inc()
         if not failure:
-            if out.done:
-                self._outbox_backoff = self._cfg.backoff_initial_s
             return
         self._metrics.alerts_failed.labels(SINK).inc()
-        delay = self._outbox_backoff * random.uniform(0.8, 1.2)
-        self._outbox_resume_at = time.monotonic() + delay
-        self._outbox_backoff = min(self._outbox_backoff * 2, self._cfg.backoff_max_s)
+        # the backoff is this alert's own: other alerts (other streams' topics) are not held back
+        backoff = min(self._cfg.backoff_initial_s * 2 ** max(out.refusals - 1, 0), self._cfg.backoff_max_s)
+        delay = backoff * random.uniform(0.8, 1.2)
+        if not out.done:
+            self._retry_at[row] = time.monotonic() + delay
         self.last_error = f"broker refused alert publish: {reason_code}"
         if out.gave_up:
             log.error("broker refused alert publish; giving up on this topic", topic=topic,
@@ -458,7 +457,6 @@ class MqttSink:
         else:
             log.error("broker refused alert publish", topic=topic, reason=str(reason_code), outbox_row=row,
                       refusals=out.refusals, retry_in_s=round(delay, 2))
-        self._cursor = 0  # after the backoff, retry the refused topic (only that one) from the head
 
     def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reason_codes: Any, _props: Any) -> None:
         for rc in reason_codes:
@@ -520,15 +518,20 @@ class MqttSink:
         for s, v in levels.items():
             self._level_sent_at[s] = now
             self._publish(self.topics.level(s), f"{v:.1f}", 0, False)
-        if self._offline_mid is not None or now < self._outbox_resume_at:
+        if self._offline_mid is not None:
             return
+        due = [r for r, t in self._retry_at.items() if t <= now and r not in self._row_topics]
+        if due:  # a refused topic's backoff is over: retry it (only that one) from the head
+            for r in due:
+                del self._retry_at[r]
+            self._cursor = 0
         room = self._cfg.max_inflight - len(self._row_topics)
         if room <= 0:
             return
         for row in self._outbox.pending(SINK, after_row=self._cursor, limit=room):
             self._cursor = row.row_id
-            if row.row_id in self._row_topics:
-                continue  # still in flight on this connection
+            if row.row_id in self._row_topics or row.row_id in self._retry_at:
+                continue  # still in flight on this connection, or a refused topic backing off
             try:
                 alert = json.loads(row.payload)
                 stream, boot = alert["stream"], alert.get("boot_id")

@@ -16,7 +16,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts.pipeline import AlertPipeline
 from edge.metrics import Metrics
-from tests.alerts.helpers import BROKER_PASSWORD, Recorder, alternating, fast_config, log_events, wait_until
+from tests.alerts.helpers import (
+    BROKER_PASSWORD,
+    Recorder,
+    alternating,
+    fast_config,
+    log_events,
+    result,
+    wait_until,
+)
 from tests.alerts.test_process import Child, _write_config
 from tests.mqtt_broker import Mosquitto
 from tests.mqtt_proxy import MqttProxy
@@ -176,6 +184,39 @@ def test_partial_acl_retries_only_the_refused_topic_and_gives_up(
     assert len(rec.on("fe-test/events")) == 1
     assert m.registry.get_sample_value("fe_alerts_failed_total", {"sink": "mqtt"}) == 3
     assert m.registry.get_sample_value("fe_alerts_dropped_total", {"reason": "refused"}) == 1
+
+
+def test_partial_acl_refusal_does_not_hold_back_other_streams_alerts(
+    mosquitto: Callable[..., Mosquitto], recorder_factory: Callable[..., Recorder], tmp_path: Path,
+    log_capture: io.StringIO,
+) -> None:
+    """A stream whose event topic the ACL denies keeps being retried with backoff; an
+    alert of another stream raised meanwhile is delivered at once, not after that
+    stream's backoff (which grows to backoff_max_s, a minute by default)."""
+    acl = "\n".join([
+        "user edge",
+        "topic readwrite fe-test/status", "topic readwrite fe-test/info", "topic readwrite fe-test/events",
+        "topic readwrite fe-test/s2/event",
+        "topic readwrite fe-test/+/+/state", "topic readwrite fe-test/+/+/answer",
+        "topic readwrite fe-test/+/level", "topic readwrite homeassistant/#",
+        "user rec", "topic read #", "",
+    ])  # fe-test/s1/event is not granted to edge
+    broker = mosquitto(users={"edge": BROKER_PASSWORD, "rec": "rec-pass-123"}, acl=acl)
+    rec = recorder_factory(broker, ["fe-test/events", "fe-test/s2/event"], username="rec", password="rec-pass-123")
+    cfg = fast_config(broker, username="edge", password=BROKER_PASSWORD, max_refusals=3,
+                      backoff_initial_s=20.0, backoff_max_s=20.0)
+    p = AlertPipeline(cfg, Metrics(), "b-hol", tmp_path).start()
+    try:
+        p.submit(result("positive", stream="s1"))
+        assert wait_until(lambda: any(e["event"].startswith("broker refused alert publish")
+                                      for e in log_events(log_capture)), 15)
+        p.submit(result("positive", stream="s2", i=1))
+        # s1's retry waits >= 16 s; s2's alert must not wait with it
+        assert rec.wait_for(lambda: len(rec.on("fe-test/s2/event")) == 1 and len(rec.on("fe-test/events")) == 2, 8), \
+            rec.payloads("fe-test/events")
+        assert [e["stream"] for e in rec.events()] == ["s1", "s2"]
+    finally:
+        p.stop(1)
 
 
 def test_announce_order_configs_then_states_then_online(
