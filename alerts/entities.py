@@ -163,15 +163,16 @@ class EntityIds:
     def announced(self, e: Entity, config_topic: str | None) -> None:
         """Remember that ``e`` was announced on ``config_topic`` (None for devices)."""
         with self._lock:
-            if self._topics.get(e) == config_topic and e not in self._removed:
-                return
             self._topics[e] = config_topic
             self._removed.discard(e)
         if self._db is not None:
+            # written even when this process already knew it: `alerts prune` (another
+            # process) may have marked it removed since, and this announcement undid that
             with self._db_lock:
                 self._db.execute(
                     "UPDATE entities SET config_topic=?, removed=NULL WHERE component=? AND kind=? AND stream=?"
-                    " AND monitor=?", (config_topic, e.component, e.kind, e.stream, e.monitor),
+                    " AND monitor=? AND (removed IS NOT NULL OR config_topic IS NOT ?)",
+                    (config_topic, e.component, e.kind, e.stream, e.monitor, config_topic),
                 )
 
     def adopt(self, e: Entity, config_topic: str) -> None:

@@ -236,6 +236,42 @@ def test_removed_monitor_and_stream_get_an_empty_retained_config(
     assert not [m for m in rec.messages[n:] if m.topic in gone]
 
 
+def test_entity_pruned_while_the_daemon_still_announces_it_is_removed_at_the_next_start(
+    broker: Mosquitto, recorder_factory: Callable[..., Recorder], tmp_path: Path
+) -> None:
+    """`alerts prune` (documented as safe while the daemon runs) removes a monitor the
+    running daemon, still on its old config, announces again on Home Assistant's next
+    birth message; the daemon restarted on the new config must still remove it."""
+    from alerts.prune import prune
+
+    rec = recorder_factory(broker, ["homeassistant/#", "fe-test/status"])
+    glass = "homeassistant/binary_sensor/testnode/s1_glass/config"
+    p = AlertPipeline(fast_config(broker), Metrics(), "b1", tmp_path)
+    p.start(configured={"s1": ["knock", "glass"]})
+    try:
+        _wait_online(rec)
+        assert prune(fast_config(broker), tmp_path, {"s1": ["knock"]}) != []
+        assert rec.wait_for(lambda: rec.payloads(glass)[-1:] == [""], 5)
+        ha = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ha")
+        ha.connect(broker.host, broker.port)
+        ha.loop_start()
+        ha.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
+        ha.loop_stop()
+        ha.disconnect()
+        _wait_online(rec, 2)
+        assert rec.payloads(glass)[-1] != ""  # the old config's daemon announced it again
+    finally:
+        p.stop(5)
+    p2 = AlertPipeline(fast_config(broker), Metrics(), "b2", tmp_path)
+    p2.start(configured={"s1": ["knock"]})
+    try:
+        _wait_online(rec, 3)
+        time.sleep(0.3)
+    finally:
+        p2.stop(5)
+    assert rec.payloads(glass)[-1] == ""
+
+
 def test_existing_install_keeps_its_legacy_ids(broker: Mosquitto, recorder_factory, tmp_path: Path) -> None:
     """A history written before the id registry (monitors table only): unique names keep
     the ids earlier releases announced, and a no-longer-configured pair is removed."""
