@@ -388,6 +388,8 @@ class MqttSink:
             self._go_online()
 
     def _go_online(self) -> None:
+        if self._offline_mid is not None:
+            return  # stopping: `offline` is out and must stay the last word (an announcement was still acked)
         self._online = True
         props = None
         if self._cfg.protocol == "5":

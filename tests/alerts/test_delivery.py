@@ -219,6 +219,24 @@ def test_partial_acl_refusal_does_not_hold_back_other_streams_alerts(
         p.stop(1)
 
 
+def test_stop_during_the_announcement_leaves_offline_retained(
+    broker: Mosquitto, recorder_factory: Callable[..., Recorder], tmp_path: Path,
+) -> None:
+    """SIGTERM while the announcement is still being acknowledged (right after a connect,
+    or a Home Assistant birth): `online` must not follow `offline`, or Home Assistant
+    shows a stopped daemon's entities as available, with their last states, for good."""
+    monitors = [f"m{i}" for i in range(150)]  # a long announcement: the stop lands inside it
+    p = AlertPipeline(fast_config(broker), Metrics(), "b-stop", tmp_path)
+    p.start(configured={"s1": monitors})
+    assert wait_until(lambda: p.mqtt is not None and p.mqtt.connected, 10, interval=0.001)
+    p.mqtt.stop(5)  # type: ignore[union-attr]  # the sink's stop: what pipeline.stop ends with
+    p.stop(1)
+    late = recorder_factory(broker, [STATUS], client_id="late-ha")
+    assert late.wait_for(lambda: len(late.messages) >= 1, 5)
+    time.sleep(0.2)
+    assert late.payloads(STATUS) == ["offline"]
+
+
 def test_announce_order_configs_then_states_then_online(
     broker: Mosquitto, recorder_factory: Callable[..., Recorder], tmp_path: Path,
 ) -> None:
