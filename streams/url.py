@@ -11,7 +11,8 @@ Failure is a state, not a crash (`UrlSource.status`):
 - EOF, a stall (no packet for ``stall_timeout``), a server restart or a network error:
   reconnect after ``backoff`` doubling from ``backoff_initial`` to ``backoff_max``, each
   delay randomised by +-``jitter`` so a fleet of cameras behind one NVR does not reconnect
-  in lockstep; the backoff resets once a session has delivered audio.
+  in lockstep; the backoff resets once a session has delivered ``healthy_after`` seconds of
+  audio (a camera that sends a fraction of a second and drops, every time, still backs off).
 - A refused login (401/403), a missing path (404) or a URL without an audio track is a
   configuration problem: one clear error line naming the stream, then retries every
   ``fatal_retry`` seconds (the camera may be fixed without restarting us), logged again only
@@ -245,6 +246,7 @@ class UrlSource(Source):
         backoff_max: float = 60.0,
         fatal_retry: float = 300.0,
         jitter: float = 0.2,
+        healthy_after: float = 10.0,
         settle: float = 1.0,
         drift_window: float = 30.0,
         drift_tolerance: float = 0.02,
@@ -264,6 +266,7 @@ class UrlSource(Source):
         self.open_timeout, self.stall_timeout = open_timeout, stall_timeout
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.fatal_retry, self.jitter = fatal_retry, jitter
+        self.healthy_after = healthy_after
         self.settle = settle
         self.drift_window, self.drift_tolerance = drift_window, drift_tolerance
         self.options = dict(options or {})
@@ -331,7 +334,7 @@ class UrlSource(Source):
                 self._end_session(sess, emit)
             if stop.is_set():
                 break
-            if sess.audio_s > 0:
+            if sess.audio_s >= self.healthy_after:
                 attempt = 0  # it worked for a while: start the backoff over
                 last_logged = None  # and a new failure is news again
             self.failures[kind] = self.failures.get(kind, 0) + 1

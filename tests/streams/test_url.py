@@ -270,6 +270,61 @@ def test_garbage_bytes_are_network_errors_retried_with_growing_backoff():
         g.close()
 
 
+class _RecordingStop(threading.Event):
+    """The stop event the source waits on between attempts: records each retry delay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(float(timeout or 0.0))
+        return super().wait(timeout)
+
+
+def test_a_camera_that_drops_right_after_sending_some_audio_is_retried_with_growing_backoff():
+    """A flapping camera (or a restream of a dead one) that sends a fraction of a second of
+    audio and closes, every time: the backoff must still grow and the failure be logged once,
+    not one reconnect and one warning per second forever."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    data = adts_tone(660.0, 0.4, seconds=0.3)
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/aac")
+            self.end_headers()
+            self.wfile.write(data)  # then the connection closes: EOF after 0.3 s of audio
+
+        def log_message(self, *a) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        src = UrlSource("flappy", f"http://127.0.0.1:{httpd.server_address[1]}/a.aac",
+                        backoff_initial=0.05, backoff_max=0.4, jitter=0.0, settle=0.1)
+        stop, frames = _RecordingStop(), []
+        t = threading.Thread(target=src.run, args=(frames.append, stop), daemon=True)
+        with structlog.testing.capture_logs() as logs:
+            t.start()
+            end = time.monotonic() + 20
+            while len(stop.waits) < 5 and time.monotonic() < end:
+                time.sleep(0.05)
+            stop.set()
+            t.join(10)
+        assert not t.is_alive()
+        assert frames, "the sessions did deliver audio"
+        assert stop.waits[:5] == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.4])
+        warnings = [e for e in logs if e["log_level"] in ("warning", "error")]
+        assert len(warnings) == 1, warnings
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_stalled_stream_reconnects_and_the_stall_is_a_gap(rtsp):
     proxy = TcpProxy(rtsp.port)
     try:
