@@ -78,7 +78,15 @@ def probe(url, seconds, track, language, transport, credentials_env, timeout) ->
         n = 0
         end = time.monotonic() + seconds
         corrupt = 0
-        for packet in container.demux(astream):
+        last_audio = time.monotonic()
+        # every stream's packets: with demux(astream) a camera whose audio stopped while its
+        # video flows never returns a packet here, and the meter would never end
+        for packet in container.demux():
+            if time.monotonic() >= end:
+                break
+            if packet.stream_index != astream.index:
+                continue
+            last_audio = time.monotonic()
             if packet.size == 0:
                 continue
             if packet.is_corrupt:
@@ -101,10 +109,13 @@ def probe(url, seconds, track, language, transport, credentials_env, timeout) ->
                     db = max(-120.0, 20 * np.log10(rms + 1e-12))
                     click.echo(f"{db:7.1f} dBFS |{_meter(db)}|")
                     block, n = [], 0
-            if time.monotonic() >= end:
-                break
         if corrupt:
             click.echo(f"{corrupt} corrupt packet(s) skipped")
+        silent_s = time.monotonic() - last_audio
+        if silent_s >= 1.0:
+            click.echo(f"probe {safe}: no audio packet for the last {silent_s:.1f} s "
+                       "(the input's other streams still flow)", err=True)
+            sys.exit(2)
     except Exception as e:  # noqa: BLE001
         click.echo(f"probe {safe}: {classify(e)[1]}", err=True)
         sys.exit(2)

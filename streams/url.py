@@ -100,6 +100,10 @@ class NoAudioTrack(Exception):
     pass
 
 
+class AudioStall(Exception):
+    """The input is alive (video flows) but its audio track sent nothing for stall_timeout."""
+
+
 @dataclass(frozen=True)
 class Track:
     index: int  # among the audio tracks
@@ -189,6 +193,8 @@ def classify(e: BaseException) -> tuple[str, str]:
     """-> (kind, one-line reason without the URL)."""
     if isinstance(e, NoAudioTrack):
         return "no_audio", str(e)
+    if isinstance(e, AudioStall):
+        return "stall", str(e)
     try:
         import av
     except ImportError:  # PyAV missing: a configuration problem, retried slowly
@@ -370,9 +376,19 @@ class UrlSource(Source):
             self.track_info = t
             astream = container.streams[t.stream_index]
             self.connects += 1
-            for packet in container.demux(astream):
+            # every stream's packets, not demux(astream): PyAV would skip the video ones in C,
+            # so a camera whose audio stops while its video flows would never come back here
+            # (no stall detected, stop not seen); FFmpeg's read timeout only sees the video
+            last_audio = time.monotonic()
+            for packet in container.demux():
                 if stop.is_set():
                     return
+                if packet.stream_index != astream.index:
+                    if time.monotonic() - last_audio > self.stall_timeout:
+                        raise AudioStall(f"no audio packet for {self.stall_timeout:g} s "
+                                         "(the input's other streams still flow)")
+                    continue
+                last_audio = time.monotonic()
                 if packet.size == 0:
                     continue  # the demuxer's flush packet at EOF
                 if packet.is_corrupt:

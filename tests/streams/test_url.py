@@ -354,6 +354,30 @@ def test_stalled_stream_reconnects_and_the_stall_is_a_gap(rtsp):
         proxy.close()
 
 
+def test_audio_that_stops_while_the_video_goes_on_is_a_stall_and_stop_is_prompt():
+    """A camera whose audio track goes quiet on the wire (encoder glitch, a restream that lost
+    its audio input) while its video keeps flowing: no audio packet for stall_timeout is a
+    stall (reconnect), not `streaming` forever; and stopping does not wait for audio."""
+    # 20 buffers of 1024 samples at 8 kHz: 2.5 s of audio per connection, then video only
+    audio = tone_mulaw(440, 0.5).replace("is-live=true", "is-live=true num-buffers=20")
+    srv = RtspServer([{"path": "/av", "launch": f"{VIDEO_ONLY} {audio.replace('pay0', 'pay1')}"}
+                      ]).start()
+    try:
+        src = UrlSource("yard", srv.url("/av"), stall_timeout=1.0, backoff_initial=0.2,
+                        jitter=0.0, settle=0.3)
+        r = Run(src)
+        assert r.wait(lambda: len(r.frames) >= 5, 15)
+        assert r.wait(lambda: src.failures.get("stall", 0) >= 1, 10), (src.state, src.failures)
+        assert r.wait(lambda: src.reconnects >= 1 and src.state == "streaming", 15)
+        t0 = time.monotonic()
+        r.stop.set()
+        r.t.join(5)
+        assert not r.t.is_alive() and time.monotonic() - t0 < 3.0
+        r.finish()
+    finally:
+        srv.kill()
+
+
 # ---------------------------------------------------------------- HTTP (Icecast-like)
 def test_http_aac_stream_with_garbage_between_loops():
     data = adts_tone(660.0, 0.4, seconds=1.0)
@@ -489,6 +513,20 @@ def test_probe_wrong_url_is_one_line(rtsp):
                        cwd=ROOT)
     assert p.returncode != 0
     assert p.stderr.strip().count("\n") == 0 and "not found" in p.stderr
+
+
+def test_probe_of_a_camera_whose_audio_stopped_ends_on_time_and_says_so():
+    audio = tone_mulaw(440, 0.5).replace("is-live=true", "is-live=true num-buffers=4")
+    srv = RtspServer([{"path": "/av", "launch": f"{VIDEO_ONLY} {audio.replace('pay0', 'pay1')}"}
+                      ]).start()
+    try:
+        p = subprocess.run([sys.executable, "-m", "edge", "probe", srv.url("/av"),
+                            "--seconds", "2", "--timeout", "30"], check=False,
+                           capture_output=True, text=True, timeout=20, cwd=ROOT)
+    finally:
+        srv.kill()
+    assert "audio track 0: pcm_mulaw, 8000 Hz, 1 ch" in p.stdout
+    assert p.returncode == 2 and "no audio" in p.stderr, (p.stdout, p.stderr)
 
 
 # ---------------------------------------------------------------- timeline: clock drift
