@@ -82,14 +82,19 @@ class SelfAttention(nn.Module):
         self.k_cache: torch.Tensor | None = None  # (B, n_kv, S_max, hd), set by setup_cache
         self.v_cache: torch.Tensor | None = None
 
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, D) -> rotated q (B, h, T, hd), rotated k and v (B, n_kv, T, hd)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 input_pos: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, h, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k, v = self._qkv(x, cos, sin)
         if input_pos is None:  # full forward, no cache
             mask = None
             causal = True
@@ -111,11 +116,7 @@ class SelfAttention(nn.Module):
         """x (B, T, D); cos/sin (B, 1, T, hd); caches (B, n_kv, S, hd); slots (T,) cache columns
         written by this call; mask (B, 1, T, S) True = attend. Fixed shapes, no host sync."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, h, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k, v = self._qkv(x, cos, sin)
         k_cache.index_copy_(2, slots, k.to(k_cache.dtype))
         v_cache.index_copy_(2, slots, v.to(v_cache.dtype))
         out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask,
