@@ -66,7 +66,7 @@ _common = [
 ]
 
 
-def _with_common(f):  # type: ignore[no-untyped-def]
+def _with_common(f):
     for opt in reversed(_common):
         f = opt(f)
     return f

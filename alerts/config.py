@@ -79,7 +79,7 @@ class MqttTlsConfig(_Base):
     key_password_file: Path | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "MqttTlsConfig":
+    def _check(self) -> MqttTlsConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("tls.cert_file and tls.key_file must be given together")
         if self.key_password is None and self.key_password_file is not None:
@@ -121,7 +121,7 @@ class MqttConfig(_Base):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "MqttConfig":
+    def _check(self) -> MqttConfig:
         if self.password is None and self.password_file is not None:
             self.password = _read_secret_file(self.password_file)
         if self.password is not None and not self.username:
@@ -168,7 +168,7 @@ class WebhookConfig(_Base):
     backoff_max_s: float = Field(300.0, gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> "WebhookConfig":
+    def _check(self) -> WebhookConfig:
         if self.secret is None and self.secret_file is not None:
             self.secret = _read_secret_file(self.secret_file)
         if self.enabled and not self.url:

@@ -83,7 +83,7 @@ class History:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
 
-    def entity_ids(self) -> "EntityIds":
+    def entity_ids(self) -> EntityIds:
         """The Home Assistant entity id registry, stored in this database."""
         return EntityIds(self._db, self._lock)
 

@@ -71,7 +71,7 @@ class Alert:
     @classmethod
     def from_result(
         cls, result: MonitorResult, *, boot_id: str, seq: int, raised_at: datetime | None = None
-    ) -> "Alert":
+    ) -> Alert:
         return cls(
             id=str(uuid.uuid4()),
             boot_id=boot_id,
@@ -105,7 +105,7 @@ class Alert:
         return _dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Alert":
+    def from_dict(cls, d: dict[str, Any]) -> Alert:
         d = dict(d)
         d.pop("event_type", None)
         for k in ("start", "end", "raised_at"):

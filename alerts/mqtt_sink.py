@@ -75,7 +75,7 @@ SINK = "mqtt"
 def _close_client(c: mqtt.Client) -> None:
     try:
         c._sock_close()  # no public API closes a half-open paho socket without a network round trip
-    except Exception:  # pragma: no cover - best effort
+    except Exception:  # noqa: BLE001, S110 - best effort  # pragma: no cover
         pass
 
 
@@ -512,7 +512,7 @@ class MqttSink:
             live = list(self._live)
             self._live.clear()
             levels = {}
-            for s, v in list(self._levels.items()):
+            for s in list(self._levels):
                 if now - self._level_sent_at.get(s, -1e9) >= self._cfg.level_min_interval_s:
                     levels[s] = self._levels.pop(s)
         for topic, payload, qos, retain in live:

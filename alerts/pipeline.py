@@ -63,7 +63,7 @@ from edge.results import AudioSpan, MonitorResult
 
 log = structlog.get_logger(__name__)
 
-_Item = tuple[MonitorResult, "np.ndarray | None", int]
+_Item = tuple[MonitorResult, "AudioSpan | np.ndarray | None", int]
 
 
 def answer_payload(r: MonitorResult) -> dict[str, Any]:
@@ -108,7 +108,7 @@ class AlertPipeline:
         self._sinks: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, configured: Mapping[str, Iterable[str]] | None = None) -> "AlertPipeline":
+    def start(self, configured: Mapping[str, Iterable[str]] | None = None) -> AlertPipeline:
         """Open the stores, start the threads. ``configured``: stream -> monitor names of
         the daemon's config; they are announced (state OFF) before the first connection."""
         if not self.config.enabled:
@@ -271,7 +271,7 @@ class AlertPipeline:
         convenience; the outbox is what delivery depends on)."""
         try:
             fn(*args, **kw)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a failed history write is logged; the alert still goes out
             log.error("history write failed", what=what, error=f"{type(e).__name__}: {e}")
 
     def _handle(self, r: MonitorResult, audio: AudioSpan | np.ndarray | None, sample_rate: int) -> None:
@@ -312,7 +312,7 @@ class AlertPipeline:
                 flac, png = self.clips.save(alert.id, audio, sample_rate, alert.raised_at)
                 alert = dataclasses.replace(alert, clip_flac=flac, clip_png=png)
                 self.metrics.clips_bytes.set(self.clips.total_bytes)
-            except Exception as e:  # a clip is evidence, not a reason to lose the alert
+            except Exception as e:  # noqa: BLE001 - a clip is evidence, not a reason to lose the alert
                 log.error("evidence clip not saved", alert_id=alert.id, error=str(e))
         payload = alert.to_json()
         if self.outbox is not None and self._sinks:

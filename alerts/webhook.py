@@ -57,7 +57,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
     GET, whose 2xx would mark an alert delivered that no receiver got. The 3xx is
     returned as an HTTPError and retried like a 5xx until the URL is fixed."""
 
-    def redirect_request(self, *_a, **_kw):  # type: ignore[no-untyped-def]
+    def redirect_request(self, *_a, **_kw):
         return None
 
 

@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -39,7 +40,7 @@ class Clock:
     time of a single-threaded run (`--threads 1`) barely moves, so both are recorded.
     """
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self.t0, self.c0 = time.perf_counter(), time.process_time()
         return self
 
@@ -118,7 +119,7 @@ class PeakSampler:
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self._thread.start()
         return self
 

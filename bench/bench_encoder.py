@@ -51,8 +51,8 @@ def ensure_encoder_runs(m: AF2) -> list[str]:
         if isinstance(mask, torch.Tensor) and mask.is_floating_point():
             mod.attn_mask = mask.to(m.dtype)
     m.encode(torch.zeros(1, 160000))
-    return [f"AF2.encode failed in {m.dtype} ({err}); benchmarked with the shifted-window "
-            "masks cast to the model dtype"]
+    return [(f"AF2.encode failed in {m.dtype} ({err}); benchmarked with the shifted-window "
+             "masks cast to the model dtype")]
 
 
 def count_gflop(m: AF2, clip: torch.Tensor) -> float:

@@ -76,7 +76,7 @@ def main() -> None:
     four = torch.from_numpy(np.concatenate([clips, clips[:1]]))
     model.encode(one)  # warm up
     enc1_best, enc1_mean = timeit(lambda: model.encode(one), 3)
-    enc4_best, enc4_mean = timeit(lambda: model.encode(four), 1)
+    enc4_best, _ = timeit(lambda: model.encode(four), 1)
     g = Gate()
     gate_best, _ = timeit(lambda: g.process(audio[:CLIP]), 5)
     prep_best, _ = timeit(lambda: prepare_clip(audio[:CLIP]), 5)

@@ -47,7 +47,7 @@ BITS = 48
 
 
 def timecode(capture_s: float) -> np.ndarray:
-    ms = int(round(capture_s * 1000))
+    ms = round(capture_s * 1000)
     bits = [(ms >> (BITS - 1 - i)) & 1 for i in range(BITS)]
     return np.concatenate([SYNC, np.array([0.3 if b else -0.3 for b in bits], np.float32)])
 

@@ -161,7 +161,7 @@ def encoder_sweep(model, dev: str, batches: list[int], min_s: float) -> list[dic
                 clips = ((torch.rand(n, 160000, generator=g) * 2 - 1) * 0.8).to(device)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                cps = _events_rate(lambda: b.encode(clips), n, min_s, device)
+                cps = _events_rate(lambda b=b, clips=clips: b.encode(clips), n, min_s, device)
                 row = {"dtype": dt, "batch": n, "clips_per_s": round(cps, 2), "rel_err": parity,
                        "bound": BOUNDS[dt], "ok": all(e <= BOUNDS[dt] for e in parity.values())}
                 if device.type == "cuda":
@@ -300,7 +300,7 @@ def main() -> int:
     from trt_builders.engines import prepare_engine, random_released_model
 
     gpu = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu (dry run)"
-    cc = "%d.%d" % torch.cuda.get_device_capability(0) if dev == "cuda" else "-"
+    cc = "{}.{}".format(*torch.cuda.get_device_capability(0)) if dev == "cuda" else "-"
     env = Environment.probe()
     print(f"GPU {gpu} (sm {cc}); torch {torch.__version__}; tensorrt: {env.tensorrt or 'available'}; "
           f"onnxruntime providers: {', '.join(env.ort_providers) or 'none'}", flush=True)
@@ -449,7 +449,7 @@ def _report_extra() -> None:
                 if "tokens_per_s" in x:
                     print(f"{v:8s} {p:7s} {x['tokens_per_s']:8.1f} {x['achieved_gb_s']:7.1f} "
                           f"{100 * x['fraction_of_bandwidth']:5.0f} {x['prefill_s'] * 1e3:10.1f} "
-                          f"{x['cross_kv_s'] * 1e3:7.1f} {str(x['same_ids_as_eager']):>8s}")
+                          f"{x['cross_kv_s'] * 1e3:7.1f} {x['same_ids_as_eager']!s:>8s}")
                 else:
                     print(f"{v:8s} {p:7s} {x.get('error')}")
             if "peak_gpu_memory_bytes" in r:

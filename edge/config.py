@@ -45,7 +45,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400
 def parse_duration(v: Any) -> float:
     """``90``, ``"90s"``, ``"1.5m"``, ``"2h"``, ``"500ms"`` -> seconds (float)."""
     if isinstance(v, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 1h")
+        raise ValueError("expected a duration such as 30s, 5m or 1h")  # noqa: TRY004 - pydantic reports ValueError only
     if isinstance(v, (int, float)):
         return float(v)
     if isinstance(v, str):
@@ -114,7 +114,7 @@ class AudioConfig(_Base):
     max_gap: Duration = 60.0
 
     @model_validator(mode="after")
-    def _check(self) -> "AudioConfig":
+    def _check(self) -> AudioConfig:
         if abs(self.clip - 10.0) > 1e-9:
             raise ValueError("clip must be 10s (the AF-CLAP window)")
         if not 0 < self.hop <= self.clip:
@@ -178,7 +178,7 @@ class StreamConfig(_Base):
         return _identifier(v, "stream id")
 
     @model_validator(mode="after")
-    def _check(self) -> "StreamConfig":
+    def _check(self) -> StreamConfig:
         if self.source == "file" and self.path is None:
             raise ValueError("a file stream needs `path`")
         if self.source == "url":
@@ -273,7 +273,7 @@ class MonitorConfig(_Base):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "MonitorConfig":
+    def _check(self) -> MonitorConfig:
         if self.kind == "af2":
             if not self.question:
                 raise ValueError("an af2 monitor needs a `question`")
@@ -358,7 +358,7 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         ids = [s.id for s in self.streams]
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
@@ -419,8 +419,7 @@ def _format_errors(e: ValidationError) -> list[str]:
     for err in e.errors(include_url=False, include_input=False, include_context=False):
         loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
         msg = err.get("msg", "invalid")
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+        msg = msg.removeprefix("Value error, ")
         out.append(f"{loc}: {msg}")
     return out
 
@@ -462,8 +461,8 @@ def load_settings(path: str | Path | None = None, data: dict[str, Any] | None = 
         m = re.search(r'field "([^"]+)"', str(e))
         key = m.group(1) if m else "(environment)"
         var = f"FLAMINGO_EDGE_{key.upper()}" if m else "a FLAMINGO_EDGE_* variable"
-        raise ConfigError(source, [f"{key}: the value from the environment ({var} or one of "
-                                   f"its __ sub-keys) is not valid JSON"]) from None
+        raise ConfigError(source, [(f"{key}: the value from the environment ({var} or one of "
+                                    f"its __ sub-keys) is not valid JSON")]) from None
     finally:
         _YAML_DATA.reset(token)
 

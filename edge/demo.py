@@ -71,14 +71,14 @@ def generate_demo(seconds: float = DEMO_SECONDS, seed: int = DEMO_SEED) -> np.nd
     x += 0.004 * np.sin(2 * np.pi * 1230.0 * t) * (1.0 + 0.3 * np.sin(2 * np.pi * 0.5 * t))
     x += 0.002 * rng.standard_normal(n)
     # knocking
-    for (start, end, what), (period, amp) in zip(
+    for (start, end, _what), (period, amp) in zip(
         [e for e in DEMO_EVENTS if e[2] == "knocking"], ((1.3, 0.5), (0.8, 0.6))
     ):
         s = start + 0.2
         while s < end - 0.3:
-            k = _knock(rng, amp * (0.8 + 0.4 * rng.random()))
+            knock = _knock(rng, amp * (0.8 + 0.4 * rng.random()))
             i = int(s * SR)
-            x[i:i + k.size] += k[: max(0, min(k.size, n - i))]
+            x[i:i + knock.size] += knock[: max(0, min(knock.size, n - i))]
             s += period * (0.85 + 0.3 * rng.random())
     # alarm: two tones with a few harmonics, switching every 0.5 s, soft edges
     a0, a1 = (min(n, int(v * SR)) for v in DEMO_EVENTS[1][:2])

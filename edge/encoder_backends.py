@@ -30,7 +30,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -196,8 +196,8 @@ class OnnxRuntimeBackend(EncoderBackend):
         so.log_severity_level = 3
         providers = ort_providers_for(device, ort.get_available_providers(), use_trt_provider)
         if ORT_TRT in providers:
-            providers = [(ORT_TRT, ort_trt_options(max_batch, cache_dir)) if p == ORT_TRT else p
-                         for p in providers]
+            providers = [(ORT_TRT, ort_trt_options(max_batch, cache_dir)) if p == ORT_TRT else p  # type: ignore[misc]
+                         for p in providers]  # onnxruntime takes names or (name, options) pairs
         self.session = ort.InferenceSession(str(onnx_path), so, providers=providers)
         self.providers = self.session.get_providers()
         if device != "cpu" and self.providers[0] == ORT_CPU:
@@ -258,7 +258,7 @@ class Environment:
     ort_providers: tuple[str, ...] = ()
 
     @classmethod
-    def probe(cls) -> "Environment":
+    def probe(cls) -> Environment:
         from trt_builders.tensorrt_engine import trt_status
 
         ort_ok = importlib.util.find_spec("onnxruntime") is not None
@@ -445,7 +445,7 @@ def select_backend(kind: str, model, *, device: str | None = None,
                                  onnx_path=onnx_path, threads=threads, profile=profile,
                                  rebuild=rebuild_engine, use_trt_provider=use_trt_provider,
                                  log_fn=log_fn)
-            except Exception as e:  # noqa: BLE001 - any start failure means: try the next one
+            except Exception as e:
                 if c == chain[-1]:
                     raise
                 reason = one_line(e)

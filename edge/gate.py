@@ -81,7 +81,7 @@ class Gate:
         self.adapt_below = float(adapt_below)
         self.min_std = float(min_std_db)
         self.n_fft, self.hop = n_fft, hop
-        self.seg_frames = max(1, int(round(segment_s * sample_rate / hop)))
+        self.seg_frames = max(1, round(segment_s * sample_rate / hop))
         self._fb = mel_filterbank(sample_rate, n_fft, n_mels, 50.0, min(8000.0, sample_rate / 2))
         self._win = np.hanning(n_fft + 1)[:-1].astype(np.float32)
         self._warm: list[np.ndarray] = []
@@ -132,6 +132,7 @@ class Gate:
         else:
             novelty = self.score(segs)
             if novelty < self.adapt_below:
+                assert self.mean is not None and self.var is not None  # set by the warm-up above
                 a = self.adapt
                 m = segs.mean(axis=0)
                 v = segs.var(axis=0) + (m - self.mean) ** 2

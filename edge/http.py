@@ -45,20 +45,20 @@ class HttpEndpoint:
 def start_http_server(
     port: int, metrics: Metrics, health: HealthFn | None = None, host: str = "0.0.0.0"
 ) -> HttpEndpoint:
-    health = health or (lambda: {"ok": True})
+    health_fn: HealthFn = health or (lambda: {"ok": True})
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "flamingo-edge"
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             elif path in ("/healthz", "/health"):
                 try:
-                    info = dict(health())
+                    info = dict(health_fn())
                     code = 200 if info.get("ok") else 503
-                except Exception as e:  # report, don't crash the endpoint
+                except Exception as e:  # noqa: BLE001 - report, don't crash the endpoint
                     info, code = {"ok": False, "error": f"{type(e).__name__}: {e}"}, 503
                 self._send(code, json.dumps(info, default=str).encode(), "application/json")
             else:

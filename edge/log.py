@@ -36,15 +36,15 @@ import structlog
 
 MASK = "***"
 _KEY = r"(?:[\w-]*(?:pass(?:word|wd|phrase)?|secret|token|api[_-]?key|auth(?:orization)?|credential|private[_-]?key|cookie)[\w-]*)"
-_SENSITIVE_KEY = re.compile(rf"^{_KEY}$", re.I)
+_SENSITIVE_KEY = re.compile(rf"^{_KEY}$", re.IGNORECASE)
 # keys that name a secret whatever the value's type (a numeric password is still a password)
-_STRONG_KEY = re.compile(r"pass(?:word|wd|phrase)?|secret|api[_-]?key|credential|private[_-]?key|cookie", re.I)
+_STRONG_KEY = re.compile(r"pass(?:word|wd|phrase)?|secret|api[_-]?key|credential|private[_-]?key|cookie", re.IGNORECASE)
 _PATTERNS = [
     # (first) Authorization: Bearer xyz / Basic xyz
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), rf"\1 {MASK}"),
     # password/secret-like key=value: masked even when the value is a number (a PIN)
     (re.compile(r"(?i)(\b[\w-]*(?:pass(?:word|wd|phrase)|secret|api[_-]?key|credential|private[_-]?key)[\w-]*"
-                rf"\s*[=:]\s*)(?!['\"])(?=[-+]?\d)([^\s,;)}}\]]+)"), rf"\1{MASK}"),
+                r"\s*[=:]\s*)(?!['\"])(?=[-+]?\d)([^\s,;)}\]]+)"), rf"\1{MASK}"),
     # key=value, key: value (unquoted, up to whitespace/comma/bracket)
     # (plain numbers are left alone: `tokens_per_second=41.5` is not a secret)
     (re.compile(rf"(?i)(\b{_KEY}\s*[=:]\s*)(?!['\"])(?![-+]?\d+(?:\.\d+)?(?:[\s,;)}}\]]|$))([^\s,;)}}\]]+)"),
@@ -117,7 +117,7 @@ def _redact(value: Any, depth: int = 0) -> Any:
 
 def redact_event(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: mask credentials in keys, values and text. Run it last before rendering."""
-    return _redact(event_dict)  # type: ignore[no-any-return]
+    return _redact(event_dict)
 
 
 def format_validation_error(exc: Exception) -> str:

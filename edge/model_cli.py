@@ -165,7 +165,7 @@ def _download(hub, plan: FetchPlan, token: str | None, revision: str | None) -> 
     try:
         from huggingface_hub import errors
     except ImportError:  # huggingface_hub < 0.24 keeps them in utils
-        from huggingface_hub import utils as errors
+        from huggingface_hub import utils as errors  # type: ignore[no-redef]
 
     def fail(repo: str, e: Exception) -> click.ClickException:
         status = getattr(getattr(e, "response", None), "status_code", None)

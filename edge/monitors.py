@@ -13,7 +13,10 @@ import operator
 import re
 import string
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
+
+from .results import Verdict
 
 TRIGGER_VARS = ("level_dbfs", "peak_dbfs", "rms", "novelty")
 TEMPLATE_FIELDS = frozenset({"stream", "monitor", "window_s", "window_min", "labels"})
@@ -63,7 +66,7 @@ def parse_condition(text: str) -> Condition:
 # ------------------------------------------------------------------ answers
 @dataclass(frozen=True)
 class Parsed:
-    verdict: str  # "positive" | "negative" | "unknown"
+    verdict: Verdict
     choice: str | None = None
 
 
@@ -255,14 +258,14 @@ class MonitorState:
             self.last_trigger = t
         if self.cfg.kind == "gate":
             was, self.active = self.active, hit is not None
-            if triggered:
+            if triggered and hit is not None:
                 return Due(f"trigger: {hit.text}", positive=True)
             if was and hit is None:  # tell the alert stage the condition cleared
                 return Due("clear", positive=False)
             if scheduled:
                 return Due("schedule", positive=hit is not None)
             return None
-        if triggered:
+        if triggered and hit is not None:
             return Due(f"trigger: {hit.text}")
         if scheduled:
             return Due("schedule")

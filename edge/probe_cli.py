@@ -16,7 +16,7 @@ import numpy as np
 
 
 def _meter(db: float, width: int = 40) -> str:
-    filled = int(round(max(0.0, min(1.0, (db + 60.0) / 60.0)) * width))
+    filled = round(max(0.0, min(1.0, (db + 60.0) / 60.0)) * width)
     return "#" * filled + "." * (width - filled)
 
 

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -20,7 +20,7 @@ def _settings(config: str | None, data: dict | None = None, **overrides: Any):
         raise click.ClickException(str(e)) from None
 
 
-def _logging(settings, level: str | None, fmt: str | None) -> None:
+def _logging(settings, level: str | None, fmt: Literal["auto", "json", "console"] | None) -> None:
     from .log import configure_logging
 
     configure_logging(level or settings.log.level, fmt or "auto", secrets=settings.secrets())
@@ -34,7 +34,7 @@ def _load_model(model_dir, settings):
         return None
     try:
         return load_model(d, settings.model.dtype, settings.model.device, settings.model.quantize)
-    except Exception as e:  # CheckpointError, missing files...
+    except Exception as e:  # noqa: BLE001 - CheckpointError, missing files...
         raise click.ClickException(f"cannot load the AF2 model from {d}: {e}") from None
 
 
@@ -72,7 +72,7 @@ def run(config, model_dir, speed, loop, data_dir, log_level, log_format) -> None
     sig = ShutdownSignal().install()
     try:
         d.start()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any start failure: stop what started, one line
         d.stop(timeout=5)
         raise click.ClickException(str(e)) from None
     t0 = time.monotonic()
@@ -108,7 +108,7 @@ def _replay_settings(config: str | None, path: Path, stream: str | None, data_di
                         "labels": orig.get("labels", {})}]
     mons = []
     for m in data.get("monitors") or []:
-        if isinstance(m, dict) and (m.get("streams") is None or sid in m.get("streams")):
+        if isinstance(m, dict) and (m.get("streams") is None or sid in m["streams"]):
             m = dict(m)
             m["streams"] = None
             mons.append(m)

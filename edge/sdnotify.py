@@ -130,7 +130,7 @@ class Watchdog:
         self.pings = 0
         self.withheld = 0
 
-    def start(self) -> "Watchdog":
+    def start(self) -> Watchdog:
         if self._interval is None or not self._n.enabled:
             return self
         self._thread = threading.Thread(target=self._run, name="sd-watchdog", daemon=True)
@@ -166,7 +166,7 @@ class ShutdownSignal:
         self.event = threading.Event()
         self.signum: int | None = None
 
-    def install(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> "ShutdownSignal":
+    def install(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> ShutdownSignal:
         for s in signals:
             signal.signal(s, self._handle)
         return self

@@ -316,7 +316,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     ver = subprocess.run([str(args.ha_venv / "bin" / "python"), "-c",
                           "import homeassistant.const as c; print(c.__version__)"],
-                         capture_output=True, text=True).stdout.strip()
+                         check=False, capture_output=True, text=True).stdout.strip()
     print(f"Home Assistant core {ver}, work dir {work}", flush=True)
     shutil.rmtree(work / "data", ignore_errors=True)
     broker = Mosquitto(work).start()

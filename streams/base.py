@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -91,4 +91,4 @@ class Converter:
 
     def out_length(self, n_in: int) -> int:
         """Samples at the output rate that correspond to ``n_in`` input samples."""
-        return int(round(n_in * self.out_rate / self.in_rate))
+        return round(n_in * self.out_rate / self.in_rate)

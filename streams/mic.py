@@ -21,7 +21,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -132,7 +133,7 @@ class MicSource(Source):
             self._drain()  # blocks of a previous stream must not be mistaken for new audio
             try:
                 st = self._open()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any open failure is counted and retried
                 self.open_failures += 1
                 log.warning("microphone %r for %s: cannot open (%s); retrying in %.1f s",
                             self.device, self.stream, e, backoff)
@@ -163,7 +164,7 @@ class MicSource(Source):
                     backoff = self.backoff_initial
                     lost = 0
                     if lost_seen is not None and lost_total > lost_seen:  # queue was full
-                        lost = int(round((lost_total - lost_seen) * SAMPLE_RATE / rate))
+                        lost = round((lost_total - lost_seen) * SAMPLE_RATE / rate)
                     lost_seen = lost_total
                     if overflow and brk is None:  # PortAudio lost input: measure it by time
                         brk = "overflow"
@@ -205,5 +206,5 @@ def _close(st) -> None:
     for name in ("stop", "close"):
         try:
             getattr(st, name)()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - best effort close of a stream that may be broken
             pass

@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 from collections.abc import Callable
 
 import numpy as np
@@ -178,7 +179,7 @@ class MqttAudioSource(Source):
         cfg = self.cfg
         proto = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
         cid = f"{cfg.client_id or 'flamingo-edge'}-audio-{uuid.uuid4().hex[:8]}"
-        kw = {"clean_session": True} if proto == mqtt.MQTTv311 else {}
+        kw: dict[str, Any] = {"clean_session": True} if proto == mqtt.MQTTv311 else {}
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=proto, **kw)
         if cfg.username:
             pw = cfg.password.get_secret_value() if cfg.password is not None else None

@@ -136,7 +136,7 @@ def open_input(url: str, *, credentials: str | None = None, transport: str = "tc
 
 
 def audio_tracks(container) -> list[Track]:
-    out = []
+    out: list[Track] = []
     for s in container.streams:
         if s.type != "audio":
             continue
@@ -412,7 +412,7 @@ class UrlSource(Source):
         finally:
             try:
                 container.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S110 - best effort close
                 pass
 
     def _corrupt(self) -> None:

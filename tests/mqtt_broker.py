@@ -176,7 +176,7 @@ class Mosquitto:
                 lines += ["require_certificate true", "use_identity_as_username true"]
         self.conf_path.write_text("\n".join(lines) + "\n")
 
-    def start(self, timeout: float = 10.0) -> "Mosquitto":
+    def start(self, timeout: float = 10.0) -> Mosquitto:
         assert self.proc is None, "already running"
         self.proc = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.conf_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -219,7 +219,7 @@ class Mosquitto:
         except FileNotFoundError:
             return ""
 
-    def __enter__(self) -> "Mosquitto":
+    def __enter__(self) -> Mosquitto:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -81,7 +81,7 @@ class MqttProxy:
         self.acked = threading.Event()
         self.published_topics: list[str] = []
 
-    def start(self) -> "MqttProxy":
+    def start(self) -> MqttProxy:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((self.host, self.port))

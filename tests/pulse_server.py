@@ -50,15 +50,15 @@ class PulseServer:
             "set-default-sink fe_null\nset-default-source fe_null.monitor\n")
         self._saved: dict[str, str | None] = {}
 
-    def start(self, timeout: float = 10.0) -> "PulseServer":
+    def start(self, timeout: float = 10.0) -> PulseServer:
         self.socket.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [PULSEAUDIO, "-n", "-F", str(self.root / "default.pa"), "--daemonize=no",
              "--exit-idle-time=-1", "--use-pid-file=no", "--system=no", "--log-target=stderr"],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.root / "log.txt", "ab"))
+            env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.root / "log.txt", "ab"))  # noqa: SIM115 - the daemon writes it for its lifetime
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = subprocess.run([PACTL, "info"], env=self.env, capture_output=True)
+            r = subprocess.run([PACTL, "info"], env=self.env, check=False, capture_output=True)
             if r.returncode == 0:
                 break
             if self.proc.poll() is not None:
@@ -108,7 +108,7 @@ class PulseServer:
         p = self.root / "log.txt"
         return p.read_text(errors="replace") if p.exists() else ""
 
-    def __enter__(self) -> "PulseServer":
+    def __enter__(self) -> PulseServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -158,7 +158,7 @@ def info_cmd(cache_dir, as_json):
               Candidate("onnxruntime", "cpu", "float32"), Candidate("torch", "cuda", "float16"),
               Candidate("torch", "cpu", "float32")):
         r = unavailable_reason(c, env)
-        click.echo(f"  {str(c):24s} {'available' if r is None else 'no: ' + r}")
+        click.echo(f"  {c!s:24s} {'available' if r is None else 'no: ' + r}")
     click.echo(f"cache {cache_dir}:" + ("" if entries else " (empty)"))
     for e in entries:
         status = ("" if e.problems is None else

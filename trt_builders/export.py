@@ -299,7 +299,7 @@ class OnnxInfo:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "OnnxInfo":
+    def from_json(cls, text: str) -> OnnxInfo:
         d = json.loads(text)
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 

@@ -41,14 +41,14 @@ class Profile:
         for k in ("min", "opt", "max"):
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError(f"profile {k} must be an integer, got {v!r}")
+                raise ValueError(f"profile {k} must be an integer, got {v!r}")  # noqa: TRY004 - one error type for every bad profile
         if not 1 <= self.min <= self.opt <= self.max:
             raise ValueError(f"profile needs 1 <= min <= opt <= max, got {self.min}:{self.opt}:{self.max}")
         if self.max > MAX_PROFILE_BATCH:
             raise ValueError(f"profile max batch {self.max} exceeds {MAX_PROFILE_BATCH}")
 
     @classmethod
-    def parse(cls, text: str | int) -> "Profile":
+    def parse(cls, text: str | int) -> Profile:
         """`8` -> 1:min(4,8):8 ; `1:4:8` -> min:opt:max ; `2:8` -> 2:8:8."""
         if isinstance(text, int):
             return cls.for_max(text)
@@ -66,7 +66,7 @@ class Profile:
         raise ValueError(f"bad batch profile {text!r}: use MAX, MIN:MAX or MIN:OPT:MAX")
 
     @classmethod
-    def for_max(cls, max_batch: int) -> "Profile":
+    def for_max(cls, max_batch: int) -> Profile:
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max batch must be a positive integer, got {max_batch!r}")
         return cls(1, min(4, max_batch), max_batch)
@@ -117,7 +117,7 @@ class EngineMeta:
         return json.dumps(d, indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "EngineMeta":
+    def from_json(cls, text: str) -> EngineMeta:
         d = json.loads(text)
         t = dict(d["target"])
         t["profile"] = Profile.parse(t["profile"])

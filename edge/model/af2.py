@@ -45,8 +45,9 @@ class AF2Modules(nn.Module):
     def init_buffers(self) -> None:
         """Rebuild every constant buffer (after construction on the meta device + to_empty)."""
         for m in self.modules():
-            if m is not self and hasattr(m, "init_buffers"):
-                m.init_buffers()
+            init = getattr(m, "init_buffers", None)
+            if m is not self and init is not None:
+                init()
 
 
 @dataclass
@@ -98,6 +99,7 @@ class AF2:
         self.model_id = model_id or f"af2-{_release_name(config)}"
         self.max_batch = 8  # rows per decoding batch; larger groups run in chunks
         self.quantize = "none"  # decoder weights: none | int8 | int4 (edge/model/quant.py)
+        self.encoder_dtype: str | None = None  # the encoder backend's default (edge.daemon sets it)
         self.set_graphs(device.type == "cuda")
 
     def set_graphs(self, enabled: bool) -> None:
@@ -111,7 +113,7 @@ class AF2:
     @classmethod
     def load(cls, model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
              device: str | torch.device = "cpu", encoder_only: bool = False,
-             quantize: str = "none") -> "AF2":
+             quantize: str = "none") -> AF2:
         """Load an official or compact checkpoint. `encoder_only` loads just the AF-CLAP
         encoder (`encode` works; `memory`/`ask` need the full model). `quantize` int8/int4:
         weight-only quantization of the decoder, applied while the tensors stream in."""
@@ -123,7 +125,7 @@ class AF2:
     @classmethod
     def random(cls, config: AF2Config, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu", seed: int = 0,
-               tokenizer: AF2Tokenizer | None = None, quantize: str = "none") -> "AF2":
+               tokenizer: AF2Tokenizer | None = None, quantize: str = "none") -> AF2:
         """Random weights at any dims (benchmarks). Built directly in `dtype`; `quantize`
         then quantizes the decoder in place, one weight at a time."""
         torch.manual_seed(seed)
@@ -142,7 +144,7 @@ class AF2:
             for name, b in mods.named_buffers():
                 if name.endswith("running_var"):
                     b.fill_(1.0)
-                elif name.endswith("running_mean") or name.endswith("num_batches_tracked"):
+                elif name.endswith(("running_mean", "num_batches_tracked")):
                     b.zero_()
         if quantize != "none":
             from .quant import quantize_model
@@ -270,7 +272,7 @@ class AF2:
             xkv = self.cross_kv(memory, mask)
         t_kv = time.perf_counter() - t0
         out = []
-        for (question, options), prompt, ids, (lp, cov) in zip(
+        for (_question, options), prompt, ids, (lp, cov) in zip(
                 queries, prompts, option_ids, self.score_ids_batch(prompts, option_ids, xkv)):
             out.append(Scores(list(options), {o: float(v) for o, v in zip(options, lp.tolist())},
                               {o: float(v) for o, v in zip(options, lp.softmax(0).tolist())}, cov,
@@ -294,8 +296,7 @@ class AF2:
             ids[b, : len(p)] = torch.tensor(p)
         last = torch.tensor([n - 1 for n in lens], device=dev)
         first = dec(ids, xkv, input_pos=torch.arange(T, device=dev), select=last)[:, 0]  # (B, V)
-        caches = [(ly.decoder_layer.self_attn.k_cache, ly.decoder_layer.self_attn.v_cache)
-                  for ly in dec.layers]
+        caches = [ly.decoder_layer.self_attn.caches() for ly in dec.blocks]
         out = []
         for b, opts in enumerate(option_ids):
             if any(len(o) > 1 for o in opts):
@@ -341,8 +342,7 @@ class AF2:
         dec.setup_cache(B, T + longest - 1)
         prompts = torch.tensor([p for _, _, p, _ in items], device=dev)
         first = dec(prompts, xkv, input_pos=torch.arange(T, device=dev), last_only=True)[:, -1]
-        caches = [(ly.decoder_layer.self_attn.k_cache, ly.decoder_layer.self_attn.v_cache)
-                  for ly in dec.layers]
+        caches = [ly.decoder_layer.self_attn.caches() for ly in dec.blocks]
         out = []
         for b, (_, _, _, opts) in enumerate(items):
             row = CrossKV([k[b : b + 1] if k is not None else None for k in xkv.k],

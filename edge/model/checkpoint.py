@@ -26,7 +26,8 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -102,7 +103,7 @@ def load_clap_pickle(path: Path) -> dict[str, torch.Tensor]:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing AF-CLAP checkpoint") from None
-    except Exception as e:  # UnpicklingError, RuntimeError from a truncated zip, ...
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError from a truncated zip, ...
         lines = [line.strip() for line in str(e).split("\n") if line.strip()]
         detail = next((line for line in lines if "GLOBAL" in line or "global" in line.lower()
                        and "weights_only" not in line), lines[0] if lines else type(e).__name__)
@@ -128,6 +129,15 @@ class TensorSource:
     read_rows: Callable[[int, int], torch.Tensor] | None = None  # rows [i, j) (quantizing)
 
 
+def _in_memory(path: Path, key: str, t: torch.Tensor) -> TensorSource:
+    """A tensor already in memory (the CLAP pickle) as a source."""
+
+    def copy_into(dst: torch.Tensor) -> None:
+        dst.copy_(t)
+
+    return TensorSource(path, key, tuple(t.shape), copy_into, lambda i, j: t[i:j])
+
+
 class SafeChunks:
     """The tensors of a set of safetensors files, read lazily.
 
@@ -142,8 +152,8 @@ class SafeChunks:
                 raise CheckpointError(f"{path}: missing weights file")
             try:
                 with safe_open(str(path), framework="pt") as h:
-                    shapes = {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}
-            except Exception as e:
+                    shapes = {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}  # noqa: SIM118 - safe_open is no dict: `in h` fails
+            except Exception as e:  # noqa: BLE001 - whatever the reader raises becomes a CheckpointError
                 raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from None
             for k, shape in shapes.items():
                 self.sources.setdefault(k, TensorSource(path, k, shape, self._copier(path, k),
@@ -155,7 +165,7 @@ class SafeChunks:
             try:
                 with safe_open(str(path), framework="pt") as h:
                     return h.get_slice(key)[i:j]
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - whatever the reader raises becomes a CheckpointError
                 raise CheckpointError(f"{path}: cannot read tensor {key} ({e})") from None
 
         return read_rows
@@ -173,7 +183,7 @@ class SafeChunks:
                 for i in range(0, dst.shape[0], rows):
                     with safe_open(str(path), framework="pt") as h:
                         dst[i : i + rows].copy_(h.get_slice(key)[i : i + rows])
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - whatever the reader raises becomes a CheckpointError
                 raise CheckpointError(f"{path}: cannot read tensor {key} ({e})") from None
 
         return copy_into
@@ -380,9 +390,7 @@ def _official_sources(model_dir: Path, chunks: SafeChunks, names: list[str]) -> 
         else:
             key = "module.audio_branch." + name[len("encoder."):]
             if name.startswith("encoder.") and key in clap:
-                t = clap[key]
-                out[name] = TensorSource(path, key, tuple(t.shape), lambda dst, t=t: dst.copy_(t),
-                                   lambda i, j, t=t: t[i:j])
+                out[name] = _in_memory(path, key, clap[key])
     return out
 
 

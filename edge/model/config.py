@@ -99,7 +99,7 @@ class AF2Config:
         return self.htsat.num_features
 
     @classmethod
-    def released(cls, name: str) -> "AF2Config":
+    def released(cls, name: str) -> AF2Config:
         if name not in _RELEASED_LM:
             raise ValueError(f"unknown AF2 release {name!r}; expected one of {', '.join(RELEASES)}")
         return cls(lm=_RELEASED_LM[name])
@@ -112,7 +112,7 @@ class AF2Config:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AF2Config":
+    def from_dict(cls, d: dict[str, Any]) -> AF2Config:
         return cls(
             htsat=_build(HTSATDims, d.get("htsat", {}), "htsat"),
             audio_transformer=_build(AudioTransformerDims, d.get("audio_transformer", {}),
@@ -121,7 +121,7 @@ class AF2Config:
             lm=_build(LMDims, d.get("lm", {}), "lm"),
         )
 
-    def with_lm(self, lm: LMDims) -> "AF2Config":
+    def with_lm(self, lm: LMDims) -> AF2Config:
         return replace(self, lm=lm)
 
 

@@ -18,13 +18,18 @@ Two cached paths share every module:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import LMDims, XAttnDims
+
+if TYPE_CHECKING:
+    from .quant import Int8Embedding
 
 
 class RMSNorm(nn.Module):
@@ -65,8 +70,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 class CrossKV:
     """Per-layer cross-attention keys/values of one memory, plus its key mask."""
 
-    k: list[torch.Tensor]  # each (B, heads, M, dim_head)
-    v: list[torch.Tensor]
+    k: list[torch.Tensor | None]  # each (B, heads, M, dim_head); None: a layer without cross-attention
+    v: list[torch.Tensor | None]
     mask: torch.Tensor  # (B, M) bool, True = attend
 
 
@@ -81,6 +86,11 @@ class SelfAttention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * hd, d.hidden_size, bias=False)
         self.k_cache: torch.Tensor | None = None  # (B, n_kv, S_max, hd), set by setup_cache
         self.v_cache: torch.Tensor | None = None
+
+    def caches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K and V caches (after `Decoder.setup_cache`)."""
+        assert self.k_cache is not None and self.v_cache is not None, "setup_cache first"
+        return self.k_cache, self.v_cache
 
     def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,10 +109,11 @@ class SelfAttention(nn.Module):
             mask = None
             causal = True
         else:  # write this step into the cache, attend over everything written so far
-            self.k_cache[:, :, input_pos] = k
-            self.v_cache[:, :, input_pos] = v
+            k_cache, v_cache = self.caches()
+            k_cache[:, :, input_pos] = k
+            v_cache[:, :, input_pos] = v
             S = int(input_pos[-1]) + 1
-            k, v = self.k_cache[:, :, :S], self.v_cache[:, :, :S]
+            k, v = k_cache[:, :, :S], v_cache[:, :, :S]
             mask = input_pos[:, None] >= torch.arange(S, device=x.device)[None, :]  # (T, S)
             causal = False
         # grouped-query attention without materialising repeated K/V heads
@@ -253,6 +264,8 @@ class StaticCache:
 
 
 class Decoder(nn.Module):
+    embed_tokens: TokenEmbedding | Int8Embedding  # int8 after edge.model.quant.swap_linears
+
     def __init__(self, d: LMDims, dim_audio: int, x: XAttnDims) -> None:
         super().__init__()
         self.d = d
@@ -265,10 +278,15 @@ class Decoder(nn.Module):
         self.lm_head = None if d.tie_word_embeddings else nn.Linear(d.hidden_size, d.vocab_size,
                                                                     bias=False)
 
+    @property
+    def blocks(self) -> Sequence[FlamingoLayer]:
+        """`layers` as what they hold (to a type checker a ModuleList holds plain Modules)."""
+        return cast("Sequence[FlamingoLayer]", self.layers)
+
     def cross_kv(self, memory: torch.Tensor, mask: torch.Tensor) -> CrossKV:
         """memory (B, M, dim_audio), mask (B, M) -> every layer's cross K/V, computed once."""
         ks, vs = [], []
-        for layer in self.layers:
+        for layer in self.blocks:
             blk = layer.gated_cross_attn_layer_sound
             k, v = blk.attn.kv(memory) if blk is not None else (None, None)
             ks.append(k)
@@ -278,7 +296,7 @@ class Decoder(nn.Module):
     def setup_cache(self, batch: int, max_seq: int) -> None:
         d = self.d
         p = self.norm.weight  # the model dtype (the embedding may be stored int8)
-        for layer in self.layers:
+        for layer in self.blocks:
             att = layer.decoder_layer.self_attn
             shape = (batch, d.num_key_value_heads, max_seq, d.head_dim)
             att.k_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
@@ -290,9 +308,8 @@ class Decoder(nn.Module):
         """Make every self-attention cache `batch` copies of row `row` of `source` (default:
         the current caches): one prefilled prompt continued by several sequences (`AF2.score`
         teacher-forces all options this way). Returns the caches it replaced."""
-        old = [(ly.decoder_layer.self_attn.k_cache, ly.decoder_layer.self_attn.v_cache)
-               for ly in self.layers]
-        for layer, (k, v) in zip(self.layers, source if source is not None else old):
+        old = [ly.decoder_layer.self_attn.caches() for ly in self.blocks]
+        for layer, (k, v) in zip(self.blocks, source if source is not None else old):
             att = layer.decoder_layer.self_attn
             att.k_cache = k[row : row + 1].expand(batch, -1, -1, -1).clone()
             att.v_cache = v[row : row + 1].expand(batch, -1, -1, -1).clone()
@@ -306,7 +323,7 @@ class Decoder(nn.Module):
         h = self.embed_tokens(ids)
         pos = input_pos if input_pos is not None else torch.arange(ids.shape[1], device=ids.device)
         cos, sin = rope_cos_sin(pos, self.d.head_dim, self.d.rope_theta, h.dtype)
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.blocks):
             h = layer(h, cos, sin, input_pos, xkv.k[i], xkv.v[i], xkv.mask)
         if select is not None:
             h = h[torch.arange(h.shape[0], device=h.device), select][:, None]
@@ -330,7 +347,7 @@ class Decoder(nn.Module):
         h = self.embed_tokens(ids)
         cos = cache.cos[pos].unsqueeze(1)  # (B, 1, T, hd)
         sin = cache.sin[pos].unsqueeze(1)
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.blocks):
             h = layer.forward_static(h, cos, sin, cache.k[i], cache.v[i], slots, mask,
                                      xk[i], xv[i], xmask)
         h = self.norm(h[:, -1:] if last_only else h)

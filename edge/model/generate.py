@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -69,7 +70,7 @@ class Sampling:
 
 
 def pick_tokens(logits: torch.Tensor, s: Sampling,
-                gens: list[torch.Generator] | None) -> torch.Tensor:
+                gens: Sequence[torch.Generator | None] | None) -> torch.Tensor:
     """logits (B, V) -> next ids (B,) on the same device, without a host sync.
 
     Greedy argmax, or temperature -> top-k -> top-p -> multinomial (the HF warper order), each
@@ -127,7 +128,7 @@ class StaticDecoder:
         self._own_cross = False  # buffers allocated (else aliased to a CrossKV's tensors)
         self.logits: torch.Tensor | None = None  # the graph's output buffer
         self.want_graph = graphs
-        self.graph = None
+        self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_error: str | None = None
 
     # ---- inputs ---------------------------------------------------------------------------
@@ -150,17 +151,19 @@ class StaticDecoder:
             if M > self.mem_cap:
                 raise ValueError(f"memory of {M} tokens exceeds the decoder's capacity {self.mem_cap}")
             self.xmask[r, :M] = xkv.mask[0]
-            for i, k in enumerate(self.xk):
-                if k is not None:
-                    k[r, :, :M] = xkv.k[i][0]
-                    self.xv[i][r, :, :M] = xkv.v[i][0]
+            for i, (k, v) in enumerate(zip(self.xk, self.xv)):
+                if k is not None and v is not None:
+                    xk, xv = xkv.k[i], xkv.v[i]
+                    assert xk is not None and xv is not None  # the same layers attend across
+                    k[r, :, :M] = xk[0]
+                    v[r, :, :M] = xv[0]
                     # beyond M: masked keys; zeros keep them finite (0 weight x finite = 0)
                     k[r, :, M:] = 0
-                    self.xv[i][r, :, M:] = 0
+                    v[r, :, M:] = 0
 
     def _alloc_cross(self) -> None:
         dev = self.device
-        for i, layer in enumerate(self.dec.layers):
+        for i, layer in enumerate(self.dec.blocks):
             blk = layer.gated_cross_attn_layer_sound
             if blk is not None:
                 shape = (self.bm, blk.attn.heads, self.mem_cap, blk.attn.dim_head)
@@ -208,6 +211,7 @@ class StaticDecoder:
         if self.graph is not None:
             self.graph.replay()
             out = self.logits
+            assert out is not None  # the captured graph's output buffer
         else:
             out = self._step()
         self.pos.add_(1)

@@ -197,6 +197,7 @@ class HTSAT(nn.Module):
         """(B, 1001, 64) log-mel -> (B, 1, 256, 256) Swin input (bn0, resize, fold time onto freq)."""
         d, bn = self.d, self.bn0
         mel = mel.float()
+        assert bn.running_mean is not None and bn.running_var is not None  # tracked statistics
         x = (mel - bn.running_mean.float()) * torch.rsqrt(bn.running_var.float() + bn.eps)
         x = x * bn.weight.float() + bn.bias.float()  # eval BatchNorm over mel bins
         # bicubic resize of time 1001 -> 1024 (align_corners) as a constant matrix product

@@ -67,6 +67,9 @@ def constant(fn, like: torch.Tensor, *args) -> torch.Tensor:
 class LogMel(nn.Module):
     """(B, 160000) waveform -> (B, 1001, 64) log-mel in dB, always computed in float32."""
 
+    basis: torch.Tensor  # buffers, built by init_buffers
+    melW: torch.Tensor
+
     def __init__(self, n_mels: int = 64, sample_rate: int = 16000) -> None:
         super().__init__()
         self.n_mels, self.sample_rate = n_mels, sample_rate

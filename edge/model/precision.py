@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
@@ -39,7 +40,7 @@ def cpu_flags() -> list[str]:
     """The CPU's SIMD/matrix feature flags that matter here (Linux /proc/cpuinfo)."""
     want = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "fma")
     try:
-        text = open("/proc/cpuinfo").read()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
     for line in text.splitlines():

@@ -21,11 +21,15 @@ stays near the quantized model plus one block.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from .decoder import Decoder
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,8 @@ class Int8Linear(nn.Module):
     """y = x W^T (+ b) with W stored int8, one scale per output channel."""
 
     DERIVED = ("scales",)
+    weight: torch.Tensor  # buffers (registered in __init__)
+    scales: torch.Tensor
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
                  reference: bool = False) -> None:
@@ -121,6 +127,8 @@ class Int4Linear(nn.Module):
     """y = x W^T (+ b) with W stored as 4-bit groups of `group` inputs (asymmetric)."""
 
     DERIVED = ("scales_and_zeros",)
+    weight: torch.Tensor  # buffers (registered in __init__)
+    scales_and_zeros: torch.Tensor
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
                  group: int, packed_cpu: bool) -> None:
@@ -186,7 +194,7 @@ class Int8Embedding(Int8Linear):
     def __init__(self, vocab: int, dim: int, dtype: torch.dtype, reference: bool = False) -> None:
         super().__init__(dim, vocab, False, dtype, reference)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight).to(self.scales.dtype) * self.scales[ids].unsqueeze(-1)
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
@@ -196,7 +204,7 @@ class Int8Embedding(Int8Linear):
 QUANTIZED = (Int8Linear, Int4Linear)
 
 
-def quantized_modules(root: nn.Module) -> dict[str, nn.Module]:
+def quantized_modules(root: nn.Module) -> dict[str, Int8Linear | Int4Linear]:
     """name of the weight in `root.state_dict()` -> the quantized module that owns it."""
     return {f"{n}.weight": m for n, m in root.named_modules() if isinstance(m, QUANTIZED)}
 
@@ -207,7 +215,7 @@ def derived_names(root: nn.Module) -> set[str]:
             for d in m.DERIVED}
 
 
-def swap_linears(decoder: nn.Module, mode: str, dtype: torch.dtype, device: torch.device | str,
+def swap_linears(decoder: Decoder, mode: str, dtype: torch.dtype, device: torch.device | str,
                  reference: bool = False) -> int:
     """Replace the decoder's nn.Linear layers (and the tied embedding) by quantized modules with
     empty storage (on the meta device while loading). -> number of modules replaced."""
@@ -245,26 +253,31 @@ def swap_linears(decoder: nn.Module, mode: str, dtype: torch.dtype, device: torc
 
 
 @torch.no_grad()
-def quantize_model(decoder: nn.Module, mode: str, reference: bool = False) -> int:
+def quantize_model(decoder: Decoder, mode: str, reference: bool = False) -> int:
     """Quantize an already built float decoder in place (random-weight benchmarks, tests),
     one module at a time so at most one float weight is held twice."""
     if mode == "none":
         return 0
     p = decoder.norm.weight
-    old = {n: m for n, m in decoder.named_modules()
-           if isinstance(m, nn.Linear) and n.rpartition(".")[2] not in SKIP}
-    old["embed_tokens"] = decoder.embed_tokens
+    old: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {
+        n: (m.weight, m.bias) for n, m in decoder.named_modules()
+        if isinstance(m, nn.Linear) and n.rpartition(".")[2] not in SKIP}
+    old["embed_tokens"] = (decoder.embed_tokens.weight, None)
     n = swap_linears_like(decoder, mode, p.dtype, p.device, reference)
     for name, mod in quantized_modules(decoder).items():
-        lin = old.pop(name[: -len(".weight")])
-        mod.quantize_from(lambda i, j, w=lin.weight: w[i:j])
-        if mod.bias is not None:
-            mod.bias.copy_(lin.bias)
-        del lin
+        w, b = old.pop(name[: -len(".weight")])
+        mod.quantize_from(_rows_of(w))
+        if mod.bias is not None and b is not None:
+            mod.bias.copy_(b)
+        del w, b
     return n
 
 
-def swap_linears_like(decoder: nn.Module, mode: str, dtype: torch.dtype, device: torch.device,
+def _rows_of(w: torch.Tensor) -> ReadRows:
+    return lambda i, j: w[i:j]
+
+
+def swap_linears_like(decoder: Decoder, mode: str, dtype: torch.dtype, device: torch.device,
                       reference: bool) -> int:
     """`swap_linears` allocating real (uninitialised) storage on `device`."""
     with torch.device(device):

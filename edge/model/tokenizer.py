@@ -20,11 +20,12 @@ class AF2Tokenizer:
         missing = [t for t, i in ids.items() if i is None]
         if missing:
             raise ValueError(f"tokenizer lacks {', '.join(missing)}")
-        self.media_id, self.eoc_id, self.pad_id = ids[MEDIA], ids[EOC], ids[PAD]
-        self.sep_id, self.eos_id = ids[SEP], ids[EOS]
+        found = {t: i for t, i in ids.items() if i is not None}  # every one, after the check
+        self.media_id, self.eoc_id, self.pad_id = found[MEDIA], found[EOC], found[PAD]
+        self.sep_id, self.eos_id = found[SEP], found[EOS]
 
     @classmethod
-    def from_dir(cls, lm_dir: str | Path) -> "AF2Tokenizer":
+    def from_dir(cls, lm_dir: str | Path) -> AF2Tokenizer:
         path = Path(lm_dir) / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(

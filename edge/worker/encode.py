@@ -98,7 +98,7 @@ class Encoding:
             tokens = self._encode([h.audio for h in heard])
             for i, h in enumerate(heard):
                 h.tokens = tokens[i].clone()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a failed batch drops its clips; the worker goes on
             for h in heard:
                 h.encode_failed = True
                 self.metrics.clips_dropped.labels(h.stream.id, "encoder_error").inc()

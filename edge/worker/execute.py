@@ -78,7 +78,7 @@ class QueryExecution:
         for n, group in sorted(self._by_window(s, monitors).items()):
             try:
                 view, memory = self._memory(s, q, n)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a failed batch fails its queries; the worker goes on
                 self._failed(s, q, group)
                 continue
             if view is None:
@@ -96,7 +96,7 @@ class QueryExecution:
 
             try:
                 self._answer(s, q, view, memory, group, audio, emit_one)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a failed batch fails its queries; the worker goes on
                 self._failed(s, q, [(c, d) for c, d in group if c.name not in answered])
             else:
                 self.failures.ok()

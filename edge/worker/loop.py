@@ -208,9 +208,9 @@ class InferenceWorker:
         clips_wait = any(s.pending for s in self.streams.values())
         queries_wait = len(self.queries) > 0
         turn = self._turn
-        if turn == "encode" and not clips_wait or turn == "query" and not queries_wait:
-            turn = "query" if turn == "encode" else "encode"
-        elif self._turns_in_row >= self._budget[turn] and (clips_wait and queries_wait):
+        idle = turn == "encode" and not clips_wait or turn == "query" and not queries_wait
+        spent = self._turns_in_row >= self._budget[turn] and clips_wait and queries_wait
+        if idle or spent:  # nothing of this kind waits, or its budget is spent while both wait
             turn = "query" if turn == "encode" else "encode"
         if turn != self._turn:
             self._turn, self._turns_in_row = turn, 0
@@ -279,7 +279,7 @@ class InferenceWorker:
         with self._lock:
             self._in_flight_left = {cfg.name for cfg, _ in monitors}
 
-        def emit(res, audio) -> None:  # type: ignore[no-untyped-def]
+        def emit(res, audio) -> None:
             with self._lock:
                 self._in_flight_left.discard(res.monitor)
             self.emit(res, audio)

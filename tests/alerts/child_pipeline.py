@@ -32,13 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from alerts.config import AlertsConfig  # noqa: E402
-from alerts.outbox import Outbox  # noqa: E402
-from alerts.pipeline import AlertPipeline  # noqa: E402
-from edge.log import configure_logging  # noqa: E402
-from edge.metrics import Metrics  # noqa: E402
-from edge.sdnotify import Notifier, ShutdownSignal, Watchdog  # noqa: E402
-from tests.alerts.helpers import alternating, result  # noqa: E402
+from alerts.config import AlertsConfig
+from alerts.outbox import Outbox
+from alerts.pipeline import AlertPipeline
+from edge.log import configure_logging
+from edge.metrics import Metrics
+from edge.sdnotify import Notifier, ShutdownSignal, Watchdog
+from tests.alerts.helpers import alternating, result
 
 _out_lock = threading.Lock()
 

@@ -69,7 +69,7 @@ def test_cli_import_stays_cheap(tmp_path: Path) -> None:
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'alerts.mqtt_sink' not in sys.modules\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "knock" in out.stdout
 

@@ -60,7 +60,7 @@ class Child:
             try:
                 msg = self.lines.get(timeout=max(0.01, end - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"child never said {event!r}; stderr:\n{''.join(self.stderr)[-3000:]}")
+                raise AssertionError(f"child never said {event!r}; stderr:\n{''.join(self.stderr)[-3000:]}") from None
             if msg["event"] == event:
                 return msg
 
@@ -165,7 +165,7 @@ def test_sigterm_notify_watchdog_flush_offline_exit0(
         while not stop_reading.is_set():
             try:
                 got.append((time.monotonic(), sock.recv(4096).decode()))
-            except socket.timeout:
+            except TimeoutError:
                 pass
 
     reader = threading.Thread(target=read, daemon=True)

@@ -29,7 +29,7 @@ class Receiver:
         outer = self
 
         class H(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.requests.append({"t": time.monotonic(), "headers": dict(self.headers), "body": body,
                                        "path": self.path})
@@ -163,7 +163,7 @@ def test_redirect_is_not_taken_for_delivery(tmp_path: Path) -> None:
     redirect = {"on": True}
 
     class H(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             posts.append(self.path)
             self.send_response(301 if redirect["on"] else 200)
@@ -172,7 +172,7 @@ def test_redirect_is_not_taken_for_delivery(tmp_path: Path) -> None:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             gets.append(self.path)
             self.send_response(200)
             self.send_header("Content-Length", "0")

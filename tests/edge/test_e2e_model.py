@@ -78,7 +78,7 @@ def test_streaming_equals_offline(model, recording, tmp_path):
     assert sorted({r.end.timestamp() for r in results}) == [30.0, 60.0, 90.0, 120.0]
 
     # offline: the same clips, the same loudness policy, encoded in one call
-    y, sr = sf.read(recording, dtype="float32")
+    y, _sr = sf.read(recording, dtype="float32")
     clips = torch.from_numpy(np.stack([prepare_clip(y[i * 160000:(i + 1) * 160000])
                                        for i in range(12)]))
     tokens = model.encode(clips)

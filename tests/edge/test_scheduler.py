@@ -125,7 +125,7 @@ def test_due_monitors_share_one_memory_per_window_and_one_kv_per_memory():
         ("describe", 5), ("knocking at a?", 64), ("long?", 64), ("what?", 64)]
     assert by["k1"].end.timestamp() - by["k1"].start.timestamp() == 30.0
     assert m.queries.labels("a", "k1")._value.get() == 1
-    audio = dict((r.monitor, a) for r, a in results)["k1"]
+    audio = {r.monitor: a for r, a in results}["k1"]
     assert audio.read().shape == (30 * SR,)
 
 

@@ -95,7 +95,7 @@ def test_window_is_a_slot_range_with_missing_clips_masked():
     assert [c.index for c in v.clips] == [10] and v.t_start == 100.0 and v.t_end == 110.0
     assert torch.equal(v.tokens[0], torch.zeros(64, 4)) and torch.equal(v.tokens[2], enc(10).tokens)
     v = mem.build(upto=10, n=30)  # clamped to the stream's first slot
-    assert list(v.slots) == list(range(0, 11))
+    assert list(v.slots) == list(range(11))
     assert v.mask.tolist() == [1, 1, 1] + [0] * 7 + [1]
     assert mem.build(upto=9, n=3) is None  # slots 7..9: nothing real
 

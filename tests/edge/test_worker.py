@@ -143,7 +143,7 @@ def test_trigger_deadline_per_monitor():
     model = FakeModel()
     mons = [{"name": "k", "question": "q", "every": "1h", "triggers": ["level_dbfs > -100"],
              "trigger_deadline": "5m", "cooldown": 0}]
-    w, st, results, m = setup(mons, streams=("a",), model=model, clock=clock)
+    w, st, results, _m = setup(mons, streams=("a",), model=model, clock=clock)
     feed(st["a"], 10)
     w.step()
     clock.advance(200)
@@ -227,7 +227,7 @@ def test_results_carry_a_reference_to_their_audio_not_a_copy():
         tracemalloc.stop()
     # 30 results of a 30-s window: copies would hold 30 x 1.9 MB
     assert len(results) >= 10 and held < 2_000_000, held
-    r, span = results[-1]
+    _r, span = results[-1]
     x = span.read()
     assert x.shape == (30 * SR,) and np.array_equal(x, st["a"].ring.read(0, 30 * SR))
 

@@ -193,7 +193,7 @@ def test_vanished_device_reopens_and_open_failures_back_off():
     f = Factory(failures=2)
     src = MicSource("m", stall_timeout=5, backoff_initial=0.01, backoff_max=0.02,
                     stream_factory=f, clock=Clock())
-    ring, stop, th = run_source(src)
+    _ring, stop, th = run_source(src)
     try:
         assert wait_for(lambda: len(f.streams) >= 3 and f.streams[2].started)
         assert src.open_failures == 2

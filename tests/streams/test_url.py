@@ -251,8 +251,8 @@ def test_url_without_audio_is_a_clear_state(rtsp):
         r.finish()
     assert st["error_kind"] == "no_audio" and "no audio track" in st["error"]
     assert [e["event"] for e in logs if e["log_level"] == "error"] == [
-        "stream garage: the input has no audio track; retrying in "
-        f"{logs[-1]['event'].rsplit('in ', 1)[1]}"]
+        ("stream garage: the input has no audio track; retrying in "
+         f"{logs[-1]['event'].rsplit('in ', 1)[1]}")]
 
 
 def test_garbage_bytes_are_network_errors_retried_with_growing_backoff():

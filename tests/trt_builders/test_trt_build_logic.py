@@ -355,7 +355,7 @@ def test_weak_fp16_build_uses_no_creation_flags(fake_trt, tiny_onnx, tmp_path):
 
 @pytest.mark.parametrize("blob", [b"corrupt", b"other-gpu"])
 def test_unusable_timing_cache_is_replaced(fake_trt, tiny_onnx, tmp_path, blob):
-    trt = fake_trt()
+    fake_trt()
     target = te.current_target(onnx_sha256(tiny_onnx), "fp16", Profile(1, 2, 2))
     cache = tmp_path / "timing-trt10.3.0-sm87.cache"
     cache.write_bytes(blob)

@@ -13,7 +13,7 @@ from edge.model.checkpoint import convert, is_compact
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edge", *args], check=False, capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -90,7 +90,7 @@ def test_variant_dims_load_and_match_the_reference(variant):
 
 
 def test_variant_max_windows_limits_what_is_read(variant):
-    _, d, audio = variant
+    _, _d, audio = variant
     clips, mask = AF2.prepare_file(audio, max_windows=2)
     assert clips.shape == (2, 160000) and mask.tolist() == [1.0, 1.0]
 
@@ -100,7 +100,7 @@ def test_variant_through_the_cli(variant):
     out = subprocess.run(
         [sys.executable, "-m", "edge", "ask", "--model", str(d), str(audio),
          "Is there a hum?", "--max-new-tokens", "6", "--json"],
-        capture_output=True, text=True, timeout=300,
+        check=False, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)

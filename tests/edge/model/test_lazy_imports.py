@@ -19,7 +19,7 @@ for name in ("soundfile", "sounddevice", "onnxruntime", "tensorrt", "onnx"):
 
 def run(code: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-c", BLOCK + code], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", BLOCK + code], check=False, capture_output=True, text=True,
                           timeout=120, env=env, cwd=ROOT)
 
 

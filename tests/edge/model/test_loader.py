@@ -131,9 +131,9 @@ def test_safe_ckpt_encoder_weights_win_over_the_pickle(ckpt_copy, af2, expected)
     from edge.model.checkpoint import load_clap_pickle
 
     sd = {k: v.clone() for k, v in load_clap_pickle(ckpt_copy / "clap_ckpt" / "epoch_16.pt").items()}
-    for k in sd:
-        if k.startswith("module.audio_branch.") and sd[k].is_floating_point():
-            sd[k].fill_(7.0)
+    for k, v in sd.items():
+        if k.startswith("module.audio_branch.") and v.is_floating_point():
+            v.fill_(7.0)
     torch.save({"state_dict": sd}, ckpt_copy / "clap_ckpt" / "epoch_16.pt")
     m = AF2.load(ckpt_copy)
     assert torch.equal(m.encode(expected["clips"][:1]), af2.encode(expected["clips"][:1]))

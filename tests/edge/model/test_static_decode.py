@@ -4,6 +4,7 @@ decoded alone, no host sync inside a step, buffers reused, CUDA-graph fallback l
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 import pytest
 import torch
@@ -107,7 +108,7 @@ class _Syncs(TorchDispatchMode):
         super().__init__()
         self.n = 0
 
-    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default,
+    READS: ClassVar[set] = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default,
              torch.ops.aten.is_nonzero.default, torch.ops.aten.equal.default}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
