@@ -414,12 +414,63 @@ class ConfigError(Exception):
         super().__init__(f"invalid configuration ({source}):\n" + "\n".join(f"  {p}" for p in problems))
 
 
-def _format_errors(e: ValidationError) -> list[str]:
+def _field_model(model: Any, name: str) -> Any:
+    """The pydantic model class of field ``name`` of ``model`` (through lists/Optional), or None."""
+    import typing
+
+    fields = getattr(model, "model_fields", None)
+    if not fields or name not in fields:
+        return None
+    ann = fields[name].annotation
+    todo = [ann]
+    while todo:
+        t = todo.pop()
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+        todo.extend(typing.get_args(t))
+    return None
+
+
+def _error_location(loc: tuple[Any, ...], data: dict[str, Any] | None) -> tuple[str, Any]:
+    """``("monitors", 1, "questoin")`` -> ``("monitors[knocking].questoin", <model of the
+    parent>)``: list items are named by their ``id``/``name`` when they have one."""
+    out = ""
+    model: Any = Settings
+    parent: Any = Settings
+    node: Any = data
+    for part in loc:
+        parent = model
+        if isinstance(part, int):
+            item = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+            name = None
+            if isinstance(item, dict):
+                name = item.get("id", item.get("name"))
+            ok = isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name)
+            out += f"[{name}]" if ok else f"[{part}]"  # an invalid id is not echoed
+            node = item
+            continue
+        part = str(part)
+        out += f".{part}" if out else part
+        node = node.get(part) if isinstance(node, dict) else None
+        model = _field_model(model, part) if model is not None else None
+    return out, parent
+
+
+def _format_errors(e: ValidationError, data: dict[str, Any] | None = None) -> list[str]:
+    import difflib
+
     out = []
     for err in e.errors(include_url=False, include_input=False, include_context=False):
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+        loc_t = tuple(err.get("loc", ()))
+        loc, parent = _error_location(loc_t, data) if loc_t else ("(top level)", None)
         msg = err.get("msg", "invalid")
         msg = msg.removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden" and loc_t:
+            msg = "unknown key"
+            known = list(getattr(parent, "model_fields", {}) or {})
+            close = difflib.get_close_matches(str(loc_t[-1]), known, n=1, cutoff=0.6)
+            if close:
+                msg += f"; did you mean `{close[0]}`?"
         out.append(f"{loc}: {msg}")
     return out
 
@@ -456,7 +507,7 @@ def load_settings(path: str | Path | None = None, data: dict[str, Any] | None = 
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        raise ConfigError(source, _format_errors(e)) from None
+        raise ConfigError(source, _format_errors(e, data)) from None
     except SettingsError as e:  # an environment value that is not valid JSON
         m = re.search(r'field "([^"]+)"', str(e))
         key = m.group(1) if m else "(environment)"

@@ -71,10 +71,29 @@ def test_errors_name_the_key_and_never_the_secret(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_settings(p)
     text = str(e.value)
-    for key in ("mqtt.port", "audio", "streams.0.id", "streams.1", "monitors.0.triggers",
-                "monitors.1", "bogus_key", "alerts.mqtt"):
+    # list items by their id/name; an invalid id is not echoed (the index instead)
+    for key in ("mqtt.port", "audio", "streams[0].id", "streams[f]", "monitors[k].triggers",
+                "monitors[j]", "bogus_key", "alerts.mqtt"):
         assert key in text, key
     assert "hunter2" not in text and "s3cr3t" not in text
+
+
+def test_errors_name_list_items_and_suggest_the_closest_key():
+    """`monitors.1.questoin` made the operator count list items and spot the typo."""
+    with pytest.raises(ConfigError) as e:
+        load_settings(data={
+            "monitors": [{"name": "a", "question": "q", "every": 60},
+                         {"name": "knocking", "questoin": "q", "every": 60}],
+            "streams": [{"id": "s", "source": "file", "path": "x", "sped": 3}],
+            "alerts": {"mqtt": {"hots": "b"}}, "heath": {}})
+    lines = e.value.problems
+    assert "monitors[knocking].questoin: unknown key; did you mean `question`?" in lines
+    assert "streams[s].sped: unknown key; did you mean `speed`?" in lines
+    assert "alerts.mqtt.hots: unknown key; did you mean `host`?" in lines
+    assert "heath: unknown key; did you mean `health`?" in lines
+    with pytest.raises(ConfigError) as e:
+        load_settings(data={"gate": {"zzzzzz": 1}})
+    assert e.value.problems == ["gate.zzzzzz: unknown key"]  # nothing close: no guess
 
 
 def test_unknown_stream_in_monitor(tmp_path):
@@ -108,7 +127,7 @@ def test_mic_samplerate_is_range_checked():
     for bad in (0, -16000, 10_000_000):
         with pytest.raises(ConfigError) as e:
             load_settings(data={"streams": [{"id": "m", "source": "mic", "samplerate": bad}]})
-        assert "streams.0.samplerate" in str(e.value)
+        assert "streams[m].samplerate" in str(e.value)
     s = load_settings(data={"streams": [{"id": "m", "source": "mic", "samplerate": 48000}]})
     assert s.streams[0].samplerate == 48000
 

@@ -145,7 +145,7 @@ def test_invalid_config_fails_before_start(tmp_path):
                    "streams: [{id: s, source: file}]\n")
     res = CliRunner().invoke(cli, ["run", "--config", str(cfg)])
     assert res.exit_code != 0
-    assert "streams.0" in res.output and "alerts.webhook" in res.output
+    assert "streams[s]" in res.output and "alerts.webhook" in res.output
     assert "abc-very-secret" not in res.output
 
 
