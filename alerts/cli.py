@@ -62,7 +62,7 @@ _common = [
     click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                  help="Daemon data directory (default: $FLAMINGO_EDGE_DATA_DIR or the daemon default)."),
     click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
-                 help="Take the data directory from this daemon config file."),
+                 show_default="none", help="Take the data directory from this daemon config file."),
 ]
 
 
@@ -79,10 +79,11 @@ def alerts() -> None:
 
 @alerts.command("list")
 @_with_common
-@click.option("--stream", default=None, help="Only this stream.")
-@click.option("--monitor", default=None, help="Only this monitor.")
-@click.option("--since", default=None, help="Only newer than this: 30m, 2h, 7d or an ISO time.")
-@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--stream", default=None, show_default="all", help="Only this stream.")
+@click.option("--monitor", default=None, show_default="all", help="Only this monitor.")
+@click.option("--since", default=None, show_default="any time", help="Only newer than this: 30m, 2h, 7d or an ISO time.")
+@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(1, 100000),
+              help="At most this many alerts.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (the MQTT payload).")
 def list_cmd(data_dir: str | None, config: str | None, stream: str | None, monitor: str | None,
              since: str | None, limit: int, as_json: bool) -> None:

@@ -18,16 +18,20 @@ DTYPE_CHOICES = ["float32", "float16", "bfloat16"]
 @click.argument("question")
 @click.option("--max-windows", default=30, show_default=True, type=click.IntRange(1, 128),
               help="At most this many 10-s windows are read (30 = 5 minutes).")
-@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1, 4096),
+              help="Most tokens of the answer.")
 @click.option("--greedy", "greedy", is_flag=True, default=False,
               help="Greedy decoding (the default unless --top-k/--top-p/--seed is given).")
-@click.option("--top-k", type=click.IntRange(1), default=None, help="Sample from the k most likely.")
+@click.option("--top-k", type=click.IntRange(1), default=None, show_default="all tokens",
+              help="Sample from the k most likely.")
 @click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
-              help="Nucleus sampling threshold.")
-@click.option("--seed", type=int, default=None, help="Seed for sampling (reproducible answers).")
+              show_default="off", help="Nucleus sampling threshold.")
+@click.option("--seed", type=int, default=None, show_default="random",
+              help="Seed for sampling (reproducible answers).")
 @click.option("--temperature", type=click.FloatRange(0.0, min_open=True), default=1.0,
-              show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="float32", show_default=True)
+              show_default=True, help="Sampling temperature.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="float32", show_default=True,
+              help="dtype the model is loaded and run in.")
 @click.option("--quantize", type=click.Choice(["none", "int8", "int4"]), default="none",
               show_default=True, help="Weight-only quantization of the decoder (docs/PERFORMANCE.md).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="flamingo-edge")
 def cli() -> None:
     """Listen to live audio and reason about it with Audio Flamingo 2."""

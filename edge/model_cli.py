@@ -125,9 +125,9 @@ def model() -> None:
 @click.argument("release", type=click.Choice(list(RELEASE_REPOS)))
 @click.option("--dir", "dest", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Where to put the checkpoint (official layout; the LM files go to DIR/lm).")
-@click.option("--token", envvar="HF_TOKEN", default=None, show_envvar=True,
+@click.option("--token", envvar="HF_TOKEN", default=None, show_envvar=True, show_default="anonymous",
               help="Hugging Face access token (for gated repositories).")
-@click.option("--revision", default=None, help="AF2 repository revision (branch, tag or commit).")
+@click.option("--revision", default=None, show_default="main", help="AF2 repository revision (branch, tag or commit).")
 def fetch(release: str, dest: Path, token: str | None, revision: str | None) -> None:
     """Download AF2 RELEASE (0.5B, 1.5B or 3B) and its Qwen2.5 config/tokenizer into DIR.
 

@@ -24,11 +24,12 @@ def _meter(db: float, width: int = 40) -> str:
 @click.argument("url")
 @click.option("--seconds", type=float, default=5.0, show_default=True,
               help="How long to show the level meter.")
-@click.option("--track", type=int, default=None, help="Audio track index (default: the first).")
-@click.option("--language", default=None, help="Or the first audio track in this language.")
+@click.option("--track", type=int, default=None, show_default="the first audio track",
+              help="Audio track index.")
+@click.option("--language", default=None, show_default="any", help="Or the first audio track in this language.")
 @click.option("--transport", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True,
               help="RTSP transport.")
-@click.option("--credentials-env", default=None,
+@click.option("--credentials-env", default=None, show_default="none",
               help="Environment variable holding user:password.")
 @click.option("--timeout", type=float, default=10.0, show_default=True,
               help="Connect / read timeout in seconds.")

@@ -42,13 +42,21 @@ def _load_model(model_dir, settings):
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
               help="YAML config (default: the embedded demo recording).")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              show_default="model.dir of the config; none: the model-free gate only",
               help="AF2 checkpoint directory (enables the AF2 monitors).")
 @click.option("--speed", type=float, default=None,
+              show_default="each stream's speed; the demo: 8",
               help="Pacing of file streams: 1 = real time, 0 = as fast as possible.")
-@click.option("--loop/--no-loop", default=None, help="Loop file streams forever.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--log-level", default=None)
-@click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default=None)
+@click.option("--loop/--no-loop", default=None, show_default="each stream's loop",
+              help="Loop file streams forever.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              show_default="data_dir of the config, else $XDG_DATA_HOME/flamingo-edge",
+              help="Where alerts, clips and engines are stored.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default=None,
+              show_default="log.level of the config, INFO", help="Least severe level logged.")
+@click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default=None,
+              show_default="auto: console in a terminal, JSON lines otherwise",
+              help="How log lines are written.")
 def run(config, model_dir, speed, loop, data_dir, log_level, log_format) -> None:
     """Run the daemon. Without --config: the embedded demo (a generated machine-room
     recording with knocking and an alarm) through the whole pipeline, then exit."""
@@ -126,14 +134,21 @@ def _fmt_offset(s: float) -> str:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML config whose monitors to run (default: the demo config).")
-@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None)
-@click.option("--stream", default=None, help="Stream id to replay as (default: the first stream).")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              show_default="model.dir of the config; none: the model-free gate only",
+              help="AF2 checkpoint directory (enables the AF2 monitors).")
+@click.option("--stream", default=None, show_default="the first stream of the config",
+              help="Stream id to replay as.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per monitor result.")
-@click.option("--progress/--no-progress", default=True)
+@click.option("--progress/--no-progress", default=True,
+              help="A progress bar on stderr while loading and replaying.")
 @click.option("--start", "start_iso", default=None,
-              help="UTC time of the recording's first sample (ISO 8601; default: now).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--log-level", default="WARNING")
+              show_default="now", help="UTC time of the recording's first sample (ISO 8601).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              show_default="data_dir of the config, else $XDG_DATA_HOME/flamingo-edge",
+              help="Where engines are stored.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="WARNING",
+              help="Least severe level logged.")
 def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_dir, log_level):
     """Run the monitors over FILE as fast as the hardware allows and print the timeline."""
     from datetime import datetime, timezone
@@ -198,21 +213,30 @@ def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_d
 @click.command("publish-audio")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False), required=False)
 @click.option("--mic", is_flag=True, help="Publish the microphone instead of a file.")
-@click.option("--device", default=None, help="Microphone name or index.")
+@click.option("--device", default=None, show_default="the system default input",
+              help="Microphone name or index.")
 @click.option("--stream", required=True, help="Stream id (topic <prefix>/audio/<stream>).")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
+              show_default="none: the options below",
               help="Take broker settings from this daemon config.")
-@click.option("--host", default=None)
-@click.option("--port", type=int, default=None)
-@click.option("--prefix", default=None)
-@click.option("--username", default=None)
-@click.option("--password-env", default="FLAMINGO_EDGE_MQTT_PASSWORD", show_default=True,
-              help="Environment variable holding the broker password.")
-@click.option("--format", "sample_format", type=click.Choice(["int16", "float32"]), default="int16")
-@click.option("--frame-ms", type=float, default=100.0, show_default=True)
+@click.option("--host", default=None, show_default="the config's broker, else localhost",
+              help="MQTT broker host.")
+@click.option("--port", type=int, default=None, show_default="the config's broker, else 1883",
+              help="MQTT broker port.")
+@click.option("--prefix", default=None, show_default="the config's topic_prefix, else flamingo-edge",
+              help="Topic prefix: frames go to <prefix>/audio/<stream>.")
+@click.option("--username", default=None, show_default="the config's, else anonymous",
+              help="MQTT user name.")
+@click.option("--password-env", default="FLAMINGO_EDGE_MQTT__PASSWORD", show_default=True,
+              help="Environment variable holding the broker password (the daemon's variable; "
+                   "else the config's password).")
+@click.option("--format", "sample_format", type=click.Choice(["int16", "float32"]), default="int16",
+              help="Sample format on the wire.")
+@click.option("--frame-ms", type=float, default=100.0, show_default=True,
+              help="Audio per MQTT message.")
 @click.option("--speed", type=float, default=1.0, show_default=True,
               help="File pacing: 1 = real time, 0 = as fast as possible.")
-@click.option("--loop", is_flag=True)
+@click.option("--loop", is_flag=True, help="Publish FILE again and again.")
 def publish_audio(file, mic, device, stream, config, host, port, prefix, username, password_env,
                   sample_format, frame_ms, speed, loop):
     """Publish FILE (or --mic) as flamingo-edge audio frames over MQTT."""

@@ -9,7 +9,17 @@ import time
 
 import click
 
-DEFAULT_CACHE = "var/engines"
+DEFAULT_CACHE_HELP = "<data_dir>/engines, where the daemon looks"
+CACHE_HELP = "Engines, ONNX exports and the timing cache live here."
+
+
+def _cache_dir(value: str | None) -> str:
+    """--cache-dir, or the daemon's default: <data_dir>/engines (edge.daemon._encoder_backend)."""
+    if value:
+        return value
+    from edge.config import default_data_dir
+
+    return str(default_data_dir() / "engines")
 
 
 def _model_options(f):
@@ -19,6 +29,7 @@ def _model_options(f):
     f = click.option("--random-released", is_flag=True,
                      help="No checkpoint: released encoder dims with random weights (benchmarks).")(f)
     f = click.option("--model", "model_dir", type=click.Path(file_okay=False),
+                     show_default="none: give --model or --random-released",
                      help="AF2 checkpoint directory (official or compact layout).")(f)
     return f
 
@@ -49,7 +60,8 @@ def engines() -> None:
               help="Where to write the .onnx (a .onnx.json sidecar is written next to it).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16-mixed"]), default="fp32",
               show_default=True, help="fp16-mixed: for TensorRT strongly typed builds.")
-@click.option("--opset", type=click.IntRange(17), default=17, show_default=True)
+@click.option("--opset", type=click.IntRange(17), default=17, show_default=True,
+              help="ONNX opset version.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Run ONNX Runtime (CPU) on 2 random clips, batch 1 and 2, against PyTorch.")
 def export_cmd(model_dir, random_released, dtype, out, precision, opset, verify):
@@ -91,16 +103,21 @@ def verify_onnx(model, onnx_path, n: int = 2, seed: int = 0) -> float:
 
 @engines.command("build")
 @_model_options
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=DEFAULT_CACHE,
-              show_default=True, help="Engines, ONNX exports and the timing cache live here.")
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
-@click.option("--max-batch", type=click.IntRange(1, 256), default=8, show_default=True)
-@click.option("--profile", default=None, help="Batch profile MIN:OPT:MAX (overrides --max-batch).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              show_default=DEFAULT_CACHE_HELP, help=CACHE_HELP)
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="Engine precision.")
+@click.option("--max-batch", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Largest batch of clips the engine takes.")
+@click.option("--profile", default=None, show_default="from --max-batch",
+              help="Batch profile MIN:OPT:MAX (overrides --max-batch).")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None,
+              show_default="export the model's encoder",
               help="Build from this ONNX instead of exporting the model's encoder.")
 @click.option("--strongly-typed/--weakly-typed", default=None,
               help="Default: strongly typed FP16 from the fp16-mixed ONNX (TensorRT 10+); weakly typed = FP16 flag + per-layer FP32 (TensorRT 10 only).")
-@click.option("--workspace-gib", type=click.FloatRange(0.25), default=4.0, show_default=True)
+@click.option("--workspace-gib", type=click.FloatRange(0.25), default=4.0, show_default=True,
+              help="TensorRT builder workspace.")
 @click.option("--force", is_flag=True, help="Rebuild even if the cached engine is current.")
 def build_cmd(model_dir, random_released, dtype, cache_dir, precision, max_batch, profile,
               onnx_path, strongly_typed, workspace_gib, force):
@@ -119,6 +136,7 @@ def build_cmd(model_dir, random_released, dtype, cache_dir, precision, max_batch
     model = _load(model_dir, random_released, dtype)
     from trt_builders.engines import prepare_engine
 
+    cache_dir = _cache_dir(cache_dir)
     try:
         res = prepare_engine(model, cache_dir=cache_dir, precision=precision, profile=prof,
                              onnx_path=onnx_path, force=force, strongly_typed=strongly_typed,
@@ -140,15 +158,16 @@ def _next_best() -> str:
 
 
 @engines.command("info")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=DEFAULT_CACHE,
-              show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              show_default=DEFAULT_CACHE_HELP, help=CACHE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="The cache entries as JSON.")
 def info_cmd(cache_dir, as_json):
     """Show the backends available here and the exports / engines in the cache directory."""
     from edge.encoder_backends import Candidate, Environment, unavailable_reason
     from trt_builders.engines import describe_cache, entries_json
 
     env = Environment.probe()
+    cache_dir = _cache_dir(cache_dir)
     entries = describe_cache(cache_dir)
     if as_json:
         click.echo(entries_json(entries))
@@ -169,13 +188,16 @@ def info_cmd(cache_dir, as_json):
 @engines.command("check")
 @_model_options
 @click.option("--backend", "kind", type=click.Choice(["torch", "onnxruntime", "tensorrt"]),
-              required=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
+              required=True, help="The backend to start and compare.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              show_default="the backend's (tensorrt: cuda)", help="Where the backend runs.")
 @click.option("--backend-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="torch compute dtype / tensorrt precision (float16 default for tensorrt).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=DEFAULT_CACHE, show_default=True)
-@click.option("--clips", "n", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              show_default=DEFAULT_CACHE_HELP, help=CACHE_HELP)
+@click.option("--clips", "n", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Random clips compared.")
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
 def check_cmd(model_dir, random_released, dtype, kind, device, backend_dtype, cache_dir, n, as_json):
     """Start a backend (with fallback) and compare it with the PyTorch float32 encoder."""
     import torch
@@ -183,6 +205,7 @@ def check_cmd(model_dir, random_released, dtype, kind, device, backend_dtype, ca
     from edge.encoder_backends import select_backend
 
     model = _load(model_dir, random_released, dtype)
+    cache_dir = _cache_dir(cache_dir)
     sel = select_backend(kind, model, device=device, dtype=backend_dtype, max_batch=n,
                          cache_dir=cache_dir, log_fn=lambda s: click.echo(s, err=True))
     b = sel.backend
