@@ -125,6 +125,23 @@ def _replay_settings(config: str | None, path: Path, stream: str | None, data_di
     return _settings(None, data, **overrides), sid
 
 
+def printable(text: str) -> str:
+    """One line of terminal-safe text: newlines, tabs and other control or format characters
+    (ESC sequences, NUL, bidi overrides) written as escapes (``\\n``, ``\\x1b``, ``\\u202e``)."""
+    import unicodedata
+
+    out = []
+    for c in text:
+        if c == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(c)[0] == "C":
+            esc = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c)
+            out.append(esc or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def _fmt_offset(s: float) -> str:
     m, sec = divmod(round(s, 1), 60)
     return f"{int(m):02d}:{sec:04.1f}"
@@ -150,7 +167,9 @@ def _fmt_offset(s: float) -> str:
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="WARNING",
               help="Least severe level logged.")
 def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_dir, log_level):
-    """Run the monitors over FILE as fast as the hardware allows and print the timeline."""
+    """Run the monitors over FILE as fast as the hardware allows and print the timeline:
+    one line per result, in the order of the spans' starts, answers escaped to one line
+    (--json: one object per result as it completes)."""
     from datetime import datetime, timezone
 
     settings, sid = _replay_settings(config, Path(file), stream, data_dir)
@@ -202,9 +221,10 @@ def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_d
     if not as_json:
         if not results:
             click.echo("no monitor results")
-        for r in sorted(results, key=lambda r: (r.end, r.monitor)):
+        # in time order: by where each result's span starts in the file, then where it ends
+        for r in sorted(results, key=lambda r: (r.start, r.end, r.monitor)):
             a, b = r.start.timestamp() - t0, r.end.timestamp() - t0
-            what = r.answer if r.answer else (
+            what = printable(r.answer) if r.answer else (
                 f"level {r.level_dbfs:.1f} dBFS" + (f", novelty {r.novelty:.1f}" if r.novelty is not None else ""))
             click.echo(f"{_fmt_offset(a)}-{_fmt_offset(b)}  {r.stream:<14} {r.monitor:<16} "
                        f"{r.verdict:<8} {what}")

@@ -174,3 +174,28 @@ def test_fast_file_logs_heard_utc_and_the_file_offset_apart(tmp_path):
     with structlog.testing.capture_logs() as logs:
         LogSink().submit(r, None, 16000)
     assert logs[0]["at"] == "0:30.0-0:40.0"
+
+
+def test_replay_text_is_in_time_order_and_escapes_answers(tmp_path, monkeypatch):
+    """Answers with newlines / terminal escapes printed raw broke the timeline apart, and a
+    30-s question listed after the 10-s gate results it started before."""
+    import edge.daemon
+
+    model = FakeModel(answer="knock\nknock\x1b[2J\x00 \u202eend\\")
+    monkeypatch.setattr(edge.daemon, "load_model", lambda *a, **k: model)
+    rec = recording(tmp_path / "r.wav", seconds=60, loud=(30, 40))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("streams: [{id: s, source: mic}]\nmonitors:\n"
+                   "  - {name: loud, kind: gate, triggers: ['level_dbfs > -40'], cooldown: 0}\n"
+                   "  - {name: what, question: 'What?', answer: text, every: 30s, window: 30s}\n")
+    res = CliRunner().invoke(cli, ["replay", str(rec), "--config", str(cfg), "--no-progress",
+                                   "--model", str(tmp_path), "--data-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    what = [x for x in lines if " what " in x]
+    assert len(what) == 2 and len([x for x in lines if " loud " in x]) == 6
+    assert all(x.endswith("knock\\nknock\\x1b[2J\\x00 \\u202eend\\\\") for x in what)
+    assert not any(c in res.stdout for c in "\x1b\x00\u202e")
+    starts = [x.split("-", 1)[0] for x in lines]
+    assert starts == sorted(starts) and lines[0].startswith("00:00.0-00:10.0  s")
+    assert any(x.startswith("00:00.0-00:30.0") and " what " in x for x in lines[:2])
