@@ -65,6 +65,12 @@ def run(config, model_dir, speed, loop, data_dir, log_level, log_format) -> None
     overrides = {"data_dir": data_dir} if data_dir else {}
     settings = _settings(config, None if config else DEMO_CONFIG, **overrides)
     _logging(settings, log_level, log_format)
+    from .sources import SourceUnavailable, check_sources
+
+    try:
+        check_sources(settings)  # before a model load that may take minutes
+    except SourceUnavailable as e:
+        raise click.ClickException(str(e)) from None
     model = _load_model(model_dir, settings)
 
     import structlog

@@ -23,12 +23,29 @@ from .metrics import Metrics
 log = structlog.get_logger(__name__)
 
 
+def check_sources(settings: Settings, mic_factory: Any = None) -> None:
+    """Refuse at start, in one line, what no retry can fix (a mic stream without the `mic`
+    extra or PortAudio). Raises `SourceUnavailable`."""
+    mics = [s.id for s in settings.streams if s.source == "mic"]
+    if mics and mic_factory is None:
+        from streams.mic import mic_unavailable_reason
+
+        reason = mic_unavailable_reason()
+        if reason:
+            raise SourceUnavailable(f"stream {', '.join(mics)} (source: mic): {reason}")
+
+
+class SourceUnavailable(RuntimeError):
+    """A configured source cannot run on this machine."""
+
+
 def build_sources(settings: Settings, metrics: Metrics, data_dir: Path,
                   speed: float | None = None, loop: bool | None = None,
                   mic_factory: Any = None) -> list[Source]:
     """One source per file/mic/url stream, one MQTT client for all MQTT streams."""
     from streams.file import FileSource
 
+    check_sources(settings, mic_factory)
     out: list[Source] = []
     mqtt_streams = []
     for s in settings.streams:

@@ -34,14 +34,30 @@ log = logging.getLogger(__name__)
 StreamFactory = Callable[..., Any]
 
 
+MIC_EXTRA_HINT = ("microphone input needs the `mic` extra and PortAudio: "
+                  "pip install 'flamingo-edge[mic]' (and e.g. apt install libportaudio2)")
+
+
+class MicUnavailable(RuntimeError):
+    """sounddevice or PortAudio is not installed: retrying cannot help."""
+
+
+def mic_unavailable_reason() -> str | None:
+    """Why microphone input cannot work on this machine (None: it can)."""
+    try:
+        import sounddevice  # noqa: F401
+    except ImportError as e:
+        return f"{MIC_EXTRA_HINT} ({e.name or 'sounddevice'} is not installed)"
+    except OSError as e:  # sounddevice is there, the PortAudio library is not
+        return f"{MIC_EXTRA_HINT} ({e})"
+    return None
+
+
 def sounddevice_factory(device, samplerate, channels, blocksize, callback):
     try:
         import sounddevice as sd
     except (ImportError, OSError) as e:  # OSError: PortAudio library missing
-        raise RuntimeError(
-            "microphone input needs the `mic` extra and PortAudio: "
-            "pip install 'flamingo-edge[mic]' (and e.g. apt install libportaudio2)"
-        ) from e
+        raise MicUnavailable(MIC_EXTRA_HINT) from e
     return sd.InputStream(device=device, samplerate=samplerate, channels=channels,
                           blocksize=blocksize or 0, dtype="float32", callback=callback)
 
@@ -133,6 +149,8 @@ class MicSource(Source):
             self._drain()  # blocks of a previous stream must not be mistaken for new audio
             try:
                 st = self._open()
+            except MicUnavailable:
+                raise  # not a device problem: a retry cannot install a package
             except Exception as e:  # noqa: BLE001 - any open failure is counted and retried
                 self.open_failures += 1
                 log.warning("microphone %r for %s: cannot open (%s); retrying in %.1f s",

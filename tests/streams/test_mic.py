@@ -357,3 +357,29 @@ def test_real_microphone_vanishes_and_returns_on_the_timeline(tmp_path):
     away = long.timeline.gap_samples / 16000  # the absence became silence on the same piece
     fresh = [f.piece for f in got["long"] if f.piece is not None and f.piece.fresh_grid]
     assert len(fresh) == 1 and 1.5 < away < time.time() - t_kill  # (drift pieces may come and go)
+
+
+def test_mic_stream_without_the_mic_extra_fails_at_start_in_one_line(tmp_path, monkeypatch):
+    """It used to retry forever ("microphone None ... retrying in 16 s")."""
+    import sys
+
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+    from edge.config import load_settings
+    from edge.daemon import Daemon
+    from edge.sources import SourceUnavailable
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # `import sounddevice` fails
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("streams: [{id: desk, source: mic}]\nalerts: {mqtt: {enabled: false}}\n")
+    t0 = time.monotonic()
+    res = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--data-dir", str(tmp_path)])
+    assert res.exit_code == 1 and time.monotonic() - t0 < 10
+    err = [x for x in res.output.splitlines() if x.startswith("Error:")]
+    assert len(err) == 1 and "desk" in err[0] and "pip install 'flamingo-edge[mic]'" in err[0]
+    assert "retrying" not in res.output
+    d = Daemon(load_settings(cfg, data_dir=str(tmp_path)), http=False)
+    with pytest.raises(SourceUnavailable, match="mic"):
+        d.start()
+    d.stop(timeout=1)
