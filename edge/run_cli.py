@@ -178,11 +178,15 @@ def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_d
     (--json: one object per result as it completes)."""
     from datetime import datetime, timezone
 
+    from streams.file import AudioFileError, FileSource
+
     settings, sid = _replay_settings(config, Path(file), stream, data_dir)
     _logging(settings, log_level, None)
+    try:
+        src = FileSource(file, sid, speed=0)  # an unreadable file: one line, before the model
+    except AudioFileError as e:
+        raise click.ClickException(str(e)) from None
     model = _load_model(model_dir, settings)
-
-    from streams.file import FileSource
 
     from .daemon import Daemon
     from .sinks import CallbackSink
@@ -191,7 +195,7 @@ def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_d
     if start_iso:
         dt = datetime.fromisoformat(start_iso)
         t0 = (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
-    src = FileSource(file, sid, speed=0, start_time=t0)
+    src.start_time = t0
     results = []
 
     def collect(r, audio, sr):
@@ -268,10 +272,16 @@ def publish_audio(file, mic, device, stream, config, host, port, prefix, usernam
     """Publish FILE (or --mic) as flamingo-edge audio frames over MQTT."""
     import os
 
+    from streams.file import AudioFileError, check_audio_file
     from streams.publisher import file_blocks, mic_blocks, publish
 
     if bool(file) == bool(mic):
         raise click.UsageError("give a FILE or --mic")
+    if file:
+        try:
+            check_audio_file(file, stream)
+        except AudioFileError as e:
+            raise click.ClickException(str(e)) from None
     cfg = None
     if config:
         cfg = _settings(config).audio_mqtt

@@ -24,8 +24,16 @@ log = structlog.get_logger(__name__)
 
 
 def check_sources(settings: Settings, mic_factory: Any = None) -> None:
-    """Refuse at start, in one line, what no retry can fix (a mic stream without the `mic`
-    extra or PortAudio). Raises `SourceUnavailable`."""
+    """Refuse at start, in one line, what no retry can fix (an unreadable file, a mic
+    stream without the `mic` extra or PortAudio). Raises `SourceUnavailable`."""
+    from streams.file import AudioFileError, check_audio_file
+
+    for s in settings.streams:
+        if s.source == "file" and not str(s.path).startswith("builtin:"):
+            try:
+                check_audio_file(str(s.path), s.id)
+            except AudioFileError as e:
+                raise SourceUnavailable(str(e)) from None
     mics = [s.id for s in settings.streams if s.source == "mic"]
     if mics and mic_factory is None:
         from streams.mic import mic_unavailable_reason

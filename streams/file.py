@@ -22,6 +22,35 @@ from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
 from .timeline import Timeline
 
 
+class AudioFileError(ValueError):
+    """An audio file that cannot be played; the message is one line naming stream and file."""
+
+
+def check_audio_file(path: str | Path, stream: str | None = None) -> tuple[int, int]:
+    """``(sample_rate, frames)`` of a readable audio file, else `AudioFileError` whose text
+    names the stream (when given), the file and the reason in one line."""
+    p = Path(path)
+    who = f"stream {stream}: " if stream else ""
+    reason = None
+    if not p.exists():
+        reason = "no such file"
+    elif p.is_dir():
+        reason = "it is a directory"
+    elif p.stat().st_size == 0:
+        reason = "the file is empty"
+    else:
+        try:
+            with sf.SoundFile(str(p)) as f:
+                if f.frames == 0:
+                    reason = "no audio in the file (0 frames)"
+                else:
+                    return f.samplerate, f.frames
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            msg = str(getattr(e, "error_string", "") or e)
+            reason = f"not an audio file libsndfile can read ({msg.rstrip('.')})"
+    raise AudioFileError(f"{who}cannot play audio file {str(p)!r}: {reason}")
+
+
 class FileSource(Source):
     def __init__(
         self,
@@ -43,9 +72,8 @@ class FileSource(Source):
         self.start_time = start_time
         self.metrics = metrics
         self.samples_emitted = 0
-        with sf.SoundFile(str(self.path)) as f:  # fail early on unreadable files
-            self.in_rate = f.samplerate
-            self.total_frames = f.frames
+        # fail early, in one line, on unreadable files
+        self.in_rate, self.total_frames = check_audio_file(self.path, stream)
         self.duration_s = self.total_frames / self.in_rate
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
