@@ -77,6 +77,9 @@ def answer_payload(r: MonitorResult) -> dict[str, Any]:
     }
 
 
+RAISED_KEPT = 1000
+
+
 class AlertPipeline:
     def __init__(
         self,
@@ -106,6 +109,8 @@ class AlertPipeline:
         self.mqtt: MqttSink | None = None
         self.webhook: WebhookSink | None = None
         self._sinks: list[str] = []
+        # the alerts this run raised, in order (the newest RAISED_KEPT): for a run's summary
+        self.raised: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, configured: Mapping[str, Iterable[str]] | None = None) -> AlertPipeline:
@@ -320,6 +325,10 @@ class AlertPipeline:
         if self.history is not None:
             self._history("alert", self.history.record_alert, alert)
         self.metrics.alerts_raised.labels(r.stream, r.monitor).inc()
+        self.raised.append({"id": alert.id, "stream": r.stream, "monitor": r.monitor,
+                            "severity": r.severity, "answer": r.answer,
+                            "offset_s": r.extra.get("offset_s"), "raised_at": alert.raised_at})
+        del self.raised[:-RAISED_KEPT]
         log.info("alert raised", alert_id=alert.id, seq=alert.seq, stream=r.stream, monitor=r.monitor,
                  severity=r.severity)
         if self.mqtt is not None:

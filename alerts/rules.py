@@ -11,14 +11,17 @@ Semantics (see `alerts.config.RuleConfig`):
 * OFF -> ON on the first ``positive`` result.
 * ON -> OFF after ``off_after_negatives`` consecutive ``negative`` results, or when
   ``max_not_heard_s`` seconds passed since the last positive one. ``unknown`` verdicts
-  neither confirm nor clear a state.
+  neither confirm nor clear a state. A gate monitor's *clear* (its condition stopped
+  holding; `MonitorResult.clears`) is a measurement, not a noisy answer: it turns the state
+  OFF at once (a gate sends one clear per event, so waiting for three never ended it).
 * Scored monitors (results with a ``score`` and a ``threshold``) are judged on the score,
   not on the text: positive at or above the threshold, negative below
   ``threshold - hysteresis``, unknown in between (`edge.results.verdict_of_score`). So ON
   above the threshold, OFF after ``off_after_negatives`` scores below threshold - hysteresis.
 * An alert is raised only on OFF -> ON, and suppressed (the state still turns ON) when
   the previous alert of the pair is younger than ``cooldown_s``, or had the same
-  normalised answer and is younger than ``dedupe_window_s``.
+  normalised, non-empty answer and is younger than ``dedupe_window_s`` (model-free
+  monitors have no answer: two events of theirs are never duplicates of each other).
 
 The engine is not thread-safe; the pipeline's worker thread owns it.
 """
@@ -47,7 +50,7 @@ class Transition:
     stream: str
     monitor: str
     state: State
-    reason: str  # "positive" | "negatives" | "not_heard"
+    reason: str  # "positive" | "negatives" | "cleared" | "not_heard"
     at: float  # clock() time
 
 
@@ -98,12 +101,14 @@ class RuleEngine:
                 age = now - p.last_alert_at
                 if age < rule.cooldown_s:
                     return Decision(tr, False, "cooldown")
-                if answer == p.last_alert_answer and age < rule.dedupe_window_s:
+                if answer and answer == p.last_alert_answer and age < rule.dedupe_window_s:
                     return Decision(tr, False, "duplicate")
             p.last_alert_at = now
             p.last_alert_answer = answer
             return Decision(tr, True)
         if p.state == "ON":
+            if verdict == "negative" and result.clears:
+                return Decision(self._off(key, p, "cleared", now))
             if verdict == "negative":
                 p.negatives += 1
                 if p.negatives >= rule.off_after_negatives:

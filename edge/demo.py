@@ -26,7 +26,10 @@ SR = 16000
 DEMO_VERSION = 1
 DEMO_SECONDS = 240.0
 DEMO_SEED = 20240611
+DEMO_SPEED = 8.0
 BUILTIN_DEMO = "builtin:demo"
+#: the demo's alert cooldown / de-duplication span, in seconds of the recording
+DEMO_RULE_SPAN_S = 20.0
 
 #: (start_s, end_s, what) - the ground truth of the demo recording
 DEMO_EVENTS = (
@@ -104,6 +107,10 @@ def demo_recording(data_dir: str | Path) -> Path:
     p = demo_path(data_dir)
     if p.exists():
         return p
+    import structlog
+
+    structlog.get_logger(__name__).info("generating the demo recording (first run only)",
+                                        path=str(p))
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     sf.write(str(tmp), generate_demo(), SR, subtype="PCM_16", format="FLAC")
@@ -124,7 +131,7 @@ DEMO_CONFIG: dict[str, Any] = {
             "id": "machine-room",
             "source": "file",
             "path": BUILTIN_DEMO,
-            "speed": 8,
+            "speed": 8,  # DEMO_SPEED
             "labels": {"location": "machine room"},
         }
     ],
@@ -171,5 +178,36 @@ DEMO_CONFIG: dict[str, Any] = {
             "window": "60s",
         },
     ],
-    "alerts": {"mqtt": {"enabled": False}},
+    "alerts": {"mqtt": {"enabled": False},
+               "rules": {"cooldown_s": DEMO_RULE_SPAN_S / DEMO_SPEED,
+                         "dedupe_window_s": DEMO_RULE_SPAN_S / DEMO_SPEED}},
 }
+
+
+def demo_config(speed: float | None = None) -> dict[str, Any]:
+    """`DEMO_CONFIG` played at ``speed`` (None: 8x). The alert rules count wall-clock seconds,
+    so they are scaled to mean the same 20 s of the recording at any speed (0: no cooldown)."""
+    import copy
+
+    cfg = copy.deepcopy(DEMO_CONFIG)
+    speed = DEMO_SPEED if speed is None else float(speed)
+    span = DEMO_RULE_SPAN_S / speed if speed > 0 else 0.0
+    cfg["alerts"]["rules"] = {"cooldown_s": span, "dedupe_window_s": span}
+    return cfg
+
+
+def demo_summary(alerts: list[dict[str, Any]], data_dir: str | Path, http_port: int | None) -> str:
+    """What the demo raised and where to look, for the end of `flamingo-edge run`."""
+    lines = [f"demo finished: {len(alerts)} alert(s) raised"]
+    from .sinks import mmss
+
+    for a in alerts:
+        off = a.get("offset_s")
+        at = f"{mmss(off[0])}-{mmss(off[1])}" if off else ""
+        lines.append(f"  {at:<13} {a['monitor']:<14} {a['severity']:<8} {a.get('answer') or ''}".rstrip())
+    truth = ", ".join(f"{what} at {int(s // 60)}:{int(s % 60):02d}" for s, _e, what in DEMO_EVENTS)
+    lines.append(f"the recording holds: {truth}")
+    lines.append(f"see them again: flamingo-edge alerts list --data-dir {data_dir}")
+    if http_port is not None:
+        lines.append(f"while the daemon runs: http://127.0.0.1:{http_port}/ (http.enabled)")
+    return "\n".join(lines)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 from .results import Verdict
 
+from .results import CLEAR_REASON
+
 TRIGGER_VARS = ("level_dbfs", "peak_dbfs", "rms", "novelty")
 TEMPLATE_FIELDS = frozenset({"stream", "monitor", "window_s", "window_min", "labels"})
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -261,7 +263,7 @@ class MonitorState:
             if triggered and hit is not None:
                 return Due(f"trigger: {hit.text}", positive=True)
             if was and hit is None:  # tell the alert stage the condition cleared
-                return Due("clear", positive=False)
+                return Due(CLEAR_REASON, positive=False)
             if scheduled:
                 return Due("schedule", positive=hit is not None)
             return None

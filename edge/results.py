@@ -16,6 +16,10 @@ import numpy as np
 
 Verdict = Literal["positive", "negative", "unknown"]
 
+#: ``extra["reason"]`` of a gate monitor's result when its condition stopped holding: a
+#: measurement that the event is over (not one noisy "no" among several), so it clears at once
+CLEAR_REASON = "clear"
+
 
 @dataclass(frozen=True)
 class MonitorResult:
@@ -46,6 +50,11 @@ class MonitorResult:
     @property
     def positive(self) -> bool:
         return self.verdict == "positive"
+
+    @property
+    def clears(self) -> bool:
+        """A negative that ends the event by itself (a gate monitor's condition cleared)."""
+        return self.verdict == "negative" and self.extra.get("reason") == CLEAR_REASON
 
     @property
     def score_verdict(self) -> Verdict:

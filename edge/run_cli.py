@@ -60,11 +60,17 @@ def _load_model(model_dir, settings):
 def run(config, model_dir, speed, loop, data_dir, log_level, log_format) -> None:
     """Run the daemon. Without --config: the embedded demo (a generated machine-room
     recording with knocking and an alarm) through the whole pipeline, then exit."""
-    from .demo import DEMO_CONFIG
+    import structlog
+
+    from .demo import demo_config
 
     overrides = {"data_dir": data_dir} if data_dir else {}
-    settings = _settings(config, None if config else DEMO_CONFIG, **overrides)
+    settings = _settings(config, None if config else demo_config(speed), **overrides)
     _logging(settings, log_level, log_format)
+    log = structlog.get_logger(__name__)
+    if config is None:
+        log.info("running the embedded demo: a 4-minute machine-room recording "
+                 "(knocking at 1:00 and 3:15, an alarm at 2:20)", speed=8 if speed is None else speed)
     from .sources import SourceUnavailable, check_sources
 
     try:
@@ -72,16 +78,10 @@ def run(config, model_dir, speed, loop, data_dir, log_level, log_format) -> None
     except SourceUnavailable as e:
         raise click.ClickException(str(e)) from None
     model = _load_model(model_dir, settings)
-
-    import structlog
-
+    log.info("loading the inference code (PyTorch)")
     from .daemon import Daemon
     from .sdnotify import ShutdownSignal
 
-    log = structlog.get_logger(__name__)
-    if config is None:
-        log.info("running the embedded demo: a 4-minute machine-room recording "
-                 "(knocking at 1:00 and 3:15, an alarm at 2:20)", speed=speed or 8)
     d = Daemon(settings, model=model, speed=speed, loop=loop)
     sig = ShutdownSignal().install()
     try:
@@ -101,6 +101,12 @@ def run(config, model_dir, speed, loop, data_dir, log_level, log_format) -> None
     w = d.worker
     log.info("stopped", clips=w.clips_processed if w else 0, results=w.results_count if w else 0,
              seconds=round(time.monotonic() - t0, 1))
+    if config is None:
+        from .demo import demo_summary
+
+        raised = d.alerts_pipeline.raised if d.alerts_pipeline is not None else []
+        port = d.http_endpoint.port if d.http_endpoint is not None else None
+        click.echo(demo_summary(raised, settings.resolved_data_dir(), port), err=True)
 
 
 def _replay_settings(config: str | None, path: Path, stream: str | None, data_dir):

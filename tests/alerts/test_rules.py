@@ -181,3 +181,30 @@ def test_scored_rules_match_a_reference(scores: list[float], thr: float, hyst: f
             if below >= n:
                 state, below = "OFF", 0
         assert e.state("s1", "knock") == state
+
+
+def _gate(verdict: str, reason: str, i: int = 0):
+    from dataclasses import replace
+
+    return replace(result(verdict, monitor="unusual", answer="", i=i),
+                   model_id="level-gate", extra={"reason": reason})
+
+
+def test_a_gate_monitors_clear_ends_the_event_and_the_next_one_raises() -> None:
+    """A gate sends one "clear" when its condition stops holding; with off_after_negatives 3
+    the state stayed ON for max_not_heard_s, so the demo's second knock raised nothing."""
+    e, clock = engine(off_after_negatives=3, max_not_heard_s=300, dedupe_window_s=600)
+    assert e.observe(_gate("positive", "trigger: novelty > 2.5")).raise_alert
+    clock.t += 40
+    d = e.observe(_gate("negative", "clear", i=4))
+    assert d.transition and d.transition.state == "OFF" and d.transition.reason == "cleared"
+    clock.t += 95
+    d = e.observe(_gate("positive", "trigger: novelty > 2.5", i=13))
+    # no answer text: not a "duplicate" of the first event
+    assert d.transition and d.transition.state == "ON" and d.raise_alert and d.suppressed is None
+    # a scheduled negative of a gate (condition not holding at a schedule) is an ordinary one
+    assert e.observe(_gate("negative", "schedule", i=14)).transition is None
+    # a model's "no" never clears at once, whatever its extra says
+    e2, _ = engine(off_after_negatives=3)
+    e2.observe(result("positive"))
+    assert e2.observe(result("negative")).transition is None

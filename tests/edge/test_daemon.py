@@ -125,6 +125,20 @@ def test_run_command_plays_the_embedded_demo(tmp_path):
     assert {"loud", "unusual-sound"} <= {e["monitor"] for e in results}
     assert (tmp_path / "demo" / "machine-room-v1.flac").exists()
     assert events[-1]["event"] == "stopped"
+    # it says what it is doing before the first result
+    said = [e["event"] for e in events]
+    assert said.index("generating the demo recording (first run only)") < said.index("monitor result")
+    # the events it promises (knocking 1:00, alarm 2:20, knocking 3:15) each raise an alert:
+    # a gate's single "clear" ends its event, so the second knock is a new one
+    raised = [e for e in events if e.get("event") == "alert raised"]
+    assert [e["monitor"] for e in raised] == ["unusual-sound", "loud", "unusual-sound", "unusual-sound"]
+    summary = out[out.index("demo finished"):]
+    assert summary.startswith("demo finished: 4 alert(s) raised")
+    for line in ("1:00.0-1:10.0 unusual-sound", "2:20.0-2:30.0 loud", "3:10.0-3:20.0 unusual-sound",
+                 f"flamingo-edge alerts list --data-dir {tmp_path}"):
+        assert line in summary
+    res = CliRunner().invoke(cli, ["alerts", "list", "--data-dir", str(tmp_path), "--json"])
+    assert res.exit_code == 0 and len(res.output.splitlines()) == 4
 
 
 def test_replay_timeline_model_free(tmp_path):
