@@ -6,10 +6,16 @@ Per stream, one HA *device* with:
   state topic, the last answer as attributes;
 * one ``sensor`` for the level in dBFS;
 * one ``event`` entity whose event types are the stream's monitors, fed by
-  ``<prefix>/<stream>/event`` (the same alert JSON as ``<prefix>/events``).
+  ``<prefix>/<stream>/event`` (the same alert JSON as ``<prefix>/events``);
+* one ``sensor`` "Input" whose state is the stream's input state (``live``, ``silent``,
+  ``reconnecting``, ... from ``<prefix>/<stream>/health``, edge/health.py) with the
+  last-frame age and ``silent_after`` as attributes.
 
-All entities share the availability topic ``<prefix>/status`` (``online``/``offline``),
-so they all turn unavailable when the daemon's Last Will fires.
+All entities follow the daemon's availability topic ``<prefix>/status`` (``online``/
+``offline``), so they all turn unavailable when the daemon's Last Will fires. The monitor,
+level and alert entities also follow ``<prefix>/<stream>/availability`` (both must be
+``online``): they are unavailable while the stream is silent or reconnecting, and the Input
+sensor, which stays available, says why.
 
 Object ids, unique ids and device identifiers come from `alerts.entities.EntityIds`
 (collision-free for any names, stable, legacy ids kept where they were unique).
@@ -35,8 +41,13 @@ def device(node_id: str, stream: str, version: str, ids: EntityIds) -> dict[str,
     }
 
 
-def availability(topics: Topics) -> list[dict[str, str]]:
-    return [{"topic": topics.status, "payload_available": "online", "payload_not_available": "offline"}]
+def availability(topics: Topics, stream: str | None = None) -> list[dict[str, str]]:
+    """The daemon's status topic, and with ``stream`` that stream's availability topic."""
+    out = [{"topic": topics.status, "payload_available": "online", "payload_not_available": "offline"}]
+    if stream is not None:
+        out.append({"topic": topics.availability(stream), "payload_available": "online",
+                    "payload_not_available": "offline"})
+    return out
 
 
 def discovery_messages(
@@ -66,7 +77,8 @@ def discovery_entities(
 
     for stream in sorted(streams):
         dev = device(node_id, stream, version, ids)
-        common = {"availability": availability(topics), "device": dev, "origin": origin}
+        common = {"availability": availability(topics, stream), "availability_mode": "all",
+                  "device": dev, "origin": origin}
         monitors = sorted(set(streams[stream]))
         for monitor in monitors:
             add(
@@ -103,6 +115,18 @@ def discovery_entities(
                 "icon": "mdi:bell-alert",
                 "qos": 1,
                 **common,
+            },
+        )
+        add(
+            Entity("sensor", "input", stream),
+            {
+                "name": "Input",
+                "state_topic": topics.health(stream),
+                "value_template": "{{ value_json.state }}",
+                "json_attributes_topic": topics.health(stream),
+                "icon": "mdi:microphone-message",
+                "qos": 1,
+                "availability": availability(topics), "device": dev, "origin": origin,
             },
         )
     return out

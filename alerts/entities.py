@@ -95,7 +95,8 @@ def config_topic(discovery_prefix: str, node_id: str, component: str, object_id:
 
 def stream_entities(stream: str, monitors: Iterable[str]) -> list[Entity]:
     """The entities of one stream with these monitors (what discovery announces)."""
-    out = [Entity("device", "device", stream), Entity("sensor", "level", stream), Entity("event", "alert", stream)]
+    out = [Entity("device", "device", stream), Entity("sensor", "level", stream), Entity("event", "alert", stream),
+           Entity("sensor", "input", stream)]
     out += [Entity("binary_sensor", "monitor", stream, m) for m in monitors]
     return out
 

@@ -188,6 +188,9 @@ class MqttSink:
 
     def declare(self, stream: str, monitor: str) -> None:
         with self._lock:
+            if stream not in self._streams:
+                # available until someone reports its input lost (set_stream_health)
+                self._retain_locked(self.topics.availability(stream), "online", only_if_unset=True)
             mons = self._streams.setdefault(stream, set())
             if monitor not in mons:
                 mons.add(monitor)
@@ -212,20 +215,32 @@ class MqttSink:
     def set_answer(self, stream: str, monitor: str, payload: dict[str, Any]) -> None:
         self._set_retained(self.topics.answer(stream, monitor), json.dumps(payload, separators=(",", ":"), default=str))
 
+    def set_stream_health(self, stream: str, available: bool, payload: dict[str, Any]) -> None:
+        """The stream's input state: retained availability (``online`` / ``offline``) for its
+        entities and the health JSON for its Input sensor; republished on connect."""
+        self._set_retained(self.topics.health(stream), json.dumps(payload, separators=(",", ":"), default=str))
+        self._set_retained(self.topics.availability(stream), "online" if available else "offline")
+
     def set_level(self, stream: str, dbfs: float) -> None:
         with self._lock:
             self._levels[stream] = float(dbfs)
 
     def _set_retained(self, topic: str, payload: str, only_if_unset: bool = False) -> None:
         with self._lock:
-            if only_if_unset and topic in self._retained:
+            if not self._retain_locked(topic, payload, only_if_unset):
                 return
-            self._retained[topic] = payload
-            if len(self._live) >= self._cfg.live_queue_size:
-                self._live.popleft()
-                self.live_dropped += 1
-            self._live.append((topic, payload, 1, True))
         self._wake.set()
+
+    def _retain_locked(self, topic: str, payload: str, only_if_unset: bool = False) -> bool:
+        """`_set_retained` with ``_lock`` held, without waking the thread; False: kept the old."""
+        if only_if_unset and topic in self._retained:
+            return False
+        self._retained[topic] = payload
+        if len(self._live) >= self._cfg.live_queue_size:
+            self._live.popleft()
+            self.live_dropped += 1
+        self._live.append((topic, payload, 1, True))
+        return True
 
     # ------------------------------------------------------------------ the sink thread
     def _run(self) -> None:
@@ -500,6 +515,9 @@ class MqttSink:
                 mids.append(mid)
             if e.kind == "monitor":
                 for t in (self.topics.state(e.stream, e.monitor), self.topics.answer(e.stream, e.monitor)):
+                    self._publish(t, "", 1, True)
+            elif e.kind == "input":  # the stream is gone: its retained input topics too
+                for t in (self.topics.health(e.stream), self.topics.availability(e.stream)):
                     self._publish(t, "", 1, True)
         return mids
 

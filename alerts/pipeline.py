@@ -222,6 +222,12 @@ class AlertPipeline:
         if self.mqtt is not None and self._accepting:
             self.mqtt.set_level(stream, dbfs)
 
+    def set_stream_health(self, stream: str, available: bool, payload: dict[str, Any]) -> None:
+        """A stream's input state changed (edge/health.py): its Home Assistant availability
+        (``<prefix>/<stream>/availability``) and Input sensor (``<prefix>/<stream>/health``)."""
+        if self.mqtt is not None:
+            self.mqtt.set_stream_health(stream, available, payload)
+
     def declare(self, stream: str, monitors: Iterable[str]) -> None:
         """Announce a stream's monitors to Home Assistant before their first result (optional)."""
         for m in monitors:

@@ -90,6 +90,9 @@ def _publish_removals(config: AlertsConfig, history: History, stale: list[tuple[
             if ent.kind == "monitor":
                 for t in (topics.state(ent.stream, ent.monitor), topics.answer(ent.stream, ent.monitor)):
                     sent[client.publish(t, "", qos=1, retain=True).mid] = None
+            elif ent.kind == "input":
+                for t in (topics.health(ent.stream), topics.availability(ent.stream)):
+                    sent[client.publish(t, "", qos=1, retain=True).mid] = None
         with lock:
             pending.update(sent)
             if set(pending) <= set(acks):

@@ -33,3 +33,11 @@ class Topics:
 
     def stream_event(self, stream: str) -> str:
         return f"{self.prefix}/{topic_level(stream)}/event"
+
+    def availability(self, stream: str) -> str:
+        """Retained ``online`` / ``offline``: whether the stream's input is heard (edge/health.py)."""
+        return f"{self.prefix}/{topic_level(stream)}/availability"
+
+    def health(self, stream: str) -> str:
+        """Retained JSON: the stream's input state, last-frame age, silent_after."""
+        return f"{self.prefix}/{topic_level(stream)}/health"

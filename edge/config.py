@@ -171,6 +171,8 @@ class StreamConfig(_Base):
     ffmpeg_options: dict[str, str] = Field(default_factory=dict)
     # free-form labels usable in question templates, e.g. {location}
     labels: dict[str, str] = Field(default_factory=dict)
+    # no audio for this long: the stream is silent (default health.silent_after; edge/health.py)
+    silent_after: Duration | None = Field(None, gt=0)
 
     @field_validator("id")
     @classmethod

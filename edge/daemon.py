@@ -17,8 +17,9 @@ until ``worker.drain_share`` of the timeout -> stop and join it, counting and lo
 was abandoned -> flush the alert pipeline -> stop HTTP and the watchdog.
 
 Health: the systemd watchdog is fed while the worker turns (every step, every model call);
-a stream without audio for ``health.silent_after`` is *silent* (``/healthz``,
-``fe_stream_silent``), a state to report, never a reason for a restart.
+a stream without audio for its ``silent_after`` is *silent* or *reconnecting*
+(`edge.health`: ``/healthz``, ``fe_stream_*``, the stream's MQTT availability), a state to
+report, never a reason for a restart.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from streams.base import Frame, Source
 from streams.timeline import Piece
 
 from .config import Settings
+from .health import HealthWatcher, StreamHealth, health_report, stream_health
 from .http import HttpEndpoint
 from .metrics import Metrics
 from .sdnotify import Notifier, ProgressGate, Watchdog
@@ -104,6 +106,7 @@ class Daemon:
         self._notifier: Notifier | None = None
         self._progress: ProgressGate | None = None
         self._watchdog: Watchdog | None = None
+        self._health: HealthWatcher | None = None
         self._worker_thread: threading.Thread | None = None
         self._worker_stop = threading.Event()
         self._stopped = False
@@ -161,6 +164,7 @@ class Daemon:
         self.http_endpoint = self._start_http()
         self._start_watchdog()
         self._start_threads()
+        self._health = HealthWatcher(self, on_change=self._stream_changed).start()
         if self._notifier is not None:
             self._notifier.ready(f"{len(self.streams)} stream(s), "
                                  f"{len(self.settings.monitors)} monitor(s)")
@@ -227,20 +231,52 @@ class Daemon:
         alive = self._worker_thread is not None and self._worker_thread.is_alive()
         return alive and self._progress is not None and self._progress()
 
+    def last_frame_at(self, stream: str) -> float | None:
+        """time.monotonic() of the stream's last frame (None: none yet)."""
+        return self._last_audio.get(stream)
+
+    def silent_after(self, stream: str) -> float:
+        cfg = self.streams[stream].cfg
+        own = getattr(cfg, "silent_after", None)
+        return float(own if own is not None else self.settings.health.silent_after)
+
+    def worker_alive(self) -> bool:
+        return self._worker_thread is not None and self._worker_thread.is_alive()
+
     def silent(self, stream: str) -> bool:
-        """No audio on a live stream for ``health.silent_after`` (a finished file is not)."""
-        s = self.streams[stream]
-        if s.ended or self.started_at is None:
+        """No audio on a live stream for its ``silent_after`` (a finished file is not)."""
+        if self.started_at is None:
             return False
-        last = self._last_audio.get(stream, self.started_at)
-        return time.monotonic() - last > self.settings.health.silent_after
+        return stream_health(self)[stream].state == "silent"
 
     def _export_silence(self) -> None:
-        def reader(sid: str) -> Callable[[], float]:
-            return lambda: 1.0 if self.silent(sid) else 0.0
+        from .health import STATES
+
+        def one(sid: str) -> StreamHealth:
+            return stream_health(self)[sid]
+
+        def silent(sid: str) -> Callable[[], float]:
+            return lambda: 1.0 if self.started_at is not None and one(sid).state == "silent" else 0.0
+
+        def age(sid: str) -> Callable[[], float]:
+            def read() -> float:
+                last = self._last_audio.get(sid)
+                return float("nan") if last is None else time.monotonic() - last
+            return read
+
+        def state(sid: str, st: str) -> Callable[[], float]:
+            return lambda: 1.0 if self.started_at is not None and one(sid).state == st else 0.0
 
         for sid in self.streams:
-            self.metrics.stream_silent.labels(sid).set_function(reader(sid))
+            self.metrics.stream_silent.labels(sid).set_function(silent(sid))
+            self.metrics.stream_frame_age.labels(sid).set_function(age(sid))
+            for st in STATES:
+                self.metrics.stream_state.labels(sid, st).set_function(state(sid, st))
+
+    def _stream_changed(self, h: StreamHealth) -> None:
+        """A stream changed state: its MQTT availability and health attributes follow."""
+        if self.alerts_pipeline is not None:
+            self.alerts_pipeline.set_stream_health(h.stream, h.available, h.as_dict())
 
     def _start_threads(self) -> None:
         assert self.worker is not None
@@ -313,6 +349,8 @@ class Daemon:
             self.alerts_pipeline.stop(timeout=max(1.0, t0 + timeout - time.monotonic()))
         if self._watchdog is not None:
             self._watchdog.stop()
+        if self._health is not None:
+            self._health.stop()
         if self.http_endpoint is not None:
             self.http_endpoint.stop()
         log.info("stopped", seconds=round(time.monotonic() - t0, 2), **left)
@@ -335,35 +373,8 @@ class Daemon:
         return w.abandon("shutdown")
 
     def health(self) -> dict[str, Any]:
-        alive = self._worker_thread is not None and self._worker_thread.is_alive()
-        h: dict[str, Any] = {
-            "ok": alive and not self.stop_event.is_set(),
-            "worker_alive": alive,
-            "silent_streams": sorted(sid for sid in self.streams if self.silent(sid)),
-            "model": getattr(self.model, "model_id", None),
-            "streams": {
-                sid: {
-                    "samples": s.ring.write_pos - (s.ring.origin or 0),
-                    "clips_pending": len(s.pending),
-                    "silent": self.silent(sid),
-                    "memory_clips": len(s.memory),
-                    "level_dbfs": s.last_reading.level_dbfs if s.last_reading else None,
-                    "novelty": s.last_reading.novelty if s.last_reading else None,
-                }
-                for sid, s in self.streams.items()
-            },
-        }
-        for src in self.sources:  # network sources report their state (URLs redacted)
-            status = getattr(src, "status", None)
-            if callable(status):
-                for sid, st in status().items():
-                    if sid in h["streams"]:
-                        h["streams"][sid]["source"] = st
-        if self.alerts_pipeline is not None:
-            a = self.alerts_pipeline.health()
-            h["alerts"] = a
-            h["ok"] = h["ok"] and bool(a.get("ok", True))
-        return h
+        """The ``/healthz`` report (`edge.health.health_report`)."""
+        return health_report(self)
 
 
 def load_model(model_dir: str | Path | None, dtype: str = "auto", device: str = "cpu",

@@ -3,8 +3,9 @@
 ``start_http_server(port, metrics, health)`` serves in a daemon thread and returns an
 `HttpEndpoint` (``.port`` is the bound port, useful with ``port=0``; ``.stop()``).
 
-``health`` is a callable supplied by the daemon returning a dict; its ``"ok"`` key
-decides the status code: **200** when truthy, **503** otherwise. The whole dict is
+``health`` is a callable supplied by the daemon returning a dict (`edge.health.health_report`);
+its ``"http_status"`` decides the status code when present, else its ``"ok"`` key: **200**
+when truthy, **503** otherwise. The whole dict is
 returned as JSON so an operator sees *why* (e.g. ``{"ok": false, "mqtt": {...}}``).
 A health callable that raises yields 503 with the error text.
 """
@@ -57,7 +58,7 @@ def start_http_server(
             elif path in ("/healthz", "/health"):
                 try:
                     info = dict(health_fn())
-                    code = 200 if info.get("ok") else 503
+                    code = int(info.get("http_status") or (200 if info.get("ok") else 503))
                 except Exception as e:  # noqa: BLE001 - report, don't crash the endpoint
                     info, code = {"ok": False, "error": f"{type(e).__name__}: {e}"}, 503
                 self._send(code, json.dumps(info, default=str).encode(), "application/json")

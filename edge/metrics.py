@@ -64,8 +64,16 @@ class Metrics:
             "fe_clips_behind", "Complete clips waiting to be encoded", ["stream"], registry=r
         )
         self.stream_silent = Gauge(
-            "fe_stream_silent", "1 while no audio arrived on the stream for health.silent_after",
+            "fe_stream_silent", "1 while no audio arrived on the stream for its silent_after",
             ["stream"], registry=r,
+        )
+        self.stream_frame_age = Gauge(
+            "fe_stream_last_frame_age_seconds", "Seconds since the stream's last audio frame "
+            "(NaN before the first)", ["stream"], registry=r,
+        )
+        self.stream_state = Gauge(
+            "fe_stream_state", "1 for the stream's current state (starting, live, silent, "
+            "reconnecting, ended; edge/health.py)", ["stream", "state"], registry=r,
         )
         self.level_dbfs = Gauge("fe_level_dbfs", "Level of the last clip", ["stream"], registry=r)
         self.novelty = Gauge("fe_novelty", "Novelty score of the last clip", ["stream"], registry=r)

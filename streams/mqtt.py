@@ -81,10 +81,16 @@ class MqttAudioSource(Source):
         self.gaps = 0
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        self.state = "connecting"  # connecting | connected | disconnected (edge/health.py)
         self._client = None
 
     def topic(self, stream: str) -> str:
         return f"{self.prefix}/audio/{stream}"
+
+    def status(self) -> dict[str, dict]:
+        """Per stream, the broker connection its audio depends on (for /healthz)."""
+        s = {"state": self.state, "broker": f"{self.cfg.host}:{self.cfg.port}"}
+        return {sid: dict(s) for sid in self.streams}
 
     def timeline(self, stream: str) -> Timeline:
         return self._clocks[stream].timeline
@@ -204,6 +210,7 @@ class MqttAudioSource(Source):
             log.warning("audio MQTT connection refused: %s", reason_code)
             return
         self.connected.set()
+        self.state = "connected"
         client.subscribe([(self.topic(s), 0) for s in self.streams])
         log.info("audio MQTT connected to %s:%s, subscribed to %d stream(s)", self.cfg.host,
                  self.cfg.port, len(self.streams))
@@ -217,6 +224,7 @@ class MqttAudioSource(Source):
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
         self.connected.clear()
         self.subscribed.clear()
+        self.state = "disconnected"
         log.warning("audio MQTT disconnected (%s); paho reconnects with backoff", reason_code)
 
     def _on_message(self, client, userdata, msg):

@@ -103,7 +103,7 @@ def test_prune_removes_entities_no_longer_configured(broker, recorder_factory, t
     assert r.output.strip() == "nothing to remove"
     r = run(cli, ["alerts", "prune", "--config", str(cfg), "--all"])
     assert r.exit_code == 0, r.output
-    assert len(r.output.splitlines()) == 3  # knock, the level sensor and the event entity
+    assert len(r.output.splitlines()) == 4  # knock, the level and input sensors, the event entity
     late = recorder_factory(broker, ["homeassistant/#"], client_id="late")
     time.sleep(0.5)
     assert late.messages == []  # nothing of this node is left retained

@@ -249,7 +249,7 @@ def test_announce_order_configs_then_states_then_online(
         for msg in msgs:
             if msg.topic.startswith("homeassistant/") and msg.topic.endswith("/config"):
                 out.append("config")
-            elif msg.topic.endswith("/state"):
+            elif msg.topic.endswith("/state") or msg.topic.endswith("/availability"):
                 out.append("state")
             elif msg.topic == STATUS and msg.payload == b"online":
                 out.append("online")
@@ -258,7 +258,8 @@ def test_announce_order_configs_then_states_then_online(
     try:
         assert rec.wait_for(lambda: "online" in kinds(rec.messages), 10)
         k = kinds(rec.messages)
-        assert k.count("config") == 4 and k.count("state") == 2  # 2 sensors, level, event; 2 states
+        # 2 binary sensors, level, event, input; 2 states and the stream's availability
+        assert k.count("config") == 5 and k.count("state") == 3
         assert k == sorted(k, key=["config", "state", "online"].index), k
         n = len(rec.messages)
         ha = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ha")
@@ -269,7 +270,7 @@ def test_announce_order_configs_then_states_then_online(
         ha.disconnect()
         assert rec.wait_for(lambda: "online" in kinds(rec.messages[n:]), 10)
         k = kinds(rec.messages[n:])
-        assert k.count("config") == 4 and k.count("state") == 2
+        assert k.count("config") == 5 and k.count("state") == 3
         assert k == sorted(k, key=["config", "state", "online"].index), k
     finally:
         p.stop(5)

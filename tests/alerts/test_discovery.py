@@ -36,7 +36,12 @@ def device(stream: str) -> dict:
 
 
 def expected(stream: str, sid: str, monitors: list[str]) -> dict[str, dict]:
-    common = {"availability": AVAILABILITY, "device": device(stream), "origin": ORIGIN}
+    # the stream's entities are available while the daemon is online AND the stream is heard
+    stream_availability = [*AVAILABILITY, {"topic": f"fe-test/{stream}/availability",
+                                           "payload_available": "online",
+                                           "payload_not_available": "offline"}]
+    common = {"availability": stream_availability, "availability_mode": "all",
+              "device": device(stream), "origin": ORIGIN}
     out = {
         f"homeassistant/binary_sensor/testnode/{sid}_{m}/config": {
             "name": m,
@@ -70,6 +75,17 @@ def expected(stream: str, sid: str, monitors: list[str]) -> dict[str, dict]:
         "qos": 1,
         **common,
     }
+    # the Input sensor says why (live / silent / reconnecting), available with the daemon
+    out[f"homeassistant/sensor/testnode/{sid}_input/config"] = {
+        "name": "Input",
+        "unique_id": f"testnode_{sid}_input",
+        "state_topic": f"fe-test/{stream}/health",
+        "value_template": "{{ value_json.state }}",
+        "json_attributes_topic": f"fe-test/{stream}/health",
+        "icon": "mdi:microphone-message",
+        "qos": 1,
+        "availability": AVAILABILITY, "device": device(stream), "origin": ORIGIN,
+    }
     return out
 
 
@@ -99,6 +115,9 @@ def test_discovery_payloads_field_by_field_and_republish_on_ha_birth(
             assert got[topic] == payload, topic
         # the binary sensor follows the state topic it was told about
         assert rec.wait_for(lambda: rec.payloads("fe-test/hall way/dog/state") == ["ON"], 5)
+        # without a daemon reporting input state, a stream's entities are available
+        for s in ("kitchen", "hall way"):
+            assert rec.wait_for(lambda s=s: rec.payloads(f"fe-test/{s}/availability") == ["online"], 5)
         # a retained copy exists for a Home Assistant that starts later
         late = recorder_factory(broker, ["homeassistant/#"], client_id="late-ha")
         assert late.wait_for(lambda: len(late.messages) >= len(want), 5)
@@ -160,13 +179,13 @@ def test_colliding_names_get_distinct_topics_unique_ids_and_devices(
     try:
         for s in ("x_y", "a.b", "x", "a_b"):  # arrival order does not decide who keeps the legacy id
             p.declare(s, names[s])
-        assert rec.wait_for(lambda: len(_latest(rec)) >= 12, 10), sorted(_latest(rec))
+        assert rec.wait_for(lambda: len(_latest(rec)) >= 16, 10), sorted(_latest(rec))
         time.sleep(0.3)
         got = _latest(rec)
     finally:
         p.stop(5)
-    assert len(got) == 12  # 4 binary sensors, 4 level sensors, 4 event entities
-    assert len({c["unique_id"] for c in got.values()}) == 12
+    assert len(got) == 16  # 4 binary sensors, 4 level sensors, 4 event entities, 4 input sensors
+    assert len({c["unique_id"] for c in got.values()}) == 16
     assert len({c["device"]["identifiers"][0] for c in got.values()}) == 4
     states = {c["state_topic"] for c in got.values() if "payload_on" in c}
     assert states == {"fe-test/a.b/m/state", "fe-test/a_b/m/state", "fe-test/x/y_z/state", "fe-test/x_y/z/state"}
@@ -183,7 +202,7 @@ def test_colliding_names_get_distinct_topics_unique_ids_and_devices(
     try:
         for s in ("a_b", "x", "a.b", "x_y"):
             p2.declare(s, names[s])
-        assert rec.wait_for(lambda: len(_latest(rec)) >= 12, 10)
+        assert rec.wait_for(lambda: len(_latest(rec)) >= 16, 10)
         time.sleep(0.3)
         assert _latest(rec) == got
     finally:
@@ -203,7 +222,7 @@ def test_removed_monitor_and_stream_get_an_empty_retained_config(
     finally:
         p.stop(5)
     announced = set(_latest(rec))
-    assert len(announced) == 7
+    assert len(announced) == 9  # 3 binary sensors; per stream a level, input and event entity
     glass = "homeassistant/binary_sensor/testnode/s1_glass/config"
     gone = {glass} | {t for t in announced if "/s2_" in t}
     # the config changes: glass and the whole s2 stream are no longer configured
@@ -217,6 +236,8 @@ def test_removed_monitor_and_stream_get_an_empty_retained_config(
     for t in gone:
         assert rec.payloads(t)[-1] == "", t
     assert rec.payloads("fe-test/s1/glass/state")[-1] == "" and rec.payloads("fe-test/s1/glass/answer")[-1] == ""
+    # the removed stream's retained input topics are cleared too
+    assert rec.payloads("fe-test/s2/availability")[-1] == ""
     # a Home Assistant starting now finds only what is configured
     late = recorder_factory(broker, ["homeassistant/#"], client_id="late-ha")
     assert late.wait_for(lambda: len(late.messages) >= 3, 5)

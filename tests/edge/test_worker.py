@@ -429,3 +429,63 @@ def test_a_long_query_group_keeps_the_watchdog_fed_while_each_model_call_returns
     finally:
         d.stop(timeout=2)
     assert len(got) == 6 and all(ok)
+
+
+def test_healthz_says_which_stream_went_silent_per_stream_silent_after(tmp_path):
+    """/healthz stayed 200 {"ok": true} after audio stopped: now each stream has a state, a
+    last-frame age and its own silent_after; the report is degraded with one reason per
+    stream, over HTTP and in /metrics."""
+    import json
+    import urllib.request
+
+    s = load_settings(data={
+        "data_dir": str(tmp_path / "data"), "health": {"silent_after": "30s"},
+        "http": {"enabled": True, "port": 0},
+        "streams": [{"id": "s", "source": "file", "path": "x", "silent_after": "0.4s"},
+                    {"id": "quiet", "source": "mqtt"}],
+        "alerts": {"mqtt": {"enabled": False}}})
+    class Idle(Source):  # a live source that never hears anything
+        finite = False
+        streams = ("quiet",)
+
+        def run(self, emit, stop):
+            stop.wait()
+
+    src = Feeder(2)
+    d = Daemon(s, sources=[src, Idle()], alerts=False)
+    d.start()
+    try:
+        assert src.sent.wait(10)
+        url = f"http://127.0.0.1:{d.http_endpoint.port}"
+
+        def get(path):
+            with urllib.request.urlopen(url + path) as r:
+                return r.status, r.read().decode()
+
+        code, body = get("/healthz")
+        h = json.loads(body)
+        assert code == 200 and h["status"] == "ok" and h["reasons"] == []
+        assert h["streams"]["s"]["state"] == "live" and h["streams"]["s"]["silent_after_s"] == 0.4
+        assert h["streams"]["quiet"]["state"] == "starting"
+        assert h["streams"]["quiet"]["last_frame_age_s"] is None
+        assert h["streams"]["quiet"]["silent_after_s"] == 30.0
+        time.sleep(0.8)
+        code, body = get("/healthz")
+        h = json.loads(body)
+        # degraded is a documented field with 200: a quiet input is no reason for a restart
+        assert code == 200 and h["status"] == "degraded" and h["ok"]
+        assert h["streams"]["s"]["state"] == "silent" and h["streams"]["s"]["last_frame_age_s"] >= 0.4
+        assert h["streams"]["quiet"]["state"] == "starting"  # 30 s not over yet
+        assert len(h["reasons"]) == 1 and h["reasons"][0].startswith("stream s is silent: no audio")
+        _, metrics = get("/metrics")
+        assert 'fe_stream_state{state="silent",stream="s"} 1.0' in metrics
+        assert 'fe_stream_state{state="live",stream="s"} 0.0' in metrics
+        assert 'fe_stream_silent{stream="s"} 1.0' in metrics
+        age = float(next(x for x in metrics.splitlines()
+                         if x.startswith('fe_stream_last_frame_age_seconds{stream="s"}')).split()[-1])
+        assert age >= 0.4
+    finally:
+        d.stop(timeout=2)
+    # the worker stopped: failing, 503
+    h = d.health()
+    assert h["status"] == "failing" and h["http_status"] == 503 and not h["ok"]
