@@ -273,13 +273,17 @@ def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_d
 @click.option("--speed", type=float, default=1.0, show_default=True,
               help="File pacing: 1 = real time, 0 = as fast as possible.")
 @click.option("--loop", is_flag=True, help="Publish FILE again and again.")
+@click.option("--qos", type=click.Choice(["0", "1"]), default="0",
+              help="MQTT QoS: 1 waits for the broker's acknowledgement of every frame.")
 def publish_audio(file, mic, device, stream, config, host, port, prefix, username, password_env,
-                  sample_format, frame_ms, speed, loop):
-    """Publish FILE (or --mic) as flamingo-edge audio frames over MQTT."""
+                  sample_format, frame_ms, speed, loop, qos):
+    """Publish FILE (or --mic) as flamingo-edge audio frames over MQTT. Counts only frames the
+    broker acknowledged (--qos 1) or the network took (--qos 0); exits 1 with one line when
+    the broker refuses or drops the connection."""
     import os
 
     from streams.file import AudioFileError, check_audio_file
-    from streams.publisher import file_blocks, mic_blocks, publish
+    from streams.publisher import PublishCount, PublishError, file_blocks, mic_blocks, publish
 
     if bool(file) == bool(mic):
         raise click.UsageError("give a FILE or --mic")
@@ -299,12 +303,17 @@ def publish_audio(file, mic, device, stream, config, host, port, prefix, usernam
         cfg.password.get_secret_value() if cfg and cfg.password else None)
     blocks = mic_blocks(device, frame_ms=frame_ms) if mic else file_blocks(file, frame_ms, loop)
     t0 = time.monotonic()
+    count = PublishCount()
+    where = f"{prefix}/audio/{stream}"
     try:
         n = publish(blocks, stream, host, port, prefix, username, password, sample_format,
-                    speed=0 if mic else speed)
+                    speed=0 if mic else speed, qos=int(qos), count=count)
     except KeyboardInterrupt:
-        return
+        click.echo(f"interrupted: published {count.sent} frames to {where} in "
+                   f"{time.monotonic() - t0:.1f} s", err=True)
+        sys.exit(130)
+    except PublishError as e:
+        raise click.ClickException(f"{e} ({e.sent} frames published to {where})") from None
     except OSError as e:
         raise click.ClickException(f"cannot reach the broker at {host}:{port}: {e}") from None
-    click.echo(f"published {n} frames to {prefix}/audio/{stream} in {time.monotonic() - t0:.1f} s",
-               err=True)
+    click.echo(f"published {n} frames to {where} in {time.monotonic() - t0:.1f} s", err=True)

@@ -91,6 +91,69 @@ def mic_blocks(device=None, samplerate: int = 16000, channels: int = 1, frame_ms
         st.close()
 
 
+class PublishError(RuntimeError):
+    """Frames did not reach the broker: the connection was refused or lost, or a QoS 1 frame
+    was not acknowledged. The message is one line; ``sent`` frames were delivered before."""
+
+    def __init__(self, message: str, sent: int = 0) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class PublishCount:
+    """How many frames the broker acknowledged (QoS 1) or the network layer took (QoS 0)
+    so far; readable after Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+
+def connect_client(host: str, port: int, username: str | None, password: str | None,
+                   timeout: float = 10.0):
+    """A started paho client whose CONNACK was a success, else `PublishError` in one line
+    (refused: the broker's reason, e.g. "Bad user name or password"). OSError: no TCP."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                         client_id=f"flamingo-edge-pub-{uuid.uuid4().hex[:8]}")
+    if username:
+        client.username_pw_set(username, password)
+    done = threading.Event()
+    result: list = []
+
+    def on_connect(c, _u, _flags, reason_code, _props=None):
+        result.append(reason_code)
+        done.set()
+
+    def on_disconnect(c, _u, _flags, reason_code, _props=None):
+        if not done.is_set():
+            result.append(reason_code)
+            done.set()
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    if not done.wait(timeout):
+        _stop(client)
+        raise PublishError(f"the broker at {host}:{port} sent no CONNACK within {timeout:g} s")
+    rc = result[0]
+    if getattr(rc, "is_failure", False) or not hasattr(rc, "is_failure"):
+        _stop(client)
+        who = f" for user {username}" if username else " (anonymous; give --username and the password)"
+        raise PublishError(f"the broker at {host}:{port} refused the connection{who}: {rc}")
+    client.on_connect = None
+    client.on_disconnect = None
+    return client
+
+
+def _stop(client) -> None:
+    try:
+        client.disconnect()
+    finally:
+        client.loop_stop()
+
+
 def publish(
     blocks: Iterator[tuple[np.ndarray, int]] | Iterator[tuple[np.ndarray, int, int]],
     stream: str,
@@ -105,19 +168,29 @@ def publish(
     seq_start: int = 0,
     client=None,
     on_frame=None,
+    count: PublishCount | None = None,
+    ack_timeout: float = 10.0,
 ) -> int:
     """Publish blocks as frames; ``speed`` paces by audio time (0 = no pacing, e.g. for mic
-    input, which is paced by the device). Returns the number of frames sent."""
+    input, which is paced by the device). Returns the number of frames delivered: acknowledged
+    by the broker (``qos=1``) or taken by the network layer (``qos=0``); ``count`` follows it
+    as it goes. A refused or lost connection, or a QoS 1 frame not acknowledged within
+    ``ack_timeout``, raises `PublishError` (with ``.sent``); OSError: the broker is not reachable."""
     import paho.mqtt.client as mqtt
 
     own = client is None
     if own:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"flamingo-edge-pub-{uuid.uuid4().hex[:8]}")
-        if username:
-            client.username_pw_set(username, password)
-        client.connect(host, port, keepalive=30)
-        client.loop_start()
+        client = connect_client(host, port, username, password)
+    gone = threading.Event()
+    why: list = []
+    if own:
+        def on_disconnect(c, _u, _flags, reason_code, _props=None):
+            why.append(reason_code)
+            gone.set()
+
+        client.on_disconnect = on_disconnect
+    count = count if count is not None else PublishCount()
+    where = f"{host}:{port}"
     topic = f"{prefix.strip('/')}/audio/{stream}"
     seq = seq_start
     t0_wall = time.time()
@@ -132,20 +205,42 @@ def publish(
                 seq = (seq + max(1, round(lost / max(1, pcm.shape[0])))) & 0xFFFFFFFF
                 audio_s += lost / rate
             cap_ns = int((t0_wall + audio_s) * 1e9)
+            if gone.is_set():
+                raise PublishError(f"the broker at {where} closed the connection after {sent} "
+                                   f"frame(s): {why[0] if why else 'connection lost'}", sent)
             info = client.publish(topic, encode_frame(pcm, rate, seq, cap_ns, sample_format), qos=qos)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise PublishError(f"frame {seq} not sent to {where}: {mqtt.error_string(info.rc)}",
+                                   sent)
             if qos > 0:
-                info.wait_for_publish(timeout=10)
+                try:
+                    info.wait_for_publish(timeout=ack_timeout)
+                except RuntimeError as e:  # paho: the message was dropped (connection lost)
+                    raise PublishError(f"frame {seq} not delivered to {where}: {e}", sent) from None
+                if not info.is_published():
+                    raise PublishError(f"the broker at {where} did not acknowledge frame {seq} "
+                                       f"within {ack_timeout:g} s", sent)
             if on_frame is not None:
                 on_frame(seq, pcm.shape[0], rate)
             seq = (seq + 1) & 0xFFFFFFFF
             sent += 1
+            count.sent = sent
             audio_s += pcm.shape[0] / rate
             if speed > 0:
                 delay = t0 + audio_s / speed - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+        if own and sent and qos == 0 and not gone.is_set():
+            try:  # QoS 0: "delivered" = written to the socket; the last one too
+                info.wait_for_publish(timeout=ack_timeout)
+            except RuntimeError as e:
+                raise PublishError(f"frame {seq - 1} not sent to {where}: {e}", sent - 1) from None
+        if own and not gone.is_set():
+            # every frame is acknowledged (QoS 1) or written (QoS 0): a clean DISCONNECT
+            client.on_disconnect = None
+            own = False
+            _stop(client)
     finally:
         if own:
-            client.disconnect()
-            client.loop_stop()
+            _stop(client)
     return sent

@@ -13,6 +13,7 @@ from edge.metrics import Metrics
 from edge.ring import Ring
 from streams.mqtt import MqttAudioSource
 from streams.protocol import REASONS, encode_frame
+from tests.mqtt_broker import Mosquitto
 
 N = 1600  # 100 ms frames at 16 kHz
 
@@ -173,7 +174,7 @@ def test_fuzz_handle_never_raises_and_counts_rejects(msgs):
 # ------------------------------------------------------------------ real broker
 @pytest.fixture
 def broker(tmp_path):
-    from tests.mqtt_broker import Mosquitto
+
 
     with Mosquitto(tmp_path) as b:
         yield b
@@ -433,3 +434,63 @@ def test_capture_times_in_the_future_or_far_past_fall_back_to_this_clock(broker)
     assert m.clock_untrusted.labels("p")._value.get() == 3
     # the restart's 19.8-s absence (by this clock) is under max_gap_s: silence, same piece
     assert got[2].piece is None and got[2].sample_index == 20 * 16000
+
+
+def test_publish_audio_reports_a_refused_connection_and_counts_deliveries(tmp_path, monkeypatch):
+    """A wrong password printed "published 120 frames ... in 12.0 s", exit 0, while no
+    subscriber got a frame: CONNACK was never checked and publish() calls were counted."""
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+    from tests.alerts.helpers import Recorder
+
+    rec = tmp_path / "r.wav"
+    sf.write(rec, np.zeros(16000 * 3, np.float32), 16000, subtype="PCM_16")
+    b = Mosquitto(tmp_path, users={"alice": "right-pw"}).start()
+    sub = Recorder(b, ["fe/audio/#"], username="alice", password="right-pw")
+    try:
+        args = ["publish-audio", str(rec), "--stream", "press", "--port", str(b.port),
+                "--prefix", "fe", "--speed", "0", "--username", "alice"]
+        monkeypatch.setenv("FLAMINGO_EDGE_MQTT__PASSWORD", "wrong-pw")
+        t0 = time.monotonic()
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 1 and time.monotonic() - t0 < 10
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and "refused the connection for user alice" in lines[0], res.output
+        assert "published 0 frames" not in lines[0] and "(0 frames published to fe/audio/press)" in lines[0]
+        assert "wrong-pw" not in res.output
+        # the daemon's variable is the default --password-env: the right one gets through
+        monkeypatch.setenv("FLAMINGO_EDGE_MQTT__PASSWORD", "right-pw")
+        for qos in ("0", "1"):
+            n0 = len(sub.on("fe/audio/press"))
+            res = CliRunner().invoke(cli, [*args, "--qos", qos])
+            assert res.exit_code == 0, res.output
+            assert "published 30 frames to fe/audio/press" in res.output
+            assert sub.wait_for(lambda n0=n0: len(sub.on("fe/audio/press")) == n0 + 30, 10)
+        # anonymous against a broker that wants a password: refused, named
+        res = CliRunner().invoke(cli, args[:-2])
+        assert res.exit_code == 1 and "refused the connection (anonymous" in res.output
+    finally:
+        sub.close()
+        b.stop()
+
+
+def test_publish_reports_a_broker_that_goes_away_mid_stream(tmp_path):
+    """The broker dies while frames flow: PublishError with the count delivered so far."""
+    from streams.publisher import PublishCount, PublishError, publish
+
+    b = Mosquitto(tmp_path).start()
+    count = PublishCount()
+
+    def blocks():
+        for i in range(400):
+            if i == 5:
+                b.stop()
+            yield np.zeros((1600, 1), np.float32), 16000
+
+    with pytest.raises(PublishError) as e:
+        publish(blocks(), "press", b.host, b.port, "fe", speed=0, qos=1, count=count,
+                ack_timeout=3)
+    assert e.value.sent == count.sent and 5 <= count.sent < 400
+    assert f"{b.host}:{b.port}" in str(e.value)
