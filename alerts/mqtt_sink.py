@@ -299,7 +299,12 @@ class MqttSink:
         except ssl.SSLCertVerificationError as e:
             self._fail("tls_verify", f"TLS certificate verification failed: {e.verify_message}")
         except ssl.SSLError as e:
-            self._fail("tls", f"TLS handshake failed: {e.reason or e}")
+            from alerts.tls_check import client_cert_hint, is_client_cert_alert
+
+            if not self._cfg.tls.cert_file and is_client_cert_alert(f"{e.reason} {e}"):
+                self._fail("tls_client_cert", client_cert_hint("alerts.mqtt"))
+            else:
+                self._fail("tls", f"TLS handshake failed: {e.reason or e}")
         except ConnectionRefusedError:
             self._fail("refused", "TCP connection refused (is the broker running?)")
         except (TimeoutError, OSError) as e:
@@ -331,6 +336,16 @@ class MqttSink:
             return
         reason = self._dropped or mqtt.error_string(rc)
         if not was_connected:
+            if self._cfg.tls.enabled:  # paho only says "connection lost": ask TLS why
+                from alerts.tls_check import CLIENT_CERT_REQUIRED, client_cert_hint, diagnose_tls_close
+
+                why = diagnose_tls_close(self._cfg.host, self._cfg.port, self._cfg.tls)
+                if why == CLIENT_CERT_REQUIRED:
+                    self._fail("tls_client_cert", client_cert_hint("alerts.mqtt"))
+                    return
+                if why:
+                    self._fail("tls", f"the broker ended the TLS session before CONNACK: {why}")
+                    return
             self._fail("lost_before_connack", f"connection closed before CONNACK: {reason}")
             return
         if self._client is not None:

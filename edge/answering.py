@@ -29,15 +29,16 @@ decoding settings.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import structlog
+
 from .monitors import _norm, parse_answer
 from .results import Verdict, verdict_of_score
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -26,18 +26,18 @@ to one line that says what was skipped and why (also logged as a warning).
 from __future__ import annotations
 
 import importlib.util
-import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
 
+import structlog
 import torch
 
 from edge.model.audio import int16_roundtrip_torch
 from edge.model.config import CLIP_SAMPLES, TOKENS_PER_CLIP
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 KINDS = ("torch", "onnxruntime", "tensorrt")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -453,7 +453,7 @@ def select_backend(kind: str, model, *, device: str | None = None,
                 sel = Selection(backend, chain[0], skipped)
                 backend.fallback_reason = sel.message()
                 if backend.fallback_reason:
-                    log.warning(backend.fallback_reason)
+                    log.warning("encoder backend fallback", reason=backend.fallback_reason)
                 return sel
         skipped.append((c, reason))
     raise RuntimeError("no encoder backend could start: " +

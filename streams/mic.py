@@ -17,7 +17,6 @@ callback)`` returning an object with ``start()``, ``stop()``, ``close()`` and op
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -25,11 +24,12 @@ from typing import Any
 from collections.abc import Callable
 
 import numpy as np
+import structlog
 
 from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
 from .timeline import Timeline
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 StreamFactory = Callable[..., Any]
 
@@ -153,8 +153,8 @@ class MicSource(Source):
                 raise  # not a device problem: a retry cannot install a package
             except Exception as e:  # noqa: BLE001 - any open failure is counted and retried
                 self.open_failures += 1
-                log.warning("microphone %r for %s: cannot open (%s); retrying in %.1f s",
-                            self.device, self.stream, e, backoff)
+                log.warning("microphone cannot be opened; retrying", stream=self.stream,
+                            device=self.device, error=str(e), retry_s=round(backoff, 1))
                 stop.wait(backoff)
                 backoff = min(backoff * 2, self.backoff_max)
                 continue
@@ -170,12 +170,12 @@ class MicSource(Source):
                         block, t_cb, lost_total, overflow = self._q.get(timeout=0.05)
                     except queue.Empty:
                         if time.monotonic() - last_data > self.stall_timeout:
-                            log.warning("microphone %r for %s stalled; reopening", self.device,
-                                        self.stream)
+                            log.warning("microphone stalled; reopening", stream=self.stream,
+                                        device=self.device)
                             break
                         if getattr(st, "active", True) is False:
-                            log.warning("microphone %r for %s stopped; reopening", self.device,
-                                        self.stream)
+                            log.warning("microphone stopped; reopening", stream=self.stream,
+                                        device=self.device)
                             break
                         continue
                     last_data = time.monotonic()
@@ -202,8 +202,8 @@ class MicSource(Source):
         tl = self.timeline
         pl = tl.place(y.shape[0], t_cap, lost=lost, brk=brk)
         if pl.piece is not None and tl.pieces > 1:
-            log.info("microphone %s: new timeline piece (%s, gap %.1f s)", self.stream,
-                     pl.piece.cause, pl.piece.gap_s)
+            log.info("new timeline piece", stream=self.stream, cause=pl.piece.cause,
+                     gap_s=round(pl.piece.gap_s, 3))
             if self.metrics is not None:
                 self.metrics.timeline_pieces.labels(self.stream, pl.piece.cause).inc()
         emit(Frame(self.stream, pl.index, pl.utc, self._seq, y, pl.piece))

@@ -3,7 +3,12 @@
 Audio arrives on ``<prefix>/audio/<stream_id>``, one `streams.protocol` frame per message.
 Per stream the source keeps the sequence number and a `streams.timeline.Timeline`:
 
+- the source subscribes to ``<prefix>/audio/+``: a frame for a stream id that is not
+  configured is counted (``fe_frames_dropped{stream="_unknown", reason="unknown_stream"}``);
 - a frame that fails validation is dropped and counted by reason (``fe_frames_dropped``);
+  every rejection is also logged (``audio frame rejected``, warning, naming the stream or
+  topic and the reason), at most once per ``REJECT_LOG_INTERVAL_S`` per (topic, reason) with
+  the number of rejections since the last line;
 - the next sequence number is accepted; a jump forward of ``n+1`` means ``n`` frames were lost:
   the timeline turns a short loss into silence on the sample clock (``fe_gap_samples``) and a
   loss longer than ``max_gap_s`` into a new timeline piece with a fresh clip grid;
@@ -22,24 +27,57 @@ Nothing in a message can raise out of `handle`: the paho network thread must sur
 
 from __future__ import annotations
 
-import logging
 import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Callable
 
 import numpy as np
+import structlog
 
 from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
 from .protocol import MAX_FRAME_BYTES, AudioFrame, FrameError, decode_frame
 from .timeline import Timeline
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 UNKNOWN_STREAM = "_unknown"
+REJECT_LOG_INTERVAL_S = 60.0
+
+
+class RejectLog:
+    """Logs rejected frames without flooding: the first of each (topic, reason) at once, then
+    at most one line per ``interval_s`` carrying how many were rejected since the last line."""
+
+    def __init__(self, interval_s: float = REJECT_LOG_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # -> (logged at, since then)
+        self._lock = threading.Lock()
+
+    def __call__(self, stream: str | None, topic: str, reason: str, detail: str = "") -> None:
+        now = self._clock()
+        key = (topic, reason)
+        with self._lock:
+            at, n = self._last.get(key, (None, 0))
+            n += 1
+            if at is not None and now - at < self.interval_s:
+                self._last[key] = (at, n)
+                return
+            self._last[key] = (now, 0)
+            if len(self._last) > 4096:  # many distinct bad topics: keep the newest
+                for k in list(self._last)[:1024]:
+                    del self._last[k]
+        kw = {"stream": stream, "topic": topic, "reason": reason, "count": n}
+        if detail:
+            kw["detail"] = detail
+        if reason == "unknown_stream":
+            kw["hint"] = "no stream with this id is configured (streams[].id, source: mqtt)"
+        log.warning("audio frame rejected", **kw)
 
 
 @dataclass
@@ -81,6 +119,10 @@ class MqttAudioSource(Source):
         self.gaps = 0
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        self.log_reject = RejectLog()
+        self._stopping = False
+        self._refused: str | None = None  # the last CONNACK refusal, until a connect succeeds
+        self._failed: str | None = None  # the last connection failure logged (once per change)
         self.state = "connecting"  # connecting | connected | disconnected (edge/health.py)
         self._client = None
 
@@ -96,28 +138,30 @@ class MqttAudioSource(Source):
         return self._clocks[stream].timeline
 
     # ------------------------------------------------------------ message handling
-    def _reject(self, stream: str, reason: str) -> None:
+    def _reject(self, stream: str, reason: str, topic: str | None = None, detail: str = "") -> None:
         self.rejects[reason] = self.rejects.get(reason, 0) + 1
         if self.metrics is not None:
             self.metrics.frames_dropped.labels(stream, reason).inc()
+        known = stream if stream != UNKNOWN_STREAM else None
+        self.log_reject(known, topic or (self.topic(stream) if known else "?"), reason, detail)
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Validate, sequence and emit one message. Never raises."""
         try:
             self._handle(topic, payload)
         except Exception:  # pragma: no cover - defensive: a bug must not kill paho's thread
-            log.exception("audio message on %s could not be handled", topic)
-            self._reject(UNKNOWN_STREAM, "internal")
+            log.exception("audio message could not be handled", topic=topic)
+            self._reject(UNKNOWN_STREAM, "internal", topic)
 
     def _handle(self, topic: str, payload: bytes) -> None:
         head, _, stream = topic.rpartition("/")
         if head != f"{self.prefix}/audio" or stream not in self._clocks:
-            self._reject(UNKNOWN_STREAM, "unknown_stream")
+            self._reject(UNKNOWN_STREAM, "unknown_stream", topic)
             return
         try:
             f = decode_frame(payload, max_bytes=self.max_bytes)
         except FrameError as e:
-            self._reject(stream, e.reason)
+            self._reject(stream, e.reason, topic, str(e))
             return
         c = self._clocks[stream]
         if c.conv is None or f.sample_rate != c.rate:
@@ -151,7 +195,8 @@ class MqttAudioSource(Source):
                 later = c.last_ns is not None and f.capture_time_ns > c.last_ns
                 if -d <= self.late_window and not later:
                     return "late"
-                log.info("stream %s: sequence restarted (%d -> %d)", stream, c.last_seq, f.seq)
+                log.info("publisher restarted: sequence re-synchronised", stream=stream,
+                         last_seq=c.last_seq, seq=f.seq)
                 c.brk = "restart"
                 c.lost = 0
             elif d > 1:
@@ -168,8 +213,8 @@ class MqttAudioSource(Source):
         pl = tl.place(y.shape[0], f.capture_time, lost=c.lost, brk=c.brk)
         c.lost, c.brk = 0, None
         if pl.piece is not None and tl.pieces > 1:
-            log.info("stream %s: new timeline piece (%s, gap %.1f s) at sample %d", stream,
-                     pl.piece.cause, pl.piece.gap_s, pl.index)
+            log.info("new timeline piece", stream=stream, cause=pl.piece.cause,
+                     gap_s=round(pl.piece.gap_s, 3), sample=pl.index)
         if self.metrics is not None:
             if tl.pieces > pieces and pl.piece is not None:
                 self.metrics.timeline_pieces.labels(stream, pl.piece.cause).inc()
@@ -200,6 +245,7 @@ class MqttAudioSource(Source):
             )
         client.reconnect_delay_set(int(max(1, cfg.backoff_initial_s)), int(max(1, cfg.backoff_max_s)))
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -207,25 +253,64 @@ class MqttAudioSource(Source):
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
         if getattr(reason_code, "is_failure", False):
-            log.warning("audio MQTT connection refused: %s", reason_code)
+            # a refusal is an operator's problem (credentials, ACL); logged once per change
+            reason = str(reason_code)
+            if reason != self._refused:
+                log.error("audio MQTT connection refused by the broker; retrying with backoff",
+                          host=self.cfg.host, port=self.cfg.port, reason=reason,
+                          user=self.cfg.username, settings="mqtt.username/password (or "
+                          "alerts.mqtt.* when mqtt is unset)")
+            self._refused = reason
             return
+        self._refused = self._failed = None
         self.connected.set()
         self.state = "connected"
-        client.subscribe([(self.topic(s), 0) for s in self.streams])
-        log.info("audio MQTT connected to %s:%s, subscribed to %d stream(s)", self.cfg.host,
-                 self.cfg.port, len(self.streams))
+        # every stream id, so frames for a stream not configured are counted, not invisible
+        client.subscribe([(f"{self.prefix}/audio/+", 0)])
+        log.info("audio MQTT connected", host=self.cfg.host, port=self.cfg.port,
+                 streams=len(self.streams))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):
         if any(getattr(rc, "is_failure", False) for rc in reason_codes):
-            log.error("audio MQTT subscription refused by the broker: %s", reason_codes)
+            log.error("audio MQTT subscription refused by the broker", topic=f"{self.prefix}/audio/+",
+                      reason=", ".join(str(rc) for rc in reason_codes))
         else:
             self.subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        was = self.connected.is_set()
         self.connected.clear()
         self.subscribed.clear()
         self.state = "disconnected"
-        log.warning("audio MQTT disconnected (%s); paho reconnects with backoff", reason_code)
+        if self._stopping:
+            log.info("audio MQTT closed", host=self.cfg.host, port=self.cfg.port)
+        elif was:  # a refused CONNACK was logged as such; its socket closing is no news
+            log.warning("audio MQTT connection lost; reconnecting with backoff",
+                        host=self.cfg.host, port=self.cfg.port, reason=str(reason_code))
+        elif self._refused is None:  # closed before CONNACK: say why if TLS can tell
+            self._connection_failed(f"connection closed before CONNACK: {reason_code}")
+
+    def _on_connect_fail(self, client, userdata):
+        self.state = "disconnected"
+        self._connection_failed("cannot connect to the broker")
+
+    def _connection_failed(self, what: str) -> None:
+        """One error line per distinct cause (paho retries with backoff meanwhile)."""
+        error, hint = what, None
+        if self.cfg.tls.enabled:
+            from alerts.tls_check import CLIENT_CERT_REQUIRED, client_cert_hint, diagnose_tls_close
+
+            why = diagnose_tls_close(self.cfg.host, self.cfg.port, self.cfg.tls)
+            if why == CLIENT_CERT_REQUIRED:
+                error, hint = "client certificate required", client_cert_hint("mqtt (or alerts.mqtt)")
+            elif why:
+                error = why
+        if error == self._failed:
+            return
+        self._failed = error
+        kw = {"hint": hint} if hint else {}
+        log.error("audio MQTT connection failed", retry="with backoff", host=self.cfg.host,
+                  port=self.cfg.port, error=error, **kw)
 
     def _on_message(self, client, userdata, msg):
         self.handle(msg.topic, msg.payload)
@@ -238,6 +323,7 @@ class MqttAudioSource(Source):
         try:
             stop.wait()
         finally:
+            self._stopping = True
             try:
                 client.disconnect()
             finally:

@@ -407,7 +407,7 @@ class UrlSource(Source):
                     if self.state != "streaming" and sess.settled:
                         self._set_state("streaming")
                         self.error = self.error_kind = None
-                        log.info(f"stream {self.stream}: receiving audio", stream=self.stream,
+                        log.info("receiving audio", stream=self.stream,
                                  url=self.safe_url, track=t.describe())
         finally:
             try:
@@ -517,7 +517,7 @@ class UrlSource(Source):
         pl = tl.place(y.shape[0], reading, lost=lost, brk=sess.brk)
         sess.brk = None
         if pl.piece is not None and tl.pieces > 1:
-            log.info(f"stream {self.stream}: new timeline piece", stream=self.stream,
+            log.info("new timeline piece", stream=self.stream,
                      cause=pl.piece.cause, gap_s=round(pl.piece.gap_s, 3))
             if self.metrics is not None:
                 self.metrics.timeline_pieces.labels(self.stream, pl.piece.cause).inc()

@@ -48,6 +48,22 @@ def af2(fixture_dir):
     return AF2.load(fixture_dir / "checkpoint", dtype=torch.float32, device="cpu")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _structlog_through_stdlib() -> None:
+    """The daemon logs through structlog into the standard library, as in production, so
+    pytest's ``caplog`` sees every line whatever ran before; a record's ``msg`` is then the
+    event dict (`log_events`)."""
+    from edge.log import configure_logging
+
+    configure_logging("INFO", fmt="json")
+
+
+def log_events(records: list, event: str | None = None) -> list[dict]:
+    """The structlog event dicts among ``caplog.records`` (with ``event``, if given)."""
+    out = [r.msg for r in records if isinstance(r.msg, dict)]
+    return [e for e in out if event is None or e.get("event") == event]
+
+
 @pytest.fixture
 def log_capture() -> Iterator[io.StringIO]:
     """Every log line (structlog and stdlib) rendered as JSON into a buffer."""

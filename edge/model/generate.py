@@ -18,17 +18,17 @@ alone (exactly in float32 on the fixture and on random weights; tests/edge/model
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import structlog
 import torch
 
 from .decoder import CrossKV, Decoder, StaticCache
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 SEQ_BUCKET = 64  # cache lengths are rounded up to this: fewer shapes, fewer graph captures
 
@@ -235,12 +235,12 @@ class StaticDecoder:
             with torch.cuda.graph(g):
                 self.logits = self._step()
             self.graph = g
-            log.info("decode step captured in a CUDA graph (batch %d, cache %d, memory %d)",
-                     self.batch, self.max_seq, self.mem_cap)
+            log.info("decode step captured in a CUDA graph", batch=self.batch, cache=self.max_seq,
+                     memory=self.mem_cap)
         except Exception as e:  # noqa: BLE001 - any capture failure falls back, logged once
             self.graph, self.logits = None, None
             self.graph_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            log.warning("CUDA graph capture failed, decoding eagerly: %s", self.graph_error)
+            log.warning("CUDA graph capture failed, decoding eagerly", error=self.graph_error)
 
 
 @dataclass

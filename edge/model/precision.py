@@ -20,14 +20,14 @@ The choice and the numbers behind it are logged once at load (logger `edge.model
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
 
+import structlog
 import torch
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 def fp32_on_cuda() -> None:
@@ -118,8 +118,8 @@ def choose(device: str | torch.device, measured: dict[str, float] | None = None)
                    "CUDA: bf16 supported" if bf16 else "CUDA: no bf16 on this GPU")
     else:
         c = decide_cpu(measured if measured is not None else measure_cpu())
-    log.info("model.dtype auto -> %s, encoder %s (%s); cpu flags %s", c.dtype, c.encoder, c.reason,
-             " ".join(cpu_flags()) if dev.type == "cpu" else "-")
+    log.info("model.dtype auto", dtype=c.dtype, encoder=c.encoder, reason=c.reason,
+             cpu_flags=" ".join(cpu_flags()) if dev.type == "cpu" else "-")
     return c
 
 

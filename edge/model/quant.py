@@ -20,10 +20,10 @@ stays near the quantized model plus one block.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import structlog
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +31,7 @@ from torch import nn
 if TYPE_CHECKING:
     from .decoder import Decoder
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 MODES = ("none", "int8", "int4")
 ROW_BLOCK_BYTES = 64 << 20  # float32 rows read at a time while quantizing
@@ -241,8 +241,8 @@ def swap_linears(decoder: Decoder, mode: str, dtype: torch.dtype, device: torch.
                                             packed_cpu)
             else:
                 if mode == "int4":
-                    log.info("%s (%dx%d) fits no int4 layout; int8 instead", name,
-                             lin.out_features, lin.in_features)
+                    log.info("fits no int4 layout; int8 instead", layer=name,
+                             shape=f"{lin.out_features}x{lin.in_features}")
                 new = Int8Linear(lin.in_features, lin.out_features, bias, dtype, reference)
         setattr(parent, attr, new)
         count += 1

@@ -5,10 +5,10 @@ worker carries on.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
+import structlog
 
 from ..answering import Outcome
 from ..memory import MemoryView
@@ -19,7 +19,7 @@ from .encode import HeardClip
 from .queries import QueryGroup
 from .state import SR, StreamState, utc
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 GATE_MODEL_ID = "level-gate"
 
 
@@ -82,8 +82,8 @@ class Emitter:
 
     def __call__(self, res: MonitorResult, audio: AudioSpan | np.ndarray | None) -> None:
         if self.closed:
-            log.info("result after the shutdown deadline not passed on: %s/%s",
-                     res.stream, res.monitor)
+            log.info("result after the shutdown deadline not passed on", stream=res.stream,
+                     monitor=res.monitor)
             return
         self.count += 1
         if self.sink is not None:

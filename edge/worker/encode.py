@@ -16,13 +16,13 @@ on. Without a model only the gate runs (``tokens`` stays None).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import structlog
 
 from ..gate import GateReading
 from ..metrics import Metrics
@@ -34,7 +34,7 @@ from .state import StreamState
 if TYPE_CHECKING:
     from ..config import LoudnessConfig
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 ALL_GAP = 0.99  # a clip with at least this share of gap silence is not encoded (masked)
 
 

@@ -17,12 +17,12 @@ This is the only place the worker talks to the decoder; its interface is
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import structlog
 
 from ..answering import Outcome, Query, TurnOnWatch, answer_due
 from ..memory import MemoryView
@@ -38,7 +38,7 @@ from .state import SR, StreamState, clips_for
 if TYPE_CHECKING:
     from ..config import AudioConfig
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 EmitFn = Callable[[MonitorResult, "AudioSpan | np.ndarray | None"], None]
 MemoryHook = Callable[[str, int, Any, Any], None]  # (stream, clip_index, view, memory)
@@ -84,7 +84,8 @@ class QueryExecution:
             if view is None:
                 for cfg, _ in group:
                     self.metrics.queries_missed.labels(s.id, cfg.name).inc()
-                log.warning("no valid audio in memory for %s; %d queries skipped", s.id, len(group))
+                log.warning("no valid audio in memory: queries skipped", stream=s.id,
+                            queries=len(group))
                 continue
             audio = AudioSpan(view.start, view.held_end, SR, s.ring.read)
             answered: set[str] = set()

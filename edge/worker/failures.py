@@ -7,12 +7,12 @@ first success after a burst logs how many failed.
 
 from __future__ import annotations
 
-import logging
 import sys
+from typing import Any
 
 
 class BurstLog:
-    def __init__(self, logger: logging.Logger, what: str) -> None:
+    def __init__(self, logger: Any, what: str) -> None:
         self.log = logger
         self.what = what
         self.failures = 0  # in the current burst
@@ -20,11 +20,11 @@ class BurstLog:
     def failed(self, detail: str) -> None:
         self.failures += 1
         if self.failures == 1:
-            self.log.error("%s failed (%s); the worker carries on, further failures are "
-                           "counted and logged when they stop", self.what, detail,
+            self.log.error("stage failed; the worker carries on, further failures are counted "
+                           "and logged when they stop", stage=self.what, detail=detail,
                            exc_info=sys.exc_info()[0] is not None)
 
     def ok(self) -> None:
         if self.failures:
-            self.log.warning("%s works again after %d failure(s)", self.what, self.failures)
+            self.log.info("stage works again", stage=self.what, failures=self.failures)
             self.failures = 0

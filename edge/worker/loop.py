@@ -24,11 +24,12 @@ slowed down instead (`wait_for_capacity`).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import structlog
 
 from ..answering import TurnOnWatch
 from ..metrics import Metrics
@@ -45,7 +46,7 @@ from .state import StreamState
 if TYPE_CHECKING:
     from ..config import Settings
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class InferenceWorker:
@@ -167,8 +168,8 @@ class InferenceWorker:
                 running = len(self._in_flight_left)
         left = {"clips": clips, "queries_queued": queued, "queries_running": running}
         if any(left.values()):
-            log.warning("work abandoned at %s: %d clip(s) not encoded, %d queued and %d running "
-                        "quer(ies) not answered", reason, clips, queued, running)
+            log.warning("work abandoned", at=reason, clips_not_encoded=clips,
+                        queries_queued=queued, queries_running=running)
         return left
 
     def _progress(self) -> None:
@@ -260,8 +261,8 @@ class InferenceWorker:
         if self.emit.closed:  # shut down while this clip was encoded: abandoned
             for cfg, _ in af2:
                 self.metrics.queries_missed.labels(h.stream.id, cfg.name).inc()
-            log.warning("queries %s/%s abandoned at shutdown", h.stream.id,
-                        ",".join(cfg.name for cfg, _ in af2))
+            log.warning("queries abandoned at shutdown", stream=h.stream.id,
+                        monitors=",".join(cfg.name for cfg, _ in af2))
             return
         if h.encode_failed:
             for cfg, _ in af2:

@@ -16,9 +16,10 @@ in the order they fell due.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import structlog
 
 from ..gate import GateReading
 from ..metrics import Metrics
@@ -28,7 +29,7 @@ from .encode import HeardClip
 if TYPE_CHECKING:
     from ..config import MonitorConfig
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 DueMonitor = tuple["MonitorConfig", Due]
 
@@ -110,7 +111,7 @@ class QueryQueue:
         for cfg, due in q.monitors:
             if not self.lossless and now > q.deadlines[cfg.name]:
                 self.metrics.queries_missed.labels(q.stream, cfg.name).inc()
-                log.warning("query %s/%s skipped: past its deadline", q.stream, cfg.name)
+                log.warning("query skipped: past its deadline", stream=q.stream, monitor=cfg.name)
                 continue
             keep.append((cfg, due))
         return keep
@@ -133,8 +134,8 @@ class QueryQueue:
             if all(now > g.deadlines[cfg.name] for cfg, _ in g.monitors):
                 for cfg, _ in g.monitors:
                     self.metrics.queries_missed.labels(g.stream, cfg.name).inc()
-                log.warning("queries %s/%s skipped: past their deadline", g.stream,
-                            ",".join(cfg.name for cfg, _ in g.monitors))
+                log.warning("queries skipped: past their deadline", stream=g.stream,
+                            monitors=",".join(cfg.name for cfg, _ in g.monitors))
             else:
                 keep.append(g)
         self._groups = keep

@@ -19,6 +19,7 @@ from edge.worker import InferenceWorker, StreamState
 from streams.base import Frame, Source
 from streams.timeline import Piece
 
+from ..conftest import log_events
 from .fakes import FakeModel
 
 SR = 16000
@@ -180,10 +181,12 @@ def test_an_encoder_error_is_counted_the_gate_still_runs_and_the_worker_carries_
     assert count(m.queries_failed, "a", "k") == 3
     assert [c.index for c in st["a"].memory.clips()] == [3]
     assert [r.monitor for r, _ in results if r.monitor == "k"] == ["k"]  # carried on
-    errors = [r for r in caplog.records if "clip encoder failed" in r.getMessage()]
-    assert len(errors) == 1 and errors[0].exc_info  # once per burst, with the traceback
-    assert any("clip encoder works again after 3 failure(s)" in r.getMessage()
-               for r in caplog.records)
+    errors = [e for e in log_events(caplog.records) if e["event"].startswith("stage failed")
+              and e["stage"] == "clip encoder"]
+    assert len(errors) == 1 and errors[0]["exc_info"]  # once per burst, with the traceback
+    assert errors[0]["detail"] == "1 clip(s) of a"
+    assert any(e["stage"] == "clip encoder" and e["failures"] == 3
+               for e in log_events(caplog.records, "stage works again"))
 
 
 class BrokenAsk(FakeModel):
@@ -331,7 +334,7 @@ def test_stop_during_a_long_query_counts_and_logs_what_it_abandons(tmp_path, cap
     assert left["queries_running"] == 1 and left["clips"] + left["queries_queued"] == 3
     assert count(d.metrics.clips_dropped, "s", "shutdown") == left["clips"]
     assert count(d.metrics.queries_missed, "s", "k") == 1 + left["queries_queued"]
-    assert any("work abandoned at shutdown" in r.getMessage() for r in caplog.records)
+    assert [e["at"] for e in log_events(caplog.records, "work abandoned")] == ["shutdown"]
     time.sleep(0.2)
     assert not [r for r in got if r.monitor == "k"]  # nothing passed on after the deadline
     assert d.alerts_pipeline.health()["ok"] is False  # the alert stage was flushed and stopped

@@ -174,8 +174,6 @@ def test_fuzz_handle_never_raises_and_counts_rejects(msgs):
 # ------------------------------------------------------------------ real broker
 @pytest.fixture
 def broker(tmp_path):
-
-
     with Mosquitto(tmp_path) as b:
         yield b
 
@@ -494,3 +492,96 @@ def test_publish_reports_a_broker_that_goes_away_mid_stream(tmp_path):
                 ack_timeout=3)
     assert e.value.sent == count.sent and 5 <= count.sent < 400
     assert f"{b.host}:{b.port}" in str(e.value)
+
+
+def test_rejected_and_unknown_stream_frames_are_logged_rate_limited(broker, caplog):
+    """Rejections were only a counter, and frames for an unconfigured stream id were not even
+    counted (only configured topics were subscribed)."""
+    import paho.mqtt.client as mqtt
+
+    from streams.mqtt import RejectLog
+    from tests.conftest import log_events
+
+    m = Metrics()
+    src = MqttAudioSource(["press"], MqttConfig(port=broker.port, topic_prefix="fe"), metrics=m)
+    stop = threading.Event()
+    t = threading.Thread(target=src.run, args=(lambda f: None, stop))
+    t.start()
+    try:
+        assert src.subscribed.wait(10)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        try:
+            for _ in range(50):
+                pub.publish("fe/audio/press", b"XX", qos=1).wait_for_publish(5)
+            for _ in range(3):
+                pub.publish("fe/audio/lathe-7", frame(0, 0.1), qos=1).wait_for_publish(5)
+        finally:
+            pub.disconnect()
+            pub.loop_stop()
+        deadline = time.time() + 10
+        while sum(src.rejects.values()) < 53 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(10)
+    assert m.frames_dropped.labels("_unknown", "unknown_stream")._value.get() == 3
+    assert sum(m.frames_dropped.labels("press", r)._value.get() for r in REASONS) == 50
+    lines = log_events(caplog.records, "audio frame rejected")
+    # one line per (topic, reason) in a burst, not 53
+    assert len(lines) == 2, lines
+    bad, unknown = lines
+    assert bad["stream"] == "press" and bad["topic"] == "fe/audio/press" and bad["reason"] in REASONS
+    assert bad["level"] == "warning" and bad["detail"]
+    assert unknown["stream"] is None and unknown["topic"] == "fe/audio/lathe-7"
+    assert unknown["reason"] == "unknown_stream" and "configured" in unknown["hint"]
+    # later lines say how many were rejected since the last one
+    now = [0.0]
+    rl = RejectLog(interval_s=60, clock=lambda: now[0])
+    caplog.clear()
+    for i in range(10):
+        now[0] = i * 10.0
+        rl("press", "fe/audio/press", "bad_magic")
+    counts = [e["count"] for e in log_events(caplog.records, "audio frame rejected")]
+    assert counts == [1, 6]  # at t=0, then at t=60 with the 6 since
+
+
+def test_audio_source_logs_a_refusal_once_and_a_clean_stop_quietly(tmp_path, caplog):
+    """A wrong password used to log "connection refused" and then "disconnected (Protocol
+    error)" at every retry; a clean SIGTERM logged a warning about reconnecting."""
+    from tests.conftest import log_events
+
+    b = Mosquitto(tmp_path, users={"alice": "right-pw"}).start()
+    try:
+        cfg = MqttConfig(port=b.port, topic_prefix="fe", username="alice", password="wrong-pw",
+                         backoff_initial_s=0.2, backoff_max_s=0.5)
+        src = MqttAudioSource(["press"], cfg)
+        stop = threading.Event()
+        t = threading.Thread(target=src.run, args=(lambda f: None, stop))
+        t.start()
+        time.sleep(2.0)  # several attempts
+        stop.set()
+        t.join(10)
+        ev = log_events(caplog.records)
+        refused = [e for e in ev if e["event"].startswith("audio MQTT connection refused")]
+        assert len(refused) == 1 and refused[0]["level"] == "error"
+        assert "authori" in refused[0]["reason"].lower() or "password" in refused[0]["reason"].lower()
+        assert "wrong-pw" not in str(ev)
+        assert not [e for e in ev if e["level"] == "warning" and "MQTT" in e["event"]]
+        assert src.state != "connected" and src.status()["press"]["state"] in ("connecting", "disconnected")
+        # the right password, then a clean stop: info lines only
+        caplog.clear()
+        src = MqttAudioSource(["press"], MqttConfig(port=b.port, topic_prefix="fe",
+                                                    username="alice", password="right-pw"))
+        stop = threading.Event()
+        t = threading.Thread(target=src.run, args=(lambda f: None, stop))
+        t.start()
+        assert src.subscribed.wait(10)
+        stop.set()
+        t.join(10)
+        ev = log_events(caplog.records)
+        assert [e["event"] for e in ev if "MQTT" in e["event"]] == ["audio MQTT connected", "audio MQTT closed"]
+        assert all(e["level"] == "info" for e in ev)
+    finally:
+        b.stop()

@@ -105,7 +105,9 @@ def test_auto_dtype_measures_this_machine_and_logs_its_choice(caplog):
         c = resolve("auto", "cpu")
     assert c.dtype in ("float32", "bfloat16") and set(c.measured) == {
         "bf16_matmul_speedup", "bf16_matvec_speedup"}
-    assert any("model.dtype auto -> " + c.dtype in r.getMessage() for r in caplog.records)
+    from tests.conftest import log_events
+
+    assert [e["dtype"] for e in log_events(caplog.records, "model.dtype auto")] == [c.dtype]
     assert resolve("float16", "cpu").dtype == "float16"  # an explicit dtype is kept
 
 
