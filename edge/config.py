@@ -87,6 +87,9 @@ class ModelConfig(_Base):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # weight-only quantization of the decoder (edge/model/quant.py; deviation: PERFORMANCE.md)
     quantize: Literal["none", "int8", "int4"] = "none"
+    # fast: safetensors headers, sizes, NaN/Inf scan; full: also re-hash every file against
+    # flamingo_edge.sha256.json (about a minute for 7 GB; edge/model/checkpoint.py)
+    verify: Literal["fast", "full"] = "fast"
     device: str = "cpu"
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
 

@@ -378,7 +378,8 @@ class Daemon:
 
 
 def load_model(model_dir: str | Path | None, dtype: str = "auto", device: str = "cpu",
-               quantize: str = "none") -> Any:
+               quantize: str = "none", verify: str = "fast",
+               progress: Callable[[int, int], None] | None = None) -> Any:
     if model_dir is None:
         return None
     import torch
@@ -388,7 +389,9 @@ def load_model(model_dir: str | Path | None, dtype: str = "auto", device: str = 
 
     t0 = time.monotonic()
     choice = resolve(dtype, device)
-    m = AF2.load(model_dir, dtype=getattr(torch, choice.dtype), device=device, quantize=quantize)
+    log.info("loading the AF2 model", dir=str(model_dir), dtype=choice.dtype, verify=verify)
+    m = AF2.load(model_dir, dtype=getattr(torch, choice.dtype), device=device, quantize=quantize,
+                 verify=verify, progress=progress)
     m.encoder_dtype = choice.encoder  # the encoder backend's default (daemon._encoder_backend)
     log.info("model loaded", model=getattr(m, "model_id", "af2"), dir=str(model_dir),
              dtype=choice.dtype, encoder_dtype=choice.encoder, quantize=quantize,

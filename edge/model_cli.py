@@ -215,3 +215,37 @@ def convert(src: str, dst: str, dtype: str) -> None:
         raise click.ClickException(str(e)) from None
     size = (out / "model.safetensors").stat().st_size
     click.echo(f"wrote {out} ({size / 1e9:.2f} GB, {dtype}) in {time.perf_counter() - t:.1f} s")
+
+
+@model.command("verify")
+@click.argument("model_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--record", is_flag=True,
+              help="Write (or rewrite) the manifest of hashes from the files as they are now: "
+                   "right after `model fetch`, for a checkpoint you trust.")
+def verify(model_dir: str, record: bool) -> None:
+    """Check MODEL_DIR against its content hashes (flamingo_edge.sha256.json, written by
+    `model convert` or `--record`), then load-check every tensor (safetensors headers,
+    NaN/Inf). Exits 1 naming the first file that differs. The daemon checks sizes, headers and
+    NaN/Inf at every load, hashes only with model.verify: full."""
+    import time
+
+    from edge.model.checkpoint import (
+        MANIFEST, CheckpointError, scan_checkpoint, verify_manifest, write_manifest)
+
+    t = time.perf_counter()
+    d = Path(model_dir)
+    try:
+        if record:
+            content = write_manifest(d)
+            click.echo(f"recorded {d / MANIFEST}: sha256:{content}")
+        else:
+            content = verify_manifest(d, full=True)
+            if content is None:
+                raise click.ClickException(
+                    f"{d} has no {MANIFEST}: nothing to compare with (run `flamingo-edge model "
+                    f"verify --record {d}` once, for a checkpoint you trust)")
+            click.echo(f"every file matches {MANIFEST} (sha256:{content})")
+        n = scan_checkpoint(d)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{n} tensors: headers consistent, every value finite ({time.perf_counter() - t:.1f} s)")

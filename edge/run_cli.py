@@ -26,16 +26,34 @@ def _logging(settings, level: str | None, fmt: Literal["auto", "json", "console"
     configure_logging(level or settings.log.level, fmt or "auto", secrets=settings.secrets())
 
 
-def _load_model(model_dir, settings):
+def _load_model(model_dir, settings, progress: bool = True):
+    """The AF2 model of --model / model.dir (None: model-free), with a progress bar on a
+    terminal's stderr while the weights stream in; one line on failure."""
     from .daemon import load_model
 
     d = model_dir or settings.model.dir
     if d is None:
         return None
+    bar = None
+
+    def step(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="", unit_scale=True, file=sys.stderr, leave=False,
+                       desc="loading AF2 weights", disable=None if progress else True)
+        bar.n = done
+        bar.refresh()
+
     try:
-        return load_model(d, settings.model.dtype, settings.model.device, settings.model.quantize)
+        return load_model(d, settings.model.dtype, settings.model.device, settings.model.quantize,
+                          settings.model.verify, progress=step)
     except Exception as e:  # noqa: BLE001 - CheckpointError, missing files...
         raise click.ClickException(f"cannot load the AF2 model from {d}: {e}") from None
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 @click.command("run")
@@ -192,7 +210,7 @@ def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_d
         src = FileSource(file, sid, speed=0)  # an unreadable file: one line, before the model
     except AudioFileError as e:
         raise click.ClickException(str(e)) from None
-    model = _load_model(model_dir, settings)
+    model = _load_model(model_dir, settings, progress)
 
     from .daemon import Daemon
     from .sinks import CallbackSink

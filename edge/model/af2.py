@@ -18,6 +18,7 @@ questions as one batch. `ask_many` shares one K/V set between questions about on
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,14 +114,16 @@ class AF2:
     @classmethod
     def load(cls, model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
              device: str | torch.device = "cpu", encoder_only: bool = False,
-             quantize: str = "none") -> AF2:
+             quantize: str = "none", verify: str = "fast",
+             progress: Callable[[int, int], None] | None = None) -> AF2:
         """Load an official or compact checkpoint. `encoder_only` loads just the AF-CLAP
         encoder (`encode` works; `memory`/`ask` need the full model). `quantize` int8/int4:
-        weight-only quantization of the decoder, applied while the tensors stream in."""
+        weight-only quantization of the decoder, applied while the tensors stream in.
+        `verify` fast/full and `progress(done, total)`: edge/model/checkpoint.py."""
         from .checkpoint import load_model
 
         return load_model(model_dir, dtype=dtype, device=device, encoder_only=encoder_only,
-                          quantize=quantize)
+                          quantize=quantize, verify=verify, progress=progress)
 
     @classmethod
     def random(cls, config: AF2Config, dtype: torch.dtype = torch.float32,

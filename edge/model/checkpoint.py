@@ -17,6 +17,22 @@ Compact layout (written by `flamingo-edge model convert`)::
 Loading is streamed: the model is built on the meta device, materialised uninitialised in the
 target dtype, and every tensor is read from the memory-mapped file, cast and copied in place one
 at a time; duplicates and unused tensors (text branch, classifier head) are never read.
+
+Integrity (a corrupted download or disk must not load silently and answer ""):
+
+* every safetensors header is checked against its file before any tensor is read: known
+  dtypes, each tensor's byte range matching its shape, ranges inside the file, not
+  overlapping, and the data section exactly as long as the header says (truncated or
+  padded files are refused);
+* every floating-point tensor is scanned for NaN/Inf as it streams in (after the cast, so a
+  value that overflows the target dtype is caught too); a few seconds for 7 GB;
+* a **content hash**: `convert` (and `flamingo-edge model verify --record` for any layout,
+  e.g. after `model fetch`) writes ``flamingo_edge.sha256.json`` with the SHA-256 and size of
+  every file. At load the sizes are always compared (free); the hashes only with
+  ``verify="full"`` (config ``model.verify: full``, or ``model verify DIR``): hashing 7 GB
+  costs about a minute on an edge CPU, too much for every start. The model's ``model_id``
+  is ``af2-<release>@sha256:<first 16 hex digits of the content hash>`` when the manifest
+  exists (docs/MQTT.md), ``af2-<release>`` otherwise.
 """
 
 from __future__ import annotations
@@ -39,6 +55,11 @@ from .tokenizer import AF2Tokenizer
 COMPACT_FORMAT = "flamingo-edge/1"
 COMPACT_META = "flamingo_edge.json"
 COMPACT_WEIGHTS = "model.safetensors"
+MANIFEST = "flamingo_edge.sha256.json"
+VERIFY_MODES = ("fast", "full")
+
+_ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -49,6 +70,81 @@ DTYPES = {
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a safetensors file whose header does not match its size and layout."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: not a safetensors file ({size} bytes)")
+            n = int.from_bytes(head, "little")
+            if n > size - 8 or n > 100 << 20:
+                raise CheckpointError(f"{path}: safetensors header length {n} does not fit the "
+                                      f"file ({size} bytes): truncated or not safetensors")
+            header = json.loads(f.read(n))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+    data = size - 8 - n
+    spans = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape, (b, e) = info["dtype"], info["shape"], info["data_offsets"]
+            numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {key}: malformed header entry") from None
+        if dtype not in _ST_ITEMSIZE:
+            raise CheckpointError(f"{path}: tensor {key}: unknown dtype {dtype!r}")
+        if not (0 <= b <= e <= data):
+            raise CheckpointError(f"{path}: tensor {key}: bytes {b}-{e} lie outside the "
+                                  f"{data} data bytes of the file (truncated?)")
+        if e - b != numel * _ST_ITEMSIZE[dtype]:
+            raise CheckpointError(f"{path}: tensor {key}: {e - b} bytes for shape {shape} "
+                                  f"{dtype} (expected {numel * _ST_ITEMSIZE[dtype]})")
+        spans.append((b, e, key))
+    spans.sort()
+    end = 0
+    for b, e, key in spans:
+        if b < end:
+            raise CheckpointError(f"{path}: tensor {key} overlaps the tensor before it")
+        end = e
+    if end != data:
+        raise CheckpointError(f"{path}: the header describes {end} data bytes but the file has "
+                              f"{data} (truncated or extended)")
+
+
+_EXP_MASK = {torch.bfloat16: 0x7F80, torch.float16: 0x7C00}
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    if t.device.type != "cpu" or not t.is_contiguous():
+        return bool(torch.isfinite(t).all())
+    mask = _EXP_MASK.get(t.dtype)
+    if mask is not None:  # numpy's int16 AND + max: ~5x torch's bf16 isfinite on a CPU
+        bits = t.view(torch.int16).numpy()
+        return int(np.bitwise_and(bits, mask).max()) != mask
+    return bool(torch.isfinite(t.sum()))
+
+
+def check_finite(t: torch.Tensor, path: Path | str, key: str) -> None:
+    """Refuse NaN/Inf in a floating-point tensor (a corrupted file, or a value the target
+    dtype cannot hold). Fast paths, exact count only on failure: 16-bit floats by their
+    exponent bits (NaN/Inf: all ones), 32/64-bit by their sum (NaN/Inf propagate; weights
+    never sum past 1e38)."""
+    if not t.is_floating_point() or not t.numel() or _all_finite(t):
+        return
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise CheckpointError(f"{path}: tensor {key} holds {bad} NaN/Inf value(s): a corrupted "
+                              f"file? (`flamingo-edge model verify` compares it with its hashes)")
 
 
 def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -134,6 +230,7 @@ def _in_memory(path: Path, key: str, t: torch.Tensor) -> TensorSource:
 
     def copy_into(dst: torch.Tensor) -> None:
         dst.copy_(t)
+        check_finite(dst, path, key)
 
     return TensorSource(path, key, tuple(t.shape), copy_into, lambda i, j: t[i:j])
 
@@ -150,6 +247,7 @@ class SafeChunks:
         for path in files:
             if not path.is_file():
                 raise CheckpointError(f"{path}: missing weights file")
+            check_safetensors(path)
             try:
                 with safe_open(str(path), framework="pt") as h:
                     shapes = {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}  # noqa: SIM118 - safe_open is no dict: `in h` fails
@@ -164,9 +262,11 @@ class SafeChunks:
         def read_rows(i: int, j: int) -> torch.Tensor:
             try:
                 with safe_open(str(path), framework="pt") as h:
-                    return h.get_slice(key)[i:j]
+                    rows = h.get_slice(key)[i:j]
             except Exception as e:  # noqa: BLE001 - whatever the reader raises becomes a CheckpointError
                 raise CheckpointError(f"{path}: cannot read tensor {key} ({e})") from None
+            check_finite(rows, path, key)
+            return rows
 
         return read_rows
 
@@ -179,10 +279,14 @@ class SafeChunks:
                 if dst.ndim == 0 or dst.shape[0] <= rows:
                     with safe_open(str(path), framework="pt") as h:
                         dst.copy_(h.get_tensor(key))
+                    check_finite(dst, path, key)
                     return
                 for i in range(0, dst.shape[0], rows):
                     with safe_open(str(path), framework="pt") as h:
                         dst[i : i + rows].copy_(h.get_slice(key)[i : i + rows])
+                    check_finite(dst[i : i + rows], path, key)
+            except CheckpointError:
+                raise
             except Exception as e:  # noqa: BLE001 - whatever the reader raises becomes a CheckpointError
                 raise CheckpointError(f"{path}: cannot read tensor {key} ({e})") from None
 
@@ -234,7 +338,7 @@ def meta_skeleton(config: AF2Config, dtype: torch.dtype = torch.float32):
 
 
 def _materialise(mods, device: torch.device, sources: dict[str, TensorSource], where: str,
-                 encoder_only: bool = False):
+                 encoder_only: bool = False, progress: Callable[[int, int], None] | None = None):
     """Allocate uninitialised storage, then fill every tensor from its source, cast on the fly.
 
     `encoder_only` materialises the AF-CLAP encoder alone; the audio transformer and decoder
@@ -269,8 +373,14 @@ def _materialise(mods, device: torch.device, sources: dict[str, TensorSource], w
     part.to_empty(device=device)
     mods.init_buffers()
     state = {prefix + k: v for k, v in part.state_dict(keep_vars=True).items()}
+    total = sum(int(np.prod(plan[n].shape, dtype=np.int64)) for n in plan)
+    done = 0
+    if progress is not None:
+        progress(0, total)
     with torch.no_grad():
         for name, t in state.items():
+            if progress is not None and name in plan:
+                done += int(np.prod(plan[name].shape, dtype=np.int64))
             if name in quantized:
                 src = plan[name]
                 if src.read_rows is None:
@@ -280,6 +390,8 @@ def _materialise(mods, device: torch.device, sources: dict[str, TensorSource], w
                 plan[name].copy_into(t)  # one source tensor (or block) mapped at a time
             elif name.endswith("num_batches_tracked"):
                 t.zero_()
+            if progress is not None and name in plan:
+                progress(done, total)
     return mods
 
 
@@ -322,20 +434,26 @@ def is_compact(model_dir: Path) -> bool:
 
 def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
                device: str | torch.device = "cpu", encoder_only: bool = False,
-               quantize: str = "none"):
+               quantize: str = "none", verify: str = "fast",
+               progress: Callable[[int, int], None] | None = None):
     """Load either layout into an `AF2` (`encoder_only`: just the AF-CLAP encoder, e.g. to
     export or build engines without holding the language model in memory). `quantize`
-    int8/int4 stores the decoder's weights narrow (edge/model/quant.py), quantized as read."""
+    int8/int4 stores the decoder's weights narrow (edge/model/quant.py), quantized as read.
+    `verify`: ``fast`` checks headers, sizes and NaN/Inf; ``full`` also the manifest's hashes
+    (module doc). ``progress(done, total)`` follows the weights streaming in (elements)."""
     from . import quant
     from .af2 import AF2
 
     if quantize not in quant.MODES:
         raise ValueError(f"unknown quantize mode {quantize!r}; use none, int8 or int4")
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"unknown verify mode {verify!r}; use fast or full")
 
     model_dir = Path(model_dir)
     dtype, device = parse_dtype(dtype), parse_device(device)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: no such model directory")
+    content = verify_manifest(model_dir, full=verify == "full")
     if is_compact(model_dir):
         meta_path = model_dir / COMPACT_META
         try:
@@ -367,7 +485,11 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
         sources = _official_sources(model_dir, chunks, list(skeleton.state_dict()))
     if not encoder_only:
         quant.swap_linears(skeleton.decoder, quantize, dtype, device)
-    mods = _materialise(skeleton, device, sources, str(model_dir), encoder_only)
+    mods = _materialise(skeleton, device, sources, str(model_dir), encoder_only, progress)
+    if content is not None:  # the checkpoint's identity: release + content hash
+        from .af2 import _release_name
+
+        model_id = f"af2-{_release_name(config)}@sha256:{content[:16]}"
     m = AF2(mods, tokenizer, config, dtype, device, model_id)
     m.quantize = quantize if not encoder_only else "none"
     return m
@@ -421,7 +543,85 @@ def convert(src: str | Path, dst: str | Path, dtype: torch.dtype | str = torch.f
         "sha256": _sha256(dst / COMPACT_WEIGHTS),
     }
     (dst / COMPACT_META).write_text(json.dumps(meta, indent=1))
+    write_manifest(dst)
     return dst
+
+
+def scan_checkpoint(model_dir: str | Path) -> int:
+    """Check every safetensors file of a checkpoint (either layout) as loading does: header
+    against size, every floating-point tensor finite; block by block, so memory stays small.
+    Returns the number of tensors."""
+    model_dir = Path(model_dir)
+    files = [model_dir / COMPACT_WEIGHTS] if is_compact(model_dir) else official_files(model_dir)
+    n = 0
+    for src in SafeChunks(files).sources.values():
+        n += 1
+        if not src.shape:
+            src.copy_into(torch.empty(()))  # checks finiteness
+            continue
+        rows = src.shape[0]
+        step = max(1, rows // max(1, int(np.prod(src.shape, dtype=np.int64)) * 4 // BLOCK_BYTES + 1))
+        assert src.read_rows is not None
+        for i in range(0, rows, step):
+            src.read_rows(i, min(rows, i + step))  # checks finiteness
+    return n
+
+
+# ---- content hashes ---------------------------------------------------------------------
+
+def _checkpoint_files(model_dir: Path) -> list[Path]:
+    """Every file of a checkpoint directory that loading reads or may read."""
+    out = []
+    for p in sorted(model_dir.rglob("*")):
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith("."):
+            out.append(p)
+    return out
+
+
+def _content_hash(files: dict[str, dict[str, Any]]) -> str:
+    lines = "".join(f"{v['sha256']}  {k}\n" for k, v in sorted(files.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def write_manifest(model_dir: str | Path) -> str:
+    """Hash every file of ``model_dir`` into ``flamingo_edge.sha256.json``; returns the
+    content hash (SHA-256 over the sorted ``<sha256>  <path>`` lines)."""
+    model_dir = Path(model_dir)
+    files = {p.relative_to(model_dir).as_posix(): {"sha256": _sha256(p), "size": p.stat().st_size}
+             for p in _checkpoint_files(model_dir)}
+    content = _content_hash(files)
+    (model_dir / MANIFEST).write_text(json.dumps({"content_sha256": content, "files": files},
+                                                 indent=1, sort_keys=True))
+    return content
+
+
+def verify_manifest(model_dir: str | Path, full: bool = False) -> str | None:
+    """Check ``model_dir`` against its manifest: every listed file present with its size
+    (always), and its SHA-256 (``full``). Returns the content hash, None without a manifest;
+    raises `CheckpointError` naming the first file that differs."""
+    model_dir = Path(model_dir)
+    path = model_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        man = json.loads(path.read_text())
+        files = man["files"]
+        content = man["content_sha256"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable manifest ({e})") from None
+    if _content_hash(files) != content:
+        raise CheckpointError(f"{path}: the manifest does not add up (edited?)")
+    for rel, info in sorted(files.items()):
+        p = model_dir / rel
+        if not p.is_file():
+            raise CheckpointError(f"{p}: missing (listed in {MANIFEST})")
+        if p.stat().st_size != info["size"]:
+            raise CheckpointError(f"{p}: {p.stat().st_size} bytes, {MANIFEST} says "
+                                  f"{info['size']}: truncated or replaced")
+        if full and _sha256(p) != info["sha256"]:
+            raise CheckpointError(f"{p}: content differs from its SHA-256 in {MANIFEST}: "
+                                  f"the file is corrupted (download it again)")
+    return str(content)
 
 
 def _sha256(path: Path) -> str:

@@ -81,7 +81,7 @@ def test_truncated_safetensors_is_a_clear_error(ckpt_copy):
     path = ckpt_copy / "safe_ckpt" / "model_chunk_0.safetensors"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"model_chunk_0\.safetensors: unreadable or truncated"):
+    with pytest.raises(CheckpointError, match=r"model_chunk_0\.safetensors: .*\(truncated\?\)"):
         AF2.load(ckpt_copy)
 
 
