@@ -239,11 +239,12 @@ def verify(model_dir: str, record: bool) -> None:
             content = write_manifest(d)
             click.echo(f"recorded {d / MANIFEST}: sha256:{content}")
         else:
-            content = verify_manifest(d, full=True)
-            if content is None:
+            found = verify_manifest(d, full=True)
+            if found is None:
                 raise click.ClickException(
                     f"{d} has no {MANIFEST}: nothing to compare with (run `flamingo-edge model "
                     f"verify --record {d}` once, for a checkpoint you trust)")
+            content = found
             click.echo(f"every file matches {MANIFEST} (sha256:{content})")
         n = scan_checkpoint(d)
     except CheckpointError as e:

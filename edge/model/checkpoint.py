@@ -97,25 +97,25 @@ def check_safetensors(path: Path) -> None:
         if key == "__metadata__":
             continue
         try:
-            dtype, shape, (b, e) = info["dtype"], info["shape"], info["data_offsets"]
+            dtype, shape, (b, end_b) = info["dtype"], info["shape"], info["data_offsets"]
             numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: tensor {key}: malformed header entry") from None
         if dtype not in _ST_ITEMSIZE:
             raise CheckpointError(f"{path}: tensor {key}: unknown dtype {dtype!r}")
-        if not (0 <= b <= e <= data):
-            raise CheckpointError(f"{path}: tensor {key}: bytes {b}-{e} lie outside the "
+        if not (0 <= b <= end_b <= data):
+            raise CheckpointError(f"{path}: tensor {key}: bytes {b}-{end_b} lie outside the "
                                   f"{data} data bytes of the file (truncated?)")
-        if e - b != numel * _ST_ITEMSIZE[dtype]:
-            raise CheckpointError(f"{path}: tensor {key}: {e - b} bytes for shape {shape} "
+        if end_b - b != numel * _ST_ITEMSIZE[dtype]:
+            raise CheckpointError(f"{path}: tensor {key}: {end_b - b} bytes for shape {shape} "
                                   f"{dtype} (expected {numel * _ST_ITEMSIZE[dtype]})")
-        spans.append((b, e, key))
+        spans.append((b, end_b, key))
     spans.sort()
     end = 0
-    for b, e, key in spans:
+    for b, end_b, key in spans:
         if b < end:
             raise CheckpointError(f"{path}: tensor {key} overlaps the tensor before it")
-        end = e
+        end = end_b
     if end != data:
         raise CheckpointError(f"{path}: the header describes {end} data bytes but the file has "
                               f"{data} (truncated or extended)")

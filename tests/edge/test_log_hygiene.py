@@ -14,14 +14,14 @@ LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
 
 
 def _log_calls(tree: ast.AST):
+    """Calls like ``log.info(...)`` / ``self.log.warning(...)``."""
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr in LEVELS and isinstance(node.func.value, ast.Name)
-                and node.func.value.id in ("log", "logger", "_log")):
-            yield node
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr in LEVELS and isinstance(node.func.value, ast.Attribute)
-              and node.func.value.attr in ("log", "_log")):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in LEVELS):
+            continue
+        owner = node.func.value
+        if (isinstance(owner, ast.Name) and owner.id in ("log", "logger", "_log")) or (
+                isinstance(owner, ast.Attribute) and owner.attr in ("log", "_log")):
             yield node
 
 
