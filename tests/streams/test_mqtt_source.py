@@ -585,3 +585,38 @@ def test_audio_source_logs_a_refusal_once_and_a_clean_stop_quietly(tmp_path, cap
         assert all(e["level"] == "info" for e in ev)
     finally:
         b.stop()
+
+
+def test_publish_audio_ctrl_c_prints_the_count(broker, tmp_path):
+    """Ctrl-C used to end publish-audio without a word about what it had sent."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from tests.alerts.helpers import Recorder
+
+    rec = tmp_path / "r.wav"
+    sf.write(rec, np.zeros(16000 * 60, np.float32), 16000, subtype="PCM_16")
+    sub = Recorder(broker, ["fe/audio/#"])
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    p = subprocess.Popen([sys.executable, "-m", "edge", "publish-audio", str(rec), "--stream", "press",
+                          "--port", str(broker.port), "--prefix", "fe", "--qos", "1"],
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert sub.wait_for(lambda: len(sub.on("fe/audio/press")) >= 5, 20)
+        seen = len(sub.on("fe/audio/press"))
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=20)
+    finally:
+        p.kill()
+        sub.close()
+    assert p.returncode == 130
+    (line,) = [x for x in err.splitlines() if x.strip()]
+    n = int(line.split("published ")[1].split()[0])
+    assert line.startswith("interrupted: published ") and " frames to fe/audio/press in " in line
+    # what the broker acknowledged: at most what arrived, at least what had arrived at the
+    # signal but the one whose acknowledgement was on its way
+    assert seen - 1 <= n <= len(sub.on("fe/audio/press"))
