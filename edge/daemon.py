@@ -252,8 +252,13 @@ class Daemon:
     def _export_silence(self) -> None:
         from .health import STATES
 
+        cache: list[Any] = [0.0, {}]  # one computation serves every gauge of a scrape
+
         def one(sid: str) -> StreamHealth:
-            return stream_health(self)[sid]
+            now = time.monotonic()
+            if now - cache[0] > 0.2 or sid not in cache[1]:
+                cache[0], cache[1] = now, stream_health(self, now)
+            return cache[1][sid]
 
         def silent(sid: str) -> Callable[[], float]:
             return lambda: 1.0 if self.started_at is not None and one(sid).state == "silent" else 0.0
