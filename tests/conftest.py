@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +57,24 @@ def _structlog_through_stdlib() -> None:
     from edge.log import configure_logging
 
     configure_logging("INFO", fmt="json")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``flamingo-edge ARGS`` in this process (click's runner), as a CompletedProcess: the
+    same command code as ``python -m edge``, without a second interpreter importing torch
+    (~3 s a call). An exception the command did not turn into a message lands in ``stderr``
+    as the traceback a real process would print, so "no Traceback" checks keep their teeth."""
+    import traceback
+
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+
+    res = CliRunner().invoke(cli, list(args))
+    err = res.stderr
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        err += "".join(traceback.format_exception(res.exception))
+    return subprocess.CompletedProcess(["flamingo-edge", *args], res.exit_code, res.stdout, err)
 
 
 def log_events(records: list, event: str | None = None) -> list[dict]:

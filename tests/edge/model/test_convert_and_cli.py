@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import torch
 
@@ -12,9 +11,10 @@ from edge.model import AF2
 from edge.model.checkpoint import convert, is_compact
 
 
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge", *args], check=False, capture_output=True, text=True,
-                          timeout=timeout)
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    from tests.conftest import run_cli as run
+
+    return run(*args)
 
 
 def test_compact_float32_is_bit_identical(fixture_dir, af2, expected, tmp_path):

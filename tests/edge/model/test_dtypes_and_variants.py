@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -97,11 +95,10 @@ def test_variant_max_windows_limits_what_is_read(variant):
 
 def test_variant_through_the_cli(variant):
     ref, d, audio = variant
-    out = subprocess.run(
-        [sys.executable, "-m", "edge", "ask", "--model", str(d), str(audio),
-         "Is there a hum?", "--max-new-tokens", "6", "--json"],
-        check=False, capture_output=True, text=True, timeout=300,
-    )
+    from tests.conftest import run_cli
+
+    out = run_cli("ask", "--model", str(d), str(audio), "Is there a hum?", "--max-new-tokens", "6",
+                  "--json")
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     clips, mask = ref.prepare_file(audio)

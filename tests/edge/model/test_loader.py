@@ -168,7 +168,7 @@ def test_large_tensors_are_copied_in_blocks_with_the_same_result(fixture_dir, af
     """Block-wise copying (used to bound peak RSS on multi-GB tensors) gives identical weights."""
     from edge.model import checkpoint as ck
 
-    monkeypatch.setattr(ck, "BLOCK_BYTES", 1000)  # every matrix is copied a few rows at a time
+    monkeypatch.setattr(ck, "BLOCK_BYTES", 4096)  # every matrix is copied a few rows at a time
     m = AF2.load(fixture_dir / "checkpoint", dtype=torch.bfloat16)
     monkeypatch.setattr(ck, "BLOCK_BYTES", 64 << 20)
     ref = AF2.load(fixture_dir / "checkpoint", dtype=torch.bfloat16)

@@ -133,13 +133,12 @@ def test_daemon_loads_with_auto_dtype_and_quantize(fixture_dir):
 
 def test_ask_cli_quantize_option_answers_like_the_quantized_model(fixture_dir):
     import json
-    import subprocess
-    import sys
+
+    from tests.conftest import run_cli
 
     wav, q = fixture_dir / "input.wav", "Is the compressor knocking?"
-    out = subprocess.run([sys.executable, "-m", "edge", "ask", "--model", str(fixture_dir / "checkpoint"),
-                          str(wav), q, "--quantize", "int8", "--max-new-tokens", "6", "--json"],
-                         check=False, capture_output=True, text=True, timeout=300)
+    out = run_cli("ask", "--model", str(fixture_dir / "checkpoint"), str(wav), q, "--quantize", "int8",
+                  "--max-new-tokens", "6", "--json")
     assert out.returncode == 0, out.stderr
     m = AF2.load(fixture_dir / "checkpoint", quantize="int8")
     clips, mask = m.prepare_file(wav)
