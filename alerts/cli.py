@@ -161,8 +161,9 @@ def prune_cmd(config: str, data_dir: str | None, remove_all: bool, dry_run: bool
     if not (dd / "history.sqlite3").exists():
         raise click.ClickException(f"no history at {dd / 'history.sqlite3'} (has the daemon run with this data dir?)")
     configured = {} if remove_all else {s.id: [m.name for m in st.monitors_for(s.id)] for s in st.streams}
+    scored = {s.id: [m.name for m in st.monitors_for(s.id) if m.has_score] for s in st.streams}
     try:
-        gone = prune(st.alerts, dd, configured, dry_run=dry_run)
+        gone = prune(st.alerts, dd, configured, dry_run=dry_run, scored=scored)
     except PruneError as e:
         raise click.ClickException(str(e)) from None
     if not gone:

@@ -4,6 +4,9 @@ Per stream, one HA *device* with:
 
 * one ``binary_sensor`` (``device_class: sound``) per monitor, ON/OFF from the retained
   state topic, the last answer as attributes;
+* one ``sensor`` per *scored* monitor (``answer: yes_no`` / ``choice``, docs/MONITORS.md):
+  the probability of its positive option(s) in %, ``state_class: measurement``, from the
+  retained ``<prefix>/<stream>/<monitor>/score``, so it can be graphed and thresholded;
 * one ``sensor`` for the level in dBFS;
 * one ``event`` entity whose event types are the stream's monitors, fed by
   ``<prefix>/<stream>/event`` (the same alert JSON as ``<prefix>/events``);
@@ -52,23 +55,26 @@ def availability(topics: Topics, stream: str | None = None) -> list[dict[str, st
 
 def discovery_messages(
     *, discovery_prefix: str, node_id: str, topics: Topics, streams: dict[str, list[str]], version: str,
-    ids: EntityIds | None = None,
+    ids: EntityIds | None = None, scored: dict[str, list[str]] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """(config topic, payload) for every entity of every stream."""
     return [(t, p) for _e, t, p in discovery_entities(
         discovery_prefix=discovery_prefix, node_id=node_id, topics=topics, streams=streams, version=version,
-        ids=ids or EntityIds(),
+        ids=ids or EntityIds(), scored=scored,
     )]
 
 
 def discovery_entities(
     *, discovery_prefix: str, node_id: str, topics: Topics, streams: dict[str, list[str]], version: str,
-    ids: EntityIds,
+    ids: EntityIds, scored: dict[str, list[str]] | None = None,
 ) -> list[tuple[Entity, str, dict[str, Any]]]:
-    """(entity, config topic, payload) for every entity of every stream, ids from ``ids``."""
+    """(entity, config topic, payload) for every entity of every stream, ids from ``ids``;
+    ``scored``: stream -> the monitors that also get a score sensor."""
     out: list[tuple[Entity, str, dict[str, Any]]] = []
     origin = dict(ORIGIN, sw_version=version)
-    ids.assign(e for s in streams for e in stream_entities(s, streams[s]))  # all at once: order-free
+    sc = {s: sorted(set(ms) & set(streams.get(s, ()))) for s, ms in (scored or {}).items()}
+    # all at once: order-free
+    ids.assign(e for s in streams for e in stream_entities(s, streams[s], sc.get(s, ())))
 
     def add(e: Entity, payload: dict[str, Any]) -> None:
         oid = ids.object_id(e)
@@ -89,6 +95,21 @@ def discovery_entities(
                     "payload_on": "ON",
                     "payload_off": "OFF",
                     "device_class": "sound",
+                    "json_attributes_topic": topics.answer(stream, monitor),
+                    "qos": 1,
+                    **common,
+                },
+            )
+        for monitor in sc.get(stream, ()):
+            add(
+                Entity("sensor", "score", stream, monitor),
+                {
+                    "name": f"{monitor} score",
+                    "state_topic": topics.score(stream, monitor),
+                    "unit_of_measurement": "%",
+                    "state_class": "measurement",
+                    "suggested_display_precision": 1,
+                    "icon": "mdi:percent-circle",
                     "json_attributes_topic": topics.answer(stream, monitor),
                     "qos": 1,
                     **common,

@@ -93,11 +93,14 @@ def config_topic(discovery_prefix: str, node_id: str, component: str, object_id:
     return f"{discovery_prefix}/{component}/{node_id}/{object_id}/config"
 
 
-def stream_entities(stream: str, monitors: Iterable[str]) -> list[Entity]:
-    """The entities of one stream with these monitors (what discovery announces)."""
+def stream_entities(stream: str, monitors: Iterable[str], scored: Iterable[str] = ()) -> list[Entity]:
+    """The entities of one stream with these monitors (what discovery announces): a
+    ``binary_sensor`` per monitor and, for the ``scored`` ones, a ``sensor`` of kind
+    ``score`` (legacy id ``<stream>_<monitor>_score``)."""
     out = [Entity("device", "device", stream), Entity("sensor", "level", stream), Entity("event", "alert", stream),
            Entity("sensor", "input", stream)]
     out += [Entity("binary_sensor", "monitor", stream, m) for m in monitors]
+    out += [Entity("sensor", "score", stream, m) for m in scored]
     return out
 
 
@@ -197,12 +200,18 @@ class EntityIds:
                 if e.kind == "monitor":
                     self._db.execute("DELETE FROM monitors WHERE stream=? AND monitor=?", (e.stream, e.monitor))
 
-    def stale(self, configured: dict[str, list[str]]) -> list[tuple[Entity, str]]:
-        """(entity, config topic) announced before and not configured now."""
+    def stale(self, configured: dict[str, list[str]], scored: dict[str, list[str]] | None = None
+              ) -> list[tuple[Entity, str]]:
+        """(entity, config topic) announced before and not configured now. With ``scored``
+        (stream -> its scored monitors), a score sensor is also stale when its monitor is
+        still configured but no longer scored (e.g. turned into a ``text`` monitor)."""
         streams = {s for s, ms in configured.items() if ms}
         pairs = {(s, m) for s, ms in configured.items() for m in ms}
+        scored_pairs = None if scored is None else {(s, m) for s, ms in scored.items() for m in ms}
 
         def wanted(e: Entity) -> bool:  # by names, whatever the kind (other kinds may be added)
+            if e.kind == "score" and scored_pairs is not None:
+                return (e.stream, e.monitor) in scored_pairs and (e.stream, e.monitor) in pairs
             return (e.stream, e.monitor) in pairs if e.monitor else e.stream in streams
 
         with self._lock:
@@ -222,19 +231,21 @@ class EntityIds:
 
 def reconcile(
     ids: EntityIds, known: Iterable[tuple[str, str]], configured: dict[str, list[str]] | None, *,
-    discovery_prefix: str, node_id: str,
+    discovery_prefix: str, node_id: str, scored: dict[str, list[str]] | None = None,
 ) -> list[tuple[Entity, str]]:
     """Give ids to every entity of the ``known`` (stream, monitor) pairs (the history's:
     announced by earlier runs) and of ``configured``, record the pairs announced by a run
     that predates the registry under their legacy topics, and return the (entity, config
-    topic) announced before and no longer configured ([] when ``configured`` is None)."""
+    topic) announced before and no longer configured ([] when ``configured`` is None);
+    ``scored``: stream -> its scored monitors (score sensors), see `EntityIds.stale`."""
     by_stream: dict[str, list[str]] = {}
     for s, m in sorted(set(known)):
         by_stream.setdefault(s, []).append(m)
     earlier = [e for s, ms in by_stream.items() for e in stream_entities(s, ms)]
     now = {s: sorted(set(ms)) for s, ms in (configured or {}).items()}
-    ids.assign(earlier + [e for s, ms in now.items() if ms for e in stream_entities(s, ms)])
+    sc = {s: sorted(set(ms)) for s, ms in (scored or {}).items()}
+    ids.assign(earlier + [e for s, ms in now.items() if ms for e in stream_entities(s, ms, sc.get(s, ()))])
     for e in earlier:
         if e.component != "device":
             ids.adopt(e, config_topic(discovery_prefix, node_id, e.component, ids.object_id(e)))
-    return [] if configured is None else ids.stale(now)
+    return [] if configured is None else ids.stale(now, None if scored is None else sc)

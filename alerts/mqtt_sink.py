@@ -8,7 +8,10 @@ non-blocking calls that only update in-memory state and wake the thread:
   connected and discarded while not (bounded by ``live_queue_size``);
 * `set_level`: the latest dBFS per stream, sent QoS 0 at most every
   ``level_min_interval_s``, never queued;
-* `declare`: a (stream, monitor) pair for Home Assistant discovery;
+* `set_score`: a scored monitor's latest score (retained ``<prefix>/<stream>/<monitor>/score``,
+  percent, like a state: the latest value republished on every (re)connect);
+* `declare`: a (stream, monitor) pair for Home Assistant discovery (``scored``: it also
+  gets a score sensor);
 * `wake`: there are new rows in the outbox.
 
 Alerts are never handed over directly: the thread reads them from the SQLite
@@ -107,6 +110,18 @@ def new_client(cfg: MqttConfig, client_id: str, *, max_inflight: int = 64) -> mq
     return c
 
 
+def removal_topics(topics: Topics, e: Entity) -> list[str]:
+    """The retained topics besides the discovery config that go with an entity removed
+    from Home Assistant (emptied, so no stale value stays on the broker)."""
+    if e.kind == "monitor":
+        return [topics.state(e.stream, e.monitor), topics.answer(e.stream, e.monitor)]
+    if e.kind == "score":
+        return [topics.score(e.stream, e.monitor)]
+    if e.kind == "input":  # the stream is gone: its retained input topics too
+        return [topics.health(e.stream), topics.availability(e.stream)]
+    return []
+
+
 class MqttSink:
     def __init__(
         self, config: AlertsConfig, *, boot_id: str, outbox: Outbox, metrics: Metrics, version: str = __version__,
@@ -128,6 +143,7 @@ class MqttSink:
         self._live: deque[tuple[str, str, int, bool]] = deque()
         self._retained: dict[str, str] = {}
         self._streams: dict[str, set[str]] = {}
+        self._scored: dict[str, set[str]] = {}  # stream -> monitors with a score sensor
         self._removals: dict[str, Entity] = {}  # config topic -> entity to remove from Home Assistant
         self._discovery_dirty = True
         self._levels: dict[str, float] = {}
@@ -186,7 +202,7 @@ class MqttSink:
     def wake(self) -> None:
         self._wake.set()
 
-    def declare(self, stream: str, monitor: str) -> None:
+    def declare(self, stream: str, monitor: str, scored: bool = False) -> None:
         with self._lock:
             if stream not in self._streams:
                 # available until someone reports its input lost (set_stream_health)
@@ -196,6 +212,12 @@ class MqttSink:
                 mons.add(monitor)
                 self._discovery_dirty = True
                 self._wake.set()
+            if scored:
+                sc = self._scored.setdefault(stream, set())
+                if monitor not in sc:
+                    sc.add(monitor)
+                    self._discovery_dirty = True
+                    self._wake.set()
 
     def remove(self, entities: list[tuple[Entity, str]]) -> None:
         """Remove these (entity, config topic) from Home Assistant: an empty retained config
@@ -211,6 +233,10 @@ class MqttSink:
         """Publish ``state`` unless this run already has one for the pair: a new run's rules
         start OFF, and the broker may still hold the last run's retained ``ON``."""
         self._set_retained(self.topics.state(stream, monitor), state, only_if_unset=True)
+
+    def set_score(self, stream: str, monitor: str, score: float) -> None:
+        """A scored monitor's latest score (probability 0-1), published in percent."""
+        self._set_retained(self.topics.score(stream, monitor), f"{100.0 * float(score):.2f}")
 
     def set_answer(self, stream: str, monitor: str, payload: dict[str, Any]) -> None:
         self._set_retained(self.topics.answer(stream, monitor), json.dumps(payload, separators=(",", ":"), default=str))
@@ -508,10 +534,11 @@ class MqttSink:
                 return []
             self._discovery_dirty = False
             streams = {s: sorted(m) for s, m in self._streams.items()}
+            scored = {s: sorted(m) for s, m in self._scored.items()}
         mids = []
         for entity, topic, payload in discovery_entities(
             discovery_prefix=self._ha.discovery_prefix, node_id=self._node_id, topics=self.topics,
-            streams=streams, version=self._version, ids=self.entities,
+            streams=streams, version=self._version, ids=self.entities, scored=scored,
         ):
             mid = self._control(topic, json.dumps(payload, separators=(",", ":"), sort_keys=True), self._ha.retain)
             if mid is not None:
@@ -528,12 +555,8 @@ class MqttSink:
             mid = self._control(topic, "", True)
             if mid is not None:
                 mids.append(mid)
-            if e.kind == "monitor":
-                for t in (self.topics.state(e.stream, e.monitor), self.topics.answer(e.stream, e.monitor)):
-                    self._publish(t, "", 1, True)
-            elif e.kind == "input":  # the stream is gone: its retained input topics too
-                for t in (self.topics.health(e.stream), self.topics.availability(e.stream)):
-                    self._publish(t, "", 1, True)
+            for t in removal_topics(self.topics, e):
+                self._publish(t, "", 1, True)
         return mids
 
     def _service(self, now: float) -> None:

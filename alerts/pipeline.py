@@ -17,7 +17,8 @@ Contract the caller relies on:
   (rules, history, clips, outbox), one MQTT thread that alone owns the paho client, and
   one webhook thread.
 * **Per result** the worker records it in the history, publishes the answer to
-  ``<prefix>/<stream>/<monitor>/answer``, runs the hysteresis rules
+  ``<prefix>/<stream>/<monitor>/answer`` (and a scored result's score, in %, to
+  ``<prefix>/<stream>/<monitor>/score``), runs the hysteresis rules
   (`alerts.rules`), and when an alert is raised saves the evidence clip (``audio`` is
   the span the result is about; pass None to skip the clip), commits it to the durable
   outbox *before* any sink sends it and before the ON state that goes with it is
@@ -113,9 +114,12 @@ class AlertPipeline:
         self.raised: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, configured: Mapping[str, Iterable[str]] | None = None) -> AlertPipeline:
+    def start(self, configured: Mapping[str, Iterable[str]] | None = None,
+              scored: Mapping[str, Iterable[str]] | None = None) -> AlertPipeline:
         """Open the stores, start the threads. ``configured``: stream -> monitor names of
-        the daemon's config; they are announced (state OFF) before the first connection."""
+        the daemon's config; they are announced (state OFF) before the first connection.
+        ``scored``: stream -> the scored ones among them (each also gets a score sensor;
+        a monitor that stopped being scored loses its score sensor)."""
         if not self.config.enabled:
             log.info("alerts disabled")
             return self
@@ -133,11 +137,12 @@ class AlertPipeline:
             self._sinks.append("mqtt")
             known = set(self.history.known_monitors()) if self.history is not None else set()
             want = {(s, m) for s, ms in (configured or {}).items() for m in ms}
+            scored_pairs = {(s, m) for s, ms in (scored or {}).items() for m in ms}
             if c.homeassistant.enabled:
-                self._entity_lifecycle(ids, known, configured)
+                self._entity_lifecycle(ids, known, configured, scored)
             pairs = want if configured is not None else known
             for stream, monitor in sorted(pairs):
-                self.mqtt.declare(stream, monitor)
+                self.mqtt.declare(stream, monitor, scored=(stream, monitor) in scored_pairs)
                 # the previous run may have left a retained ON; this run starts OFF
                 self.mqtt.initial_state(stream, monitor)
         if self.history is not None:
@@ -161,7 +166,8 @@ class AlertPipeline:
         return self
 
     def _entity_lifecycle(
-        self, ids: EntityIds, known: set[tuple[str, str]], configured: Mapping[str, Iterable[str]] | None
+        self, ids: EntityIds, known: set[tuple[str, str]], configured: Mapping[str, Iterable[str]] | None,
+        scored: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         """Ids for every entity (legacy ids kept where unique), and, when the daemon says
         what is configured, removal of what an earlier run announced and is gone now."""
@@ -169,6 +175,7 @@ class AlertPipeline:
         stale = reconcile(
             ids, known, None if configured is None else {s: list(ms) for s, ms in configured.items()},
             discovery_prefix=self.config.homeassistant.discovery_prefix, node_id=self.config.node_id,
+            scored=None if scored is None else {s: list(ms) for s, ms in scored.items()},
         )
         if stale:
             log.info("removing home assistant entities no longer configured",
@@ -228,11 +235,13 @@ class AlertPipeline:
         if self.mqtt is not None:
             self.mqtt.set_stream_health(stream, available, payload)
 
-    def declare(self, stream: str, monitors: Iterable[str]) -> None:
-        """Announce a stream's monitors to Home Assistant before their first result (optional)."""
+    def declare(self, stream: str, monitors: Iterable[str], scored: Iterable[str] = ()) -> None:
+        """Announce a stream's monitors to Home Assistant before their first result (optional);
+        the ``scored`` ones get a score sensor too."""
+        sc = set(scored)
         for m in monitors:
             if self.mqtt is not None:
-                self.mqtt.declare(stream, m)
+                self.mqtt.declare(stream, m, scored=m in sc)
                 self.mqtt.initial_state(stream, m)
             if self.history is not None:
                 self.history.record_monitor(stream, m)
@@ -291,8 +300,10 @@ class AlertPipeline:
                 self._history("result", self.history.record_result, r, self.boot_id, ts=self._clock())
             self._history("monitor", self.history.record_monitor, r.stream, r.monitor, ts=self._clock())
         if self.mqtt is not None:
-            self.mqtt.declare(r.stream, r.monitor)
+            self.mqtt.declare(r.stream, r.monitor, scored=r.score is not None)
             self.mqtt.set_answer(r.stream, r.monitor, answer_payload(r))
+            if r.score is not None:  # the score sensor: every score, in %
+                self.mqtt.set_score(r.stream, r.monitor, r.score)
         d = self._rules.observe(r)
         if d.raise_alert:
             # the alert is committed to the outbox before the ON state that announces it is

@@ -5,8 +5,9 @@ The daemon does the same at every start (`AlertPipeline.start(configured=...)`);
 command is for doing it now, or for an uninstall (``--all``). It reads the entity
 registry in ``<data_dir>/history.sqlite3`` (`alerts.entities`), publishes an empty
 retained config to each stale entity's discovery topic (and empty retained state and
-answer for a monitor), QoS 1, over its own short MQTT connection (client id
-``<client_id>-prune``, no Last Will: the daemon's availability is untouched), and marks
+answer for a monitor, score for a score sensor), QoS 1, over its own short MQTT
+connection (client id ``<client_id>-prune``, no Last Will: the daemon's availability is
+untouched), and marks
 each entity removed once the broker acknowledged it.
 """
 
@@ -21,7 +22,7 @@ import paho.mqtt.client as mqtt
 from alerts.config import AlertsConfig
 from alerts.entities import Entity, reconcile
 from alerts.history import History
-from alerts.mqtt_sink import new_client
+from alerts.mqtt_sink import new_client, removal_topics
 from alerts.topics import Topics
 
 
@@ -29,19 +30,21 @@ class PruneError(Exception):
     """The broker could not be reached or refused a removal (message says which)."""
 
 
-def stale_entities(config: AlertsConfig, data_dir: Path, configured: dict[str, list[str]]) -> tuple[
-        History, list[tuple[Entity, str]]]:
+def stale_entities(config: AlertsConfig, data_dir: Path, configured: dict[str, list[str]],
+                   scored: dict[str, list[str]] | None = None) -> tuple[History, list[tuple[Entity, str]]]:
     history = History(Path(data_dir) / "history.sqlite3")
     ids = history.entity_ids()
     stale = reconcile(ids, history.known_monitors(), configured,
-                      discovery_prefix=config.homeassistant.discovery_prefix, node_id=config.node_id)
+                      discovery_prefix=config.homeassistant.discovery_prefix, node_id=config.node_id,
+                      scored=scored)
     return history, stale
 
 
 def prune(config: AlertsConfig, data_dir: Path, configured: dict[str, list[str]], *, dry_run: bool = False,
-          timeout: float = 10.0) -> list[tuple[Entity, str]]:
-    """Remove the stale entities; returns them (those that would be removed, with ``dry_run``)."""
-    history, stale = stale_entities(config, data_dir, configured)
+          timeout: float = 10.0, scored: dict[str, list[str]] | None = None) -> list[tuple[Entity, str]]:
+    """Remove the stale entities; returns them (those that would be removed, with ``dry_run``).
+    ``scored``: stream -> scored monitors (their score sensors stay; others' are stale)."""
+    history, stale = stale_entities(config, data_dir, configured, scored)
     try:
         if dry_run or not stale:
             return stale
@@ -87,12 +90,8 @@ def _publish_removals(config: AlertsConfig, history: History, stale: list[tuple[
         sent: dict[int, tuple[Entity, str] | None] = {}
         for ent, topic in stale:  # not under `lock`: paho may be inside on_publish, waiting for it
             sent[client.publish(topic, "", qos=1, retain=True).mid] = (ent, topic)
-            if ent.kind == "monitor":
-                for t in (topics.state(ent.stream, ent.monitor), topics.answer(ent.stream, ent.monitor)):
-                    sent[client.publish(t, "", qos=1, retain=True).mid] = None
-            elif ent.kind == "input":
-                for t in (topics.health(ent.stream), topics.availability(ent.stream)):
-                    sent[client.publish(t, "", qos=1, retain=True).mid] = None
+            for t in removal_topics(topics, ent):
+                sent[client.publish(t, "", qos=1, retain=True).mid] = None
         with lock:
             pending.update(sent)
             if set(pending) <= set(acks):

@@ -28,6 +28,10 @@ class Topics:
     def answer(self, stream: str, monitor: str) -> str:
         return f"{self.prefix}/{topic_level(stream)}/{topic_level(monitor)}/answer"
 
+    def score(self, stream: str, monitor: str) -> str:
+        """A scored monitor's latest score in percent (retained; the HA score sensor)."""
+        return f"{self.prefix}/{topic_level(stream)}/{topic_level(monitor)}/score"
+
     def level(self, stream: str) -> str:
         return f"{self.prefix}/{topic_level(stream)}/level"
 

@@ -255,6 +255,12 @@ class MonitorConfig(_Base):
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     severity: Literal["info", "warning", "critical"] = "info"
 
+    @property
+    def has_score(self) -> bool:
+        """Its results carry a score (an AF2 yes_no/choice monitor, scored): it gets a Home
+        Assistant score sensor next to its binary_sensor."""
+        return self.kind == "af2" and self.answer in ("yes_no", "choice") and self.scored
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:

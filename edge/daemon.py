@@ -188,8 +188,10 @@ class Daemon:
             # the configured monitors are announced (OFF) before the first connection, and
             # entities of monitors no longer configured are removed from Home Assistant
             configured = {sid: [m.name for m in st.monitors_for(sid)] for sid in self.streams}
+            scored = {sid: [m.name for m in st.monitors_for(sid) if m.has_score] for sid in self.streams}
             self.alerts_pipeline = AlertPipeline(st.alerts, self.metrics, self.boot_id,
-                                                 self.data_dir).start(configured=configured)
+                                                 self.data_dir).start(configured=configured,
+                                                                      scored=scored)
             sinks.append(self.alerts_pipeline)
         sinks.extend(self._extra_sinks)
         return FanoutSink(sinks)
