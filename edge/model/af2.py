@@ -84,6 +84,36 @@ class Scores:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def stack_cross(xkvs: list[CrossKV]) -> CrossKV:
+    """One `CrossKV` for a batch whose row b reads `xkvs[b]` (each of batch 1): the shared
+    object itself when every row reads one memory (it broadcasts), else every layer's K/V
+    zero-padded to the longest memory, the padding masked out (a masked key gets weight
+    exactly 0, so a row's attention equals its memory's alone up to summation order)."""
+    if all(x is xkvs[0] for x in xkvs):
+        return xkvs[0]
+    B, M = len(xkvs), max(x.mask.shape[-1] for x in xkvs)
+    first = xkvs[0]
+    mask = torch.zeros((B, M), dtype=torch.bool, device=first.mask.device)
+    ks: list[torch.Tensor | None] = []
+    vs: list[torch.Tensor | None] = []
+    for i, k0 in enumerate(first.k):
+        if k0 is None:
+            ks.append(None)
+            vs.append(None)
+            continue
+        k = k0.new_zeros((B, k0.shape[1], M, k0.shape[3]))
+        v = k0.new_zeros((B, k0.shape[1], M, k0.shape[3]))
+        for b, x in enumerate(xkvs):
+            n = x.mask.shape[-1]
+            k[b, :, :n] = x.k[i][0]
+            v[b, :, :n] = x.v[i][0]
+        ks.append(k)
+        vs.append(v)
+    for b, x in enumerate(xkvs):
+        mask[b, : x.mask.shape[-1]] = x.mask[0]
+    return CrossKV(ks, vs, mask)  # type: ignore[arg-type]
+
+
 def _release_name(c: AF2Config) -> str:
     names = {896: "0.5B", 1536: "1.5B", 2048: "3B"}
     return names.get(c.lm.hidden_size, f"custom-h{c.lm.hidden_size}")
@@ -257,10 +287,25 @@ class AF2:
         """`score` for several (question, options) about one memory: the prompts prefill as
         one batch (right-padded; causal attention keeps padding out of every real position),
         sharing one cross K/V. Equal to `score` one at a time up to float rounding."""
+        t0 = time.perf_counter()
+        if xkv is None:
+            xkv = self.cross_kv(memory, mask)
+        t_kv = time.perf_counter() - t0
+        out = self.score_batch_kv([(xkv, q, o) for q, o in queries])
+        for s in out:
+            s.timings["cross_kv_s"] = t_kv
+        return out
+
+    def score_batch_kv(self, queries: list[tuple[CrossKV, str, list[str]]]) -> list[Scores]:
+        """(cross K/V, question, options) each about its own memory (pass the same `CrossKV`
+        object for questions about one memory; e.g. several streams' monitors due at once):
+        the prompts prefill together in batches of at most `max_batch` rows (memories of
+        different lengths padded and masked, prompts right-padded). Each result equals `score`
+        alone up to float rounding (1e-5 in float32)."""
         if self.tokenizer is None:
             raise RuntimeError("this AF2 instance has no tokenizer (built with AF2.random?)")
         prompts, option_ids = [], []
-        for question, options in queries:
+        for _, question, options in queries:
             options = list(options)
             if not options or len(set(options)) != len(options):
                 raise ValueError(f"score options must be distinct and not empty, got {options!r}")
@@ -270,43 +315,55 @@ class AF2:
                     raise ValueError(f"option {o!r} has no tokens")
             prompts.append(self.tokenizer.encode_prompt(question))
             option_ids.append(ids)
-        t0 = time.perf_counter()
-        if xkv is None:
-            xkv = self.cross_kv(memory, mask)
-        t_kv = time.perf_counter() - t0
+        results: list[tuple[torch.Tensor, float]] = []
+        for c in range(0, len(queries), self.max_batch):
+            rows = [(queries[i][0], prompts[i], option_ids[i])
+                    for i in range(c, min(c + self.max_batch, len(queries)))]
+            results += self.score_ids_rows(rows)
         out = []
-        for (_question, options), prompt, ids, (lp, cov) in zip(
-                queries, prompts, option_ids, self.score_ids_batch(prompts, option_ids, xkv)):
+        for (_, _question, options), prompt, ids, (lp, cov) in zip(queries, prompts, option_ids, results):
             out.append(Scores(list(options), {o: float(v) for o, v in zip(options, lp.tolist())},
                               {o: float(v) for o, v in zip(options, lp.softmax(0).tolist())}, cov,
                               {o: list(i) for o, i in zip(options, ids)}, prompt,
-                              {"cross_kv_s": t_kv, "batch": len(queries)}))
+                              {"batch": min(len(queries), self.max_batch)}))
         return out
 
     @torch.inference_mode()
     def score_ids_batch(self, prompts: list[list[int]], option_ids: list[list[list[int]]],
                         xkv: CrossKV) -> list[tuple[torch.Tensor, float]]:
         """Several prompts about one memory (`xkv` of batch 1) -> [(log-probabilities, coverage)]."""
+        return self.score_ids_rows([(xkv, p, o) for p, o in zip(prompts, option_ids)])
+
+    @torch.inference_mode()
+    def score_ids_rows(self, rows: list[tuple[CrossKV, list[int], list[list[int]]]]
+                       ) -> list[tuple[torch.Tensor, float]]:
+        """(cross K/V of batch 1, prompt ids, option ids) per row, as one batched prefill:
+        prompts right-padded (causal attention keeps padding out of every real position);
+        rows about one memory (the same `CrossKV` object) share its K/V, different memories
+        are padded to the longest with their key masks. -> [(log-probabilities, coverage)]."""
         dec = self.modules.decoder
         dev = self.device
-        B = len(prompts)
+        B = len(rows)
+        prompts = [p for _, p, _ in rows]
         lens = [len(p) for p in prompts]
         T = max(lens)
-        longest = max(len(o) for opts in option_ids for o in opts)
+        longest = max(len(o) for _, _, opts in rows for o in opts)
         dec.setup_cache(B, T + longest - 1)
         ids = torch.zeros((B, T), dtype=torch.long, device=dev)
         for b, p in enumerate(prompts):
             ids[b, : len(p)] = torch.tensor(p)
         last = torch.tensor([n - 1 for n in lens], device=dev)
+        xkv = stack_cross([x for x, _, _ in rows])
         first = dec(ids, xkv, input_pos=torch.arange(T, device=dev), select=last)[:, 0]  # (B, V)
+        del xkv  # the padded copy (several memories) is not needed for the options
         caches = [ly.decoder_layer.self_attn.caches() for ly in dec.blocks]
         out = []
-        for b, opts in enumerate(option_ids):
+        for b, (row_xkv, _, opts) in enumerate(rows):
             if any(len(o) > 1 for o in opts):
                 # the row's cache beyond its prompt holds padding: the options overwrite it
                 # position by position before anything reads it
                 dec.fork_cache(1, b, caches)
-            out.append(self._options_after_prefill(first[b], opts, xkv, lens[b]))
+            out.append(self._options_after_prefill(first[b], opts, row_xkv, lens[b]))
         return out
 
     @torch.inference_mode()
@@ -401,28 +458,33 @@ class AF2:
             a.timings["cross_kv_s"] = t_kv
         return answers
 
-    def ask_batch(self, queries: list[tuple[CrossKV, str]], sampling: Sampling = Sampling()
-                  ) -> list[Answer]:
+    def ask_batch(self, queries: list[tuple[CrossKV, str]], sampling: Sampling = Sampling(),
+                  max_new_tokens: list[int] | None = None) -> list[Answer]:
         """Questions each with its memory's K/V (`cross_kv`; pass the same object for questions
         about one memory), decoded together in batches of at most `max_batch`. Each answer
-        equals what `ask` gives alone (greedy ids exactly in float32)."""
+        equals what `ask` gives alone (greedy ids exactly in float32). `max_new_tokens`: each
+        question's own limit (instead of `sampling.max_new_tokens`), so questions whose
+        settings differ only in length still decode as one batch."""
         if self.tokenizer is None:
             raise RuntimeError("this AF2 instance has no tokenizer (built with AF2.random?)")
         prompts = [self.tokenizer.encode_prompt(q) for _, q in queries]
         answers = []
         for i in range(0, len(queries), self.max_batch):
             chunk = slice(i, i + self.max_batch)
-            outs = self.generate_batch(prompts[chunk], [x for x, _ in queries[chunk]], sampling)
+            outs = self.generate_batch(prompts[chunk], [x for x, _ in queries[chunk]], sampling,
+                                       limits=None if max_new_tokens is None else max_new_tokens[chunk])
             for prompt, o in zip(prompts[chunk], outs):
                 text = self.tokenizer.answer_text(prompt, o.token_ids)
                 answers.append(Answer(text, o.token_ids, prompt, o.finished, o.timings))
         return answers
 
     def generate_batch(self, prompts: list[list[int]], xkvs: list[CrossKV],
-                       sampling: Sampling = Sampling(), eos_id: int | None = None):
-        """The static path: -> one `generate.Decoded` (ids, finished, timings) per prompt."""
+                       sampling: Sampling = Sampling(), eos_id: int | None = None,
+                       limits: list[int] | None = None):
+        """The static path: -> one `generate.Decoded` (ids, finished, timings) per prompt
+        (`limits`: per-prompt max_new_tokens, see `generate.decode`)."""
         eos = eos_id if eos_id is not None else (self.tokenizer.eos_id if self.tokenizer else -1)
-        return decode(self._pool, prompts, xkvs, sampling, eos)
+        return decode(self._pool, prompts, xkvs, sampling, eos, limits)
 
     def generate(self, prompt_ids: list[int], xkv: CrossKV, sampling: Sampling = Sampling(),
                  eos_id: int | None = None) -> tuple[list[int], bool, dict[str, float]]:

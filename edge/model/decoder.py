@@ -6,8 +6,9 @@ official `lang_encoder.model.*` keys so the loader copies tensors without renami
 
 Two cached paths share every module:
 
-* eager (`setup_cache` + `forward(input_pos=...)`): cache sized per call, attention over the
-  written prefix (its length read back to the host in every layer). Kept as the reference the
+* eager (`setup_cache` + `forward(input_pos=...)`): attention over the written prefix (its
+  length read back to the host in every layer); the cache buffers are kept per batch size and
+  reused while they are long enough (`AF2.score` runs every cycle). Kept as the reference the
   static path is tested against, and for `AF2.score`.
 * static (`StaticCache` + `forward_static`): buffers allocated once per (batch, max length),
   attention over the whole cache with a boolean mask built on the device from position
@@ -293,26 +294,43 @@ class Decoder(nn.Module):
             vs.append(v)
         return CrossKV(ks, vs, mask.bool())
 
+    def _cache_buffers(self, use: str, batch: int, max_seq: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's (k, v) buffers for `use` ("prompt", "row", "options") and `batch` rows,
+        at least `max_seq` long: allocated once (lengths rounded up to 64) and reused. Nothing
+        is zeroed on reuse: a position is always written before anything reads it."""
+        pool = self.__dict__.setdefault("_cache_pool", {})
+        have = pool.get((use, batch))
+        if have is None or have[0][0].shape[2] < max_seq:
+            d = self.d
+            p = self.norm.weight  # the model dtype (the embedding may be stored int8)
+            shape = (batch, d.num_key_value_heads, -(-max_seq // 64) * 64, d.head_dim)
+            have = [(torch.zeros(shape, dtype=p.dtype, device=p.device),
+                     torch.zeros(shape, dtype=p.dtype, device=p.device)) for _ in self.layers]
+            pool[(use, batch)] = have
+        return have
+
     def setup_cache(self, batch: int, max_seq: int) -> None:
-        d = self.d
-        p = self.norm.weight  # the model dtype (the embedding may be stored int8)
-        for layer in self.blocks:
+        for layer, (k, v) in zip(self.blocks, self._cache_buffers("prompt", batch, max_seq)):
             att = layer.decoder_layer.self_attn
-            shape = (batch, d.num_key_value_heads, max_seq, d.head_dim)
-            att.k_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
-            att.v_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            att.k_cache, att.v_cache = k, v
 
     def fork_cache(self, batch: int, row: int = 0,
                    source: list[tuple[torch.Tensor, torch.Tensor]] | None = None
                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Make every self-attention cache `batch` copies of row `row` of `source` (default:
         the current caches): one prefilled prompt continued by several sequences (`AF2.score`
-        teacher-forces all options this way). Returns the caches it replaced."""
+        teacher-forces all options this way). Returns the caches it replaced. The copies go
+        into reused buffers: "row" ones when `source` is given (one row of a batched prefill),
+        else "options" ones."""
         old = [ly.decoder_layer.self_attn.caches() for ly in self.blocks]
-        for layer, (k, v) in zip(self.blocks, source if source is not None else old):
+        src = source if source is not None else old
+        n = src[0][0].shape[2]
+        dst = self._cache_buffers("row" if source is not None else "options", batch, n)
+        for layer, (k, v), (dk, dv) in zip(self.blocks, src, dst):
             att = layer.decoder_layer.self_attn
-            att.k_cache = k[row : row + 1].expand(batch, -1, -1, -1).clone()
-            att.v_cache = v[row : row + 1].expand(batch, -1, -1, -1).clone()
+            dk[:, :, :n].copy_(k[row : row + 1].expand(batch, -1, -1, -1))
+            dv[:, :, :n].copy_(v[row : row + 1].expand(batch, -1, -1, -1))
+            att.k_cache, att.v_cache = dk, dv
         return old
 
     def forward(self, ids: torch.Tensor, xkv: CrossKV, input_pos: torch.Tensor | None = None,

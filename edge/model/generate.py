@@ -108,12 +108,14 @@ class StaticDecoder:
     buffers have batch 1 and broadcast, so the K/V are read once per step for all rows."""
 
     def __init__(self, decoder: Decoder, batch: int, max_seq: int, mem_cap: int,
-                 shared_memory: bool, graphs: bool = False) -> None:
+                 shared_memory: bool, graphs: bool = False, cache: StaticCache | None = None) -> None:
         p = decoder.norm.weight
         self.dec, self.device, self.dtype = decoder, p.device, p.dtype
         self.batch, self.max_seq, self.mem_cap = batch, max_seq, mem_cap
         self.shared_memory = shared_memory
-        self.cache = StaticCache(decoder.d, batch, max_seq, self.dtype, self.device)
+        # the self-attention cache may be shared with decoders of other memory capacities
+        # (`DecoderPool`): every query rewrites the positions it reads, starting at prefill
+        self.cache = cache or StaticCache(decoder.d, batch, max_seq, self.dtype, self.device)
         dev = self.device
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=dev)
         self.pos = torch.zeros(batch, 1, dtype=torch.long, device=dev)
@@ -258,6 +260,9 @@ class DecoderPool:
         self.decoder, self.graphs, self.max_entries = decoder, graphs, max_entries
         self.mem_cap = mem_cap  # fixed memory capacity (graphs: one capture per batch size)
         self.entries: OrderedDict[tuple, StaticDecoder] = OrderedDict()
+        # self-attention caches by (batch, max_seq): shared by the decoders of every memory
+        # capacity (on the CPU the capacity follows the memory, which grows as a stream starts)
+        self.caches: dict[tuple[int, int], StaticCache] = {}
 
     def get(self, batch: int, max_seq: int, mem: int, shared: bool) -> StaticDecoder:
         cap = max(self.mem_cap or 0, mem)
@@ -265,8 +270,15 @@ class DecoderPool:
         sd = self.entries.pop(key, None)
         if sd is None:
             while len(self.entries) >= self.max_entries:
-                self.entries.popitem(last=False)
-            sd = StaticDecoder(self.decoder, batch, key[1], cap, shared, self.graphs)
+                _, old = self.entries.popitem(last=False)
+                if all(e.cache is not old.cache for e in self.entries.values()):
+                    self.caches = {k: c for k, c in self.caches.items() if c is not old.cache}
+            cache = self.caches.get((batch, key[1]))
+            if cache is None:
+                p = self.decoder.norm.weight
+                cache = StaticCache(self.decoder.d, batch, key[1], p.dtype, p.device)
+                self.caches[(batch, key[1])] = cache
+            sd = StaticDecoder(self.decoder, batch, key[1], cap, shared, self.graphs, cache)
         self.entries[key] = sd
         return sd
 
@@ -278,17 +290,22 @@ def _sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def decode(pool: DecoderPool, prompts: list[list[int]], xkvs: list[CrossKV], s: Sampling,
-           eos: int) -> list[Decoded]:
+           eos: int, limits: list[int] | None = None) -> list[Decoded]:
     """Decode every prompt against its own cross K/V (the same object = a shared memory), as one
-    batch. -> per row: ids up to (excluding) EOS, whether EOS ended it, timings."""
+    batch. `limits`: each row's own max_new_tokens (default `s.max_new_tokens` for all): a row
+    stops counting at its limit (rows are independent, so its ids are those it gets alone with
+    that limit) and the batch runs until every row is done.
+    -> per row: ids up to (excluding) EOS, whether EOS ended it, timings."""
     B = len(prompts)
     if B == 0:
         return []
     if len(xkvs) != B:
         raise ValueError("one CrossKV per prompt")
+    if limits is not None and (len(limits) != B or min(limits) < 1):
+        raise ValueError("one max_new_tokens >= 1 per prompt")
     shared = all(x is xkvs[0] for x in xkvs)
     T = max(len(p) for p in prompts)
-    n_new = s.max_new_tokens
+    n_new = max(limits) if limits is not None else s.max_new_tokens
     sd = pool.get(B, T + n_new, max(x.mask.shape[-1] for x in xkvs), shared)
     dev = sd.device
     t0 = time.perf_counter()
@@ -299,11 +316,14 @@ def decode(pool: DecoderPool, prompts: list[list[int]], xkvs: list[CrossKV], s: 
     gens = s.generators(B, dev)
     out = torch.empty(B, n_new, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
+    row_limit = torch.tensor(limits, device=dev) if limits is not None else None
     n = steps = 0
     for i in range(n_new):
         tok = pick_tokens(logits, s, gens)
         out[:, i] = tok
         done |= tok == eos
+        if row_limit is not None:
+            done |= row_limit <= i + 1
         n = i + 1
         if i == n_new - 1 or bool(done.all()):  # the one host sync per token
             break
@@ -316,7 +336,9 @@ def decode(pool: DecoderPool, prompts: list[list[int]], xkvs: list[CrossKV], s: 
                "tokens_per_s": (steps / decode_s) if steps > 0 and decode_s > 0 else 0.0,
                "batch": float(B), "cuda_graph": float(sd.graph is not None)}
     result = []
-    for r in rows:
+    for b, r in enumerate(rows):
+        if limits is not None:
+            r = r[: limits[b]]
         if eos in r:
             result.append(Decoded(r[: r.index(eos)], True, dict(timings)))
         else:

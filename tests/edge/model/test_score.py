@@ -160,3 +160,42 @@ def test_score_batch_equals_score_one_at_a_time(fixture_dir):
             assert s.logprobs[o] == pytest.approx(alone.logprobs[o], abs=1e-5), (q, o)
             assert s.probs[o] == pytest.approx(alone.probs[o], abs=1e-5)
         assert s.coverage == pytest.approx(alone.coverage, abs=1e-6)
+
+
+def test_score_batch_kv_across_memories_equals_score_alone(fixture_dir):
+    """Several streams' questions due at once, each on its memory's cross K/V (different
+    lengths, padded and masked; two rows sharing one memory), prefilled together in chunks of
+    `max_batch`: each equals `score` alone within 1e-5. The prompt cache is allocated once
+    and reused by the next call."""
+    tok = AF2Tokenizer.from_dir(fixture_dir / "checkpoint" / "lm")
+    cfg = tiny_config(48, 3, 4, 1, 2)
+    m = AF2.random(cfg, seed=7, tokenizer=tok)
+    g = torch.Generator().manual_seed(5)
+    mems = []
+    for n_clips, masked in [(3, 0), (5, 2), (1, 0), (4, 1)]:
+        mask = torch.ones(n_clips)
+        mask[n_clips - masked:] = 0
+        mems.append((m.memory(torch.randn(n_clips, 64, cfg.audio_dim, generator=g), mask), mask))
+    xkvs = [m.cross_kv(mem, mask) for mem, mask in mems]
+    queries = [(xkvs[0], "is there knocking?", ["yes", "Yes", "no", "No"]),
+               (xkvs[1], "what is the machine doing right now, in one word?", ["idle", "failing badly"]),
+               (xkvs[0], "ok?", ["a pump running dry", "no"]),
+               (xkvs[2], "is there knocking?", ["yes", "no"]),
+               (xkvs[3], "is it running?", ["knocking loudly", "silence", "yes"])]
+    for max_batch in (8, 2):
+        m.max_batch = max_batch
+        batch = m.score_batch_kv(queries)
+        for (x, q, opts), s in zip(queries, batch):
+            mem, mask = mems[next(i for i, y in enumerate(xkvs) if y is x)]
+            alone = m.score(mem, mask, q, options=opts)
+            assert s.token_ids == alone.token_ids and s.prompt_ids == alone.prompt_ids
+            assert s.coverage == pytest.approx(alone.coverage, abs=1e-6)
+            for o in opts:
+                assert s.logprobs[o] == pytest.approx(alone.logprobs[o], abs=1e-5), (q, o)
+    # the next cycle asks the same: no self-attention cache is allocated again
+    def buffers() -> set[int]:
+        return {k.data_ptr() for bufs in m.modules.decoder._cache_pool.values() for k, _ in bufs}
+
+    before = buffers()
+    m.score_batch_kv(queries)
+    assert buffers() == before and len(before) > 0

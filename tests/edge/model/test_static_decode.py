@@ -169,3 +169,18 @@ def test_graph_capture_failure_falls_back_to_the_eager_step_and_logs_once(rnd, c
 def test_sampling_options_are_checked(bad):
     with pytest.raises(ValueError):
         Sampling(**bad)
+
+
+def test_rows_with_their_own_max_new_tokens_decode_as_one_batch_equal_to_alone(rnd):
+    """Questions whose settings differ only in length share one batch: each row stops at
+    its own limit (ids and finished as alone), the batch at the longest."""
+    m, xkvs, prompts = rnd
+    limits = [3, 9, 5]
+    first = m.generate_eager(prompts[2], xkvs[2], Sampling(max_new_tokens=9), eos_id=-1)[0]
+    for eos in (-1, first[2]):  # row 2 hits EOS at its third step (inside its limit)
+        rows = m.generate_batch(prompts, xkvs, Sampling(max_new_tokens=1), eos_id=eos, limits=limits)
+        for p, x, n, r in zip(prompts, xkvs, limits, rows):
+            want, fin, _ = m.generate_eager(p, x, Sampling(max_new_tokens=n), eos_id=eos)
+            assert (r.token_ids, r.finished) == (want, fin)
+    with pytest.raises(ValueError):
+        m.generate_batch(prompts, xkvs, Sampling(), limits=[3, 0, 5])
