@@ -69,11 +69,17 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class CrossKV:
-    """Per-layer cross-attention keys/values of one memory, plus its key mask."""
+    """Per-layer cross-attention keys/values of one memory, plus its key mask.
+
+    With `memory` set (`Decoder.cross_memory`) the K/V are not materialised (`k`/`v` hold
+    None): each layer attends through its `to_kv` projection folded into the query side
+    (`CrossAttention.attend_memory`), which is cheaper for a few query tokens (a scored
+    prompt) than projecting every memory token; the eager path only (not `forward_static`)."""
 
     k: list[torch.Tensor | None]  # each (B, heads, M, dim_head); None: a layer without cross-attention
     v: list[torch.Tensor | None]
     mask: torch.Tensor  # (B, M) bool, True = attend
+    memory: torch.Tensor | None = None  # (B, M, dim_audio) instead of k/v
 
 
 class SelfAttention(nn.Module):
@@ -188,14 +194,37 @@ class CrossAttention(nn.Module):
         v = v.reshape(B, M, self.heads, self.dim_head).transpose(1, 2).contiguous()
         return k, v
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None,
                 mask: torch.Tensor) -> torch.Tensor:
+        if v is None:  # `k` is the memory itself (CrossKV.memory)
+            return self.attend_memory(x, k, mask)
         B, T, _ = x.shape
         q = self.to_q(self.norm(x)).view(B, T, self.heads, self.dim_head).transpose(1, 2)
         sim = torch.matmul(q * self.scale, k.transpose(-1, -2))  # (B, h, T, M)
         sim = sim.masked_fill(~mask[:, None, None, :], -torch.finfo(sim.dtype).max)
         sim = sim - sim.amax(dim=-1, keepdim=True)
         out = torch.matmul(sim.softmax(dim=-1), v)  # (B, h, T, dh)
+        return self.to_out(out.transpose(1, 2).reshape(B, T, -1))
+
+
+    def attend_memory(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The same attention without materialising K/V: q.k = (q W_k).m and
+        softmax.(m W_v^T) = (softmax.m) W_v^T per head. Costs 2 x T x heads x M x dim_audio
+        multiply-adds instead of M x dim_audio x 2 x inner for the K/V: cheaper while the
+        query tokens T (all rows of a memory) x heads stay below 2 x inner / heads x heads
+        (a scored prompt: 15-20 tokens x 8 heads against 1024). Equal up to float rounding."""
+        B, T, _ = x.shape
+        h, dh = self.heads, self.dim_head
+        q = self.to_q(self.norm(x)).view(B, T, h, dh).transpose(1, 2)  # (B, h, T, dh)
+        wk, wv = self.to_kv.weight.chunk(2, dim=0)  # each (inner, dim_audio)
+        wk = wk.view(h, dh, -1)
+        wv = wv.view(h, dh, -1)
+        mem = memory[:, None]  # (B, 1, M, Da)
+        sim = torch.matmul(torch.matmul(q * self.scale, wk), mem.transpose(-1, -2))  # (B, h, T, M)
+        sim = sim.masked_fill(~mask[:, None, None, :], -torch.finfo(sim.dtype).max)
+        sim = sim - sim.amax(dim=-1, keepdim=True)
+        ctx = torch.matmul(sim.softmax(dim=-1), mem)  # (B, h, T, Da)
+        out = torch.matmul(ctx, wv.transpose(-1, -2))  # (B, h, T, dh)
         return self.to_out(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -284,6 +313,12 @@ class Decoder(nn.Module):
         """`layers` as what they hold (to a type checker a ModuleList holds plain Modules)."""
         return cast("Sequence[FlamingoLayer]", self.layers)
 
+    def cross_memory(self, memory: torch.Tensor, mask: torch.Tensor) -> CrossKV:
+        """memory (B, M, dim_audio), mask (B, M) -> a `CrossKV` that attends through the
+        projections (nothing computed now; see `CrossAttention.attend_memory`)."""
+        n = len(self.layers)
+        return CrossKV([None] * n, [None] * n, mask.bool(), memory)
+
     def cross_kv(self, memory: torch.Tensor, mask: torch.Tensor) -> CrossKV:
         """memory (B, M, dim_audio), mask (B, M) -> every layer's cross K/V, computed once."""
         ks, vs = [], []
@@ -342,7 +377,10 @@ class Decoder(nn.Module):
         pos = input_pos if input_pos is not None else torch.arange(ids.shape[1], device=ids.device)
         cos, sin = rope_cos_sin(pos, self.d.head_dim, self.d.rope_theta, h.dtype)
         for i, layer in enumerate(self.blocks):
-            h = layer(h, cos, sin, input_pos, xkv.k[i], xkv.v[i], xkv.mask)
+            if xkv.memory is not None:  # K/V folded into the queries: v=None tells the block
+                h = layer(h, cos, sin, input_pos, xkv.memory, None, xkv.mask)
+            else:
+                h = layer(h, cos, sin, input_pos, xkv.k[i], xkv.v[i], xkv.mask)
         if select is not None:
             h = h[torch.arange(h.shape[0], device=h.device), select][:, None]
         h = self.norm(h[:, -1:] if last_only else h)

@@ -199,3 +199,36 @@ def test_score_batch_kv_across_memories_equals_score_alone(fixture_dir):
     before = buffers()
     m.score_batch_kv(queries)
     assert buffers() == before and len(before) > 0
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_scoring_through_the_folded_projections_equals_the_materialised_cross_kv(fixture_dir, every):
+    """`cross_memory` (K/V never materialised) scores like `cross_kv`, alone and in a batch
+    mixing both kinds, and like a plain full forward of prompt + option."""
+    tok = AF2Tokenizer.from_dir(fixture_dir / "checkpoint" / "lm")
+    cfg = tiny_config(48, 3, 4, 1, every)
+    m = AF2.random(cfg, seed=8, tokenizer=tok)
+    g = torch.Generator().manual_seed(6)
+    mems = []
+    for n_clips, masked in [(3, 1), (2, 0)]:
+        mask = torch.ones(n_clips)
+        mask[n_clips - masked:] = 0
+        mems.append((m.memory(torch.randn(n_clips, 64, cfg.audio_dim, generator=g), mask), mask))
+    opts = ["yes", "No", "a pump running dry"]
+    folded = [m.cross_memory(mem, mask) for mem, mask in mems]
+    kv = [m.cross_kv(mem, mask) for mem, mask in mems]
+    for x in folded:
+        assert x.memory is not None and all(k is None for k in x.k)
+    q = "is there knocking?"
+    a = m.score_batch_kv([(folded[0], q, opts), (folded[1], q, opts), (kv[1], "ok?", opts)])
+    b = m.score_batch_kv([(kv[0], q, opts), (kv[1], q, opts), (folded[1], "ok?", opts)])
+    for s1, s2 in zip(a, b):
+        for o in opts:
+            assert s1.logprobs[o] == pytest.approx(s2.logprobs[o], abs=1e-5), o
+    mem, mask = mems[0]
+    prompt = tok.encode_prompt(q)
+    for o in opts:
+        ids = prompt + tok.encode_text(o)
+        ls = m.logits(mem, mask, ids).double().log_softmax(-1)
+        want = sum(float(ls[j - 1, ids[j]]) for j in range(len(prompt), len(ids)))
+        assert a[0].logprobs[o] == pytest.approx(want, abs=2e-5, rel=1e-5), o
