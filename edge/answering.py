@@ -1,11 +1,11 @@
-"""Answering the due monitors of one stream about one memory.
+"""Answering the due monitors about one memory (or several: streams due in the same cycle).
 
     mq = MemoryQueries(model, memory, mask)   # one cross-attention K/V for all of them
     outcomes = mq.answer([Query(cfg, question), ...])
     outcome = mq.explain(query, outcome)       # words for a scored monitor that turned ON
 
 `answer: yes_no` and `answer: choice` monitors are **scored** (``scored: true``, the default):
-`AF2.score_batch` (all scored questions about one memory in one batched prefill) gives the
+`AF2.score_batch_kv` (all scored questions due together in one batched prefill) gives the
 teacher-forced probability of every option right after the prompt, and
 the monitor's score is the probability of its positive option(s) among its options:
 
@@ -22,9 +22,11 @@ answer something else). Options are prefixes, not whole answers (no EOS): "yes" 
 "Yes, there is knocking." too.
 
 `answer: text` monitors (and yes_no / choice with ``scored: false``) generate text and parse
-it (`edge.monitors.parse_answer`); text queries with the same decoding settings go to the
-model together. All queries about one memory share one cross-attention K/V, whatever their
-decoding settings.
+it (`edge.monitors.parse_answer`); text queries whose decoding settings differ at most in
+``max_new_tokens`` go to the model as one batch (each row stops at its own length). All
+queries about one memory share one cross-attention K/V, whatever their decoding settings;
+queries about several memories (streams due in the same cycle) share the batches
+(`answer_memories`).
 """
 
 from __future__ import annotations
@@ -81,12 +83,18 @@ def options_of(cfg: Any) -> tuple[list[str], set[str]]:
     return list(cfg.choices), {c for c in cfg.choices if _norm(c) in pos}
 
 
+# at most this many scored questions (and no text question) about one memory attend through
+# the folded projections (break-even: about 64 prompt tokens x 8 heads against 1024 channels)
+FOLD_MAX = 4
+
+
 class MemoryQueries:
     """Every question about one memory: the cross-attention K/V is computed once, lazily."""
 
     def __init__(self, model: Any, memory: Any, mask: Any) -> None:
         self.model, self.memory, self.mask = model, memory, mask
         self._xkv: Any = None
+        self._folded: Any = None
         self.cross_kv_s = 0.0
 
     @property
@@ -97,72 +105,139 @@ class MemoryQueries:
             self.cross_kv_s = time.perf_counter() - t0
         return self._xkv
 
-    def answer(self, queries: list[Query]) -> list[Outcome | None]:
-        import torch
+    def scoring_kv(self, n_scored: int, n_text: int) -> Any:
+        """What the scored questions attend through: the cross K/V when they are computed
+        anyway (text questions) or there are many scored questions, else the memory with the
+        projections folded into the queries (`AF2.cross_memory`: about 4x cheaper for a few
+        short prompts, nothing to compute up front)."""
+        fold = getattr(self.model, "cross_memory", None)
+        if self._xkv is None and n_text == 0 and n_scored <= FOLD_MAX and fold is not None:
+            if self._folded is None:
+                self._folded = fold(self.memory, self.mask)
+            return self._folded
+        return self.xkv
 
-        out: list[Outcome | None] = [None] * len(queries)
-        by_dec: dict[tuple, list[int]] = {}
-        scored = [i for i, q in enumerate(queries) if is_scored(q.cfg)]
-        with torch.inference_mode():
-            if scored:  # all scored questions about this memory: one batched prefill
-                try:
-                    for i, o in zip(scored, self._score([queries[i] for i in scored])):
-                        out[i] = o
-                except Exception:  # lose only these monitors; the caller counts them
-                    log.exception("scoring failed")
-            for i, q in enumerate(queries):
-                if not is_scored(q.cfg):
-                    by_dec.setdefault(q.cfg.decoding.sampling(), []).append(i)
-            for sampling, idx in by_dec.items():
-                t0 = time.perf_counter()
-                try:
-                    answers = self._generate([queries[i].question for i in idx], sampling)
-                except Exception:  # lose only this decoding group; the caller counts them
-                    log.exception("generation failed")
-                    continue
-                dt = time.perf_counter() - t0
-                for i, a in zip(idx, answers):
-                    p = parse_answer(queries[i].cfg, a.text)
-                    out[i] = Outcome(a.text, tuple(int(t) for t in a.token_ids), p.verdict,
-                                     p.choice, timings={"generate_s": dt})
-        return out  # None where the model failed
+    def answer(self, queries: list[Query]) -> list[Outcome | None]:
+        return answer_memories(self.model, [(self, queries)])[0]
 
     def explain(self, q: Query, o: Outcome) -> Outcome:
         """Generate the monitor's answer in words (its decoding settings); keep the score."""
         import torch
 
         with torch.inference_mode():
-            a = self._generate([q.question], q.cfg.decoding.sampling())[0]
+            sampling = q.cfg.decoding.sampling()
+            a = self.model.ask_batch([(self.xkv, q.question)], sampling,
+                                     max_new_tokens=[sampling.max_new_tokens])[0]
         return replace(o, answer=a.text, token_ids=tuple(int(t) for t in a.token_ids),
                        explained=True)
 
-    # ---------------------------------------------------------------- internals
-    def _score(self, queries: list[Query]) -> list[Outcome]:
-        asked = []
-        for q in queries:
-            options, positive = options_of(q.cfg)
-            spelled = {o: variants(o) for o in options}
-            asked.append((options, positive, spelled))
-        t0 = time.perf_counter()
-        scores = self.model.score_batch(
-            self.memory, self.mask,
-            [(q.question, [v for o in options for v in spelled[o]])
-             for q, (options, _, spelled) in zip(queries, asked)], xkv=self.xkv)
-        dt = time.perf_counter() - t0
-        out = []
-        for q, (options, positive, spelled), s in zip(queries, asked, scores):
-            cfg = q.cfg
-            probs = {o: float(sum(s.probs[v] for v in spelled[o])) for o in options}
-            score = float(sum(probs[o] for o in positive))
-            best = max(options, key=lambda o: probs[o])
-            verdict = verdict_of_score(score, cfg.threshold, cfg.hysteresis)
-            out.append(Outcome(best, (), verdict, best if cfg.answer == "choice" else None, score,
-                               probs, float(s.coverage), timings={"score_s": dt}))
-        return out
 
-    def _generate(self, questions: list[str], sampling: Any) -> list[Any]:
-        """Questions with the same decoding settings as one batch, on this memory's K/V."""
-        return list(self.model.ask_batch([(self.xkv, q) for q in questions], sampling))
+Row = tuple[Any, Query]  # (what the question attends through: `CrossKV`, the question)
+
+
+def answer_memories(model: Any, items: list[tuple[MemoryQueries, list[Query]]]
+                    ) -> list[list[Outcome | None]]:
+    """The queries of several memories (several streams due at once, or several windows of
+    one stream) -> per memory, one `Outcome` per query (None where the model failed on it).
+
+    Model calls: every memory's cross K/V once (`MemoryQueries.xkv`; a memory asked only a few
+    scored questions attends through its folded projections instead, `scoring_kv`); all
+    scored queries of all memories as one `AF2.score_batch_kv`; the text queries whose decoding settings differ
+    at most in ``max_new_tokens`` as one `AF2.ask_batch` (each row stops at its own length).
+    The model batches them in chunks of ``max_batch`` rows. A failed call is retried one query
+    at a time, so a failure costs only the monitors whose own query fails (logged)."""
+    import torch
+
+    out: list[list[Outcome | None]] = [[None] * len(qs) for _, qs in items]
+    ok: list[tuple[int, int]] = []
+    kvs: dict[int, Any] = {}  # memory -> what its scored questions attend through
+    for j, (mq, qs) in enumerate(items):
+        if not qs:
+            continue
+        n_scored = sum(1 for q in qs if is_scored(q.cfg))
+        try:  # computed once per memory, here so a failure stays with it
+            if n_scored < len(qs):
+                mq.xkv  # noqa: B018
+            kvs[j] = mq.scoring_kv(n_scored, len(qs) - n_scored)
+        except Exception:  # noqa: BLE001 - a failed memory fails only its queries
+            log.exception("cross-attention K/V failed")
+            continue
+        ok += [(j, i) for i in range(len(qs))]
+    scored = [(j, i) for j, i in ok if is_scored(items[j][1][i].cfg)]
+    by_dec: dict[Any, list[tuple[int, int]]] = {}
+    for j, i in ok:
+        cfg = items[j][1][i].cfg
+        if not is_scored(cfg):
+            by_dec.setdefault(replace(cfg.decoding.sampling(), max_new_tokens=1), []).append((j, i))
+    with torch.inference_mode():
+        if scored:
+            rows = [(kvs[j], items[j][1][i]) for j, i in scored]
+            for (j, i), o in zip(scored, _isolated(_score, model, rows, "scoring")):
+                out[j][i] = o
+        for key, idx in by_dec.items():
+            rows = [(items[j][0].xkv, items[j][1][i]) for j, i in idx]
+            for (j, i), o in zip(idx, _isolated(_generate, model, rows, "generation")):
+                out[j][i] = o
+    return out
+
+
+def _isolated(fn: Any, model: Any, rows: list[Row], what: str) -> list[Outcome | None]:
+    """``fn(model, rows)`` as one call; if it fails, each row alone (None where it fails)."""
+    try:
+        return list(fn(model, rows))
+    except Exception:  # noqa: BLE001 - retried one query at a time below
+        if len(rows) == 1:
+            log.exception("model call failed", call=what)
+            return [None]
+        log.warning("batched model call failed; retrying one query at a time", call=what,
+                    queries=len(rows), exc_info=True)
+    out: list[Outcome | None] = []
+    for r in rows:
+        try:
+            out += fn(model, [r])
+        except Exception:  # noqa: BLE001 - only this query fails; the others go on
+            log.exception("model call failed", call=what)
+            out.append(None)
+    return out
+
+
+def _score(model: Any, rows: list[Row]) -> list[Outcome]:
+    asked = []
+    for _, q in rows:
+        options, positive = options_of(q.cfg)
+        spelled = {o: variants(o) for o in options}
+        asked.append((options, positive, spelled))
+    t0 = time.perf_counter()
+    scores = model.score_batch_kv(
+        [(kv, q.question, [v for o in options for v in spelled[o]])
+         for (kv, q), (options, _, spelled) in zip(rows, asked)])
+    dt = time.perf_counter() - t0
+    out = []
+    for (_, q), (options, positive, spelled), s in zip(rows, asked, scores):
+        cfg = q.cfg
+        probs = {o: float(sum(s.probs[v] for v in spelled[o])) for o in options}
+        score = float(sum(probs[o] for o in positive))
+        best = max(options, key=lambda o: probs[o])
+        verdict = verdict_of_score(score, cfg.threshold, cfg.hysteresis)
+        out.append(Outcome(best, (), verdict, best if cfg.answer == "choice" else None, score,
+                           probs, float(s.coverage), timings={"score_s": dt, "batch": len(rows)}))
+    return out
+
+
+def _generate(model: Any, rows: list[Row]) -> list[Outcome]:
+    """Text queries whose decoding settings differ at most in length, as one batch, each on
+    its memory's K/V, parsed by its monitor."""
+    samplings = [q.cfg.decoding.sampling() for _, q in rows]
+    t0 = time.perf_counter()
+    answers = model.ask_batch([(kv, q.question) for kv, q in rows], samplings[0],
+                              max_new_tokens=[s.max_new_tokens for s in samplings])
+    dt = time.perf_counter() - t0
+    out = []
+    for (_, q), a in zip(rows, answers):
+        p = parse_answer(q.cfg, a.text)
+        out.append(Outcome(a.text, tuple(int(t) for t in a.token_ids), p.verdict, p.choice,
+                           timings={"generate_s": dt, "batch": len(rows)}))
+    return out
 
 
 class TurnOnWatch:
@@ -184,19 +259,36 @@ class TurnOnWatch:
 
 def answer_due(model: Any, memory: Any, mask: Any, queries: list[Query],
                make_result: Any, watch: TurnOnWatch | None = None) -> list[Any]:
-    """Answer the due monitors about one memory -> one `MonitorResult` per query.
+    """Answer the due monitors about one memory -> one `MonitorResult` per query (see
+    `answer_due_many`)."""
+    return answer_due_many(model, [(memory, mask, queries, make_result)], watch)[0]
+
+
+def answer_due_many(model: Any, jobs: list[tuple[Any, Any, list[Query], Any]],
+                    watch: TurnOnWatch | None = None) -> list[list[Any]]:
+    """Answer the due monitors of several memories (``(memory, mask, queries, make_result)``
+    per memory: one stream's window, or several streams due in the same cycle) as shared
+    batches (`answer_memories`) -> per job, one `MonitorResult` per answered query.
 
     ``make_result(query, outcome)`` builds the result (span, latency, ids...). A scored
     monitor with ``explain: true`` whose result turns it ON (``watch``) gets its answer
     generated in words before its result is built again. This is the single entry point
     the worker's query stage uses."""
-    mq = MemoryQueries(model, memory, mask)
-    results = []
-    for q, o in zip(queries, mq.answer(queries)):
-        if o is None:  # the model failed on it: no result (the caller counts what is missing)
-            continue
-        res = make_result(q, o)
-        if o.score is not None and watch is not None and watch.turns_on(res) and q.cfg.explain:
-            res = make_result(q, mq.explain(q, o))
-        results.append(res)
-    return results
+    mqs = [MemoryQueries(model, memory, mask) for memory, mask, _, _ in jobs]
+    outcomes = answer_memories(model, [(mq, qs) for mq, (_, _, qs, _) in zip(mqs, jobs)])
+    all_results = []
+    for mq, (_, _, queries, make_result), outs in zip(mqs, jobs, outcomes):
+        results = []
+        for q, o in zip(queries, outs):
+            if o is None:  # the model failed on it: no result (the caller counts what is missing)
+                continue
+            res = make_result(q, o)
+            if o.score is not None and watch is not None and watch.turns_on(res) and q.cfg.explain:
+                try:
+                    res = make_result(q, mq.explain(q, o))
+                except Exception:  # noqa: BLE001 - the score stands; the words are a bonus
+                    log.exception("explaining failed; the result keeps its best option",
+                                  monitor=q.cfg.name)
+            results.append(res)
+        all_results.append(results)
+    return all_results

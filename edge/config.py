@@ -309,6 +309,9 @@ class WorkerConfig(_Base):
     # while both clips and queries wait: encode batches in a row, then query groups in a row
     encode_turns: int = Field(1, ge=1)
     query_turns: int = Field(1, ge=1)
+    # a query turn answers the groups of up to this many streams due at once as shared
+    # batches (1: one stream's group at a time)
+    query_streams: int = Field(16, ge=1)
     trigger_deadline: Duration = Field(30.0, gt=0)  # default deadline of a triggered query
     drain_share: float = Field(0.5, ge=0, le=0.9)  # of the stop timeout: finishing queued work
 

@@ -1,30 +1,36 @@
-"""Query execution: one `QueryGroup` -> one `MonitorResult` per monitor.
+"""Query execution: `QueryGroup`s -> one `MonitorResult` per monitor.
 
 The due monitors of one stream on one clip share one `AF2.memory` computation per window
-length and one cross-attention K/V (`AF2.ask_many`) per decoding setting. The answer of each
-monitor is turned into a result (`edge.worker.emit.answer_result`) and handed to ``emit``
-with a reference to the window's audio (`edge.results.AudioSpan`, read only for an evidence
-clip). ``on_progress`` is called after every model call, so the watchdog sees a long group
-make progress.
+length and one cross-attention K/V per memory, whatever their decoding settings. The groups
+of several streams due in the same cycle (`edge.worker.queries.QueryQueue.pop_cycle`) run
+together: all their scored questions as one batched prefill (`AF2.score_batch_kv`, memories
+of different lengths padded and masked), their text questions as one decoding batch per
+decoding setting (`AF2.ask_batch`), in chunks of the model's ``max_batch`` rows
+(`edge.answering.answer_memories`). The answer of each monitor is turned into a result
+(`edge.worker.emit.answer_result`, latency from its own group's due time) and handed to
+``emit`` with a reference to the window's audio (`edge.results.AudioSpan`, read only for an
+evidence clip). ``on_progress`` is called after every model call, so the watchdog sees a long
+group make progress.
 
-An exception part-way (model, memory, a broken answer) loses only the monitors of the
-window/decoding group it happened in: they are counted (``fe_queries_failed``), logged once
-per burst, and the remaining monitors of the group still run.
+An exception part-way (memory, a model call, a broken answer) loses only the monitors it
+happened to: a failed batched call is retried one query at a time, and what still fails is
+counted (``fe_queries_failed``), logged once per burst; the remaining monitors still run.
 
 This is the only place the worker talks to the decoder; its interface is
-``QueryExecution.run(stream, group, monitors, emit)``.
+``QueryExecution.run_many([(stream, group, monitors), ...], emit)`` (``run`` for one group).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import structlog
 
-from ..answering import Outcome, Query, TurnOnWatch, answer_due
+from ..answering import Outcome, Query, TurnOnWatch, answer_due_many
 from ..memory import MemoryView
 from ..metrics import Metrics
 from ..monitors import render_question
@@ -51,10 +57,25 @@ class QueryModel(Protocol):
 
     def cross_kv(self, memory: Any, mask: Any) -> Any: ...
 
-    def ask_batch(self, queries: list[tuple[Any, str]], sampling: Any) -> Any: ...
+    def ask_batch(self, queries: list[tuple[Any, str]], sampling: Any,
+                  max_new_tokens: list[int] | None = None) -> Any: ...
 
-    def score_batch(self, memory: Any, mask: Any, queries: list[tuple[str, list[str]]],
-                    xkv: Any = None) -> Any: ...
+    def score_batch_kv(self, queries: list[tuple[Any, str, list[str]]]) -> Any: ...
+
+
+Work = tuple[StreamState, QueryGroup, list[DueMonitor]]
+
+
+@dataclass
+class _Job:
+    """One memory (a stream's window up to a group's clip) and the monitors asking about it."""
+
+    s: StreamState
+    q: QueryGroup
+    view: MemoryView
+    memory: Any
+    items: list[DueMonitor]
+    audio: AudioSpan
 
 
 class QueryExecution:
@@ -75,34 +96,41 @@ class QueryExecution:
         self.failures = BurstLog(log, "query")
 
     def run(self, s: StreamState, q: QueryGroup, monitors: list[DueMonitor], emit: EmitFn) -> None:
-        for n, group in sorted(self._by_window(s, monitors).items()):
-            try:
-                view, memory = self._memory(s, q, n)
-            except Exception:  # noqa: BLE001 - a failed batch fails its queries; the worker goes on
-                self._failed(s, q, group)
-                continue
-            if view is None:
-                for cfg, _ in group:
-                    self.metrics.queries_missed.labels(s.id, cfg.name).inc()
-                log.warning("no valid audio in memory: queries skipped", stream=s.id,
-                            queries=len(group))
-                continue
-            audio = AudioSpan(view.start, view.held_end, SR, s.ring.read)
-            answered: set[str] = set()
+        self.run_many([(s, q, monitors)], emit)
 
-            def emit_one(res: MonitorResult, a: AudioSpan | np.ndarray | None,
-                         answered: set[str] = answered) -> None:
-                answered.add(res.monitor)
-                emit(res, a)
-
-            try:
-                self._answer(s, q, view, memory, group, audio, emit_one)
-            except Exception:  # noqa: BLE001 - a failed batch fails its queries; the worker goes on
-                self._failed(s, q, [(c, d) for c, d in group if c.name not in answered])
-            else:
-                self.failures.ok()
+    def run_many(self, work: list[Work], emit: EmitFn) -> None:
+        """The groups of several streams due in the same cycle (each: its stream, the group,
+        its monitors still in time), answered together (see the module doc)."""
+        jobs: list[_Job] = []
+        for s, q, monitors in work:
+            for n, group in sorted(self._by_window(s, monitors).items()):
+                try:
+                    view, memory = self._memory(s, q, n)
+                except Exception:  # noqa: BLE001 - a failed memory fails its queries; the worker goes on
+                    self._failed(s, q, group)
+                    continue
+                if view is None:
+                    for cfg, _ in group:
+                        self.metrics.queries_missed.labels(s.id, cfg.name).inc()
+                    log.warning("no valid audio in memory: queries skipped", stream=s.id,
+                                queries=len(group))
+                    continue
+                jobs.append(_Job(s, q, view, memory, group, AudioSpan(view.start, view.held_end, SR,
+                                                                       s.ring.read)))
+        if not jobs:
+            return
+        answered: list[set[str]] = [set() for _ in jobs]
+        try:
+            self._answer(jobs, emit, answered)
+        except Exception:  # noqa: BLE001 - a failed batch fails its queries; the worker goes on
+            for job, done in zip(jobs, answered):
+                self._failed(job.s, job.q, [(c, d) for c, d in job.items if c.name not in done])
+        else:
+            self.failures.ok()
 
     def _failed(self, s: StreamState, q: QueryGroup, lost: list[DueMonitor]) -> None:
+        if not lost:
+            return
         for cfg, _ in lost:
             self.metrics.queries_failed.labels(s.id, cfg.name).inc()
         self.failures.failed(f"{s.id}: {', '.join(c.name for c, _ in lost)} on clip {q.clip_index}")
@@ -128,39 +156,45 @@ class QueryExecution:
             self.on_memory(s.id, q.clip_index, view, memory)
         return view, memory
 
-    def _answer(self, s: StreamState, q: QueryGroup, view: MemoryView, memory: Any,
-                items: list[DueMonitor], audio: AudioSpan, emit: EmitFn) -> None:
-        """All due monitors about one memory through `edge.answering.answer_due`: one cross
-        K/V whatever their decoding settings; yes_no/choice scored, text generated, a scored
-        monitor turning ON explained in words."""
+    def _answer(self, jobs: list[_Job], emit: EmitFn, answered: list[set[str]]) -> None:
+        """All due monitors of all jobs through `edge.answering.answer_due_many`: one cross
+        K/V per memory whatever their decoding settings, shared batches across memories;
+        yes_no/choice scored, text generated, a scored monitor turning ON explained in words."""
         m = self.metrics
-        window_s = (view.end - view.start) / SR
-        queries = [Query(cfg, render_question(cfg.question or "", s.id, cfg.name, window_s, s.labels))
-                   for cfg, _ in items]
-        dues = {cfg.name: due for cfg, due in items}
+        calls = []
+        for job in jobs:
+            s, q, view = job.s, job.q, job.view
+            window_s = (view.end - view.start) / SR
+            queries = [Query(cfg, render_question(cfg.question or "", s.id, cfg.name, window_s, s.labels))
+                       for cfg, _ in job.items]
+            dues = {cfg.name: due for cfg, due in job.items}
 
-        def make_result(query: Query, o: Outcome) -> MonitorResult:
-            return answer_result(s, q, view, query.cfg, dues[query.cfg.name], query.question, o,
-                                 self.clock() - q.due_wall, self.model_id)
+            def make_result(query: Query, o: Outcome, s: StreamState = s, q: QueryGroup = q,
+                            view: MemoryView = view, dues: dict = dues) -> MonitorResult:
+                return answer_result(s, q, view, query.cfg, dues[query.cfg.name], query.question, o,
+                                     self.clock() - q.due_wall, self.model_id)
+
+            calls.append((job.memory, view.mask, queries, make_result))
 
         import torch
 
         t0 = time.perf_counter()
         with torch.inference_mode():
-            results = answer_due(self.model, memory, view.mask, queries, make_result, self.watch)
+            per_job = answer_due_many(self.model, calls, self.watch)
         dt = time.perf_counter() - t0
         if self.on_progress is not None:
             self.on_progress()
-        ntok = sum(len(r.token_ids) for r in results)
+        ntok = sum(len(r.token_ids) for results in per_job for r in results)
         if dt > 0 and ntok:
             m.tokens_per_second.set(ntok / dt)
-        for res in results:
-            m.queries.labels(s.id, res.monitor).inc()
-            m.query_latency.labels(res.monitor).observe(res.latency_s)
-            if res.score is not None:
-                m.monitor_score.labels(s.id, res.monitor).set(res.score)
-            emit(res, audio)
-        done = {r.monitor for r in results}
-        lost = [(c, d) for c, d in items if c.name not in done]
-        if lost:  # the model failed on some of them (logged by edge.answering)
-            self._failed(s, q, lost)
+        for job, results, done in zip(jobs, per_job, answered):
+            s = job.s
+            for res in results:
+                m.queries.labels(s.id, res.monitor).inc()
+                m.query_latency.labels(res.monitor).observe(res.latency_s)
+                if res.score is not None:
+                    m.monitor_score.labels(s.id, res.monitor).set(res.score)
+                done.add(res.monitor)
+                emit(res, job.audio)
+            # the model failed on the others (logged by edge.answering)
+            self._failed(s, job.q, [(c, d) for c, d in job.items if c.name not in done])

@@ -8,7 +8,9 @@ Each `InferenceWorker.step` does one unit of work:
    streams (`edge.worker.encode`), are read and gated (always), the gate monitors answer at
    once, the batch is encoded in one call, **remembered** (`edge.worker.remember`), and the
    due AF2 monitors of each clip queue one query group (`edge.worker.queries`);
-3. or a **query turn**: the group with the earliest deadline runs (`edge.worker.execute`).
+3. or a **query turn**: the group with the earliest deadline runs (`edge.worker.execute`),
+   together with the earliest group of every other stream waiting too (up to
+   ``worker.query_streams``): their queries run as shared batches.
 
 When both clips and queries wait, the turns alternate by the per-cycle budget
 ``worker.encode_turns`` / ``worker.query_turns``, so encoding cannot starve the queries nor
@@ -87,8 +89,8 @@ class InferenceWorker:
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._busy = False
-        self._in_flight: QueryGroup | None = None
-        self._in_flight_left: set[str] = set()
+        self._in_flight: list[QueryGroup] = []
+        self._in_flight_left: set[tuple[str, str]] = set()  # (stream, monitor) not answered yet
         self._encoding: list = []  # (stream, clip) of the batch being encoded, until remembered
         self._query_failures = BurstLog(log, "queries of a clip whose encoding failed")
         self.clips_processed = 0
@@ -161,11 +163,9 @@ class InferenceWorker:
             self._encoding = []
             groups = self.queries.abandon()
             queued = sum(len(g.monitors) for g in groups)
-            running = 0
-            if self._in_flight is not None:
-                for name in sorted(self._in_flight_left):
-                    m.queries_missed.labels(self._in_flight.stream, name).inc()
-                running = len(self._in_flight_left)
+            for stream, name in sorted(self._in_flight_left):
+                m.queries_missed.labels(stream, name).inc()
+            running = len(self._in_flight_left)
         left = {"clips": clips, "queries_queued": queued, "queries_running": running}
         if any(left.values()):
             log.warning("work abandoned", at=reason, clips_not_encoded=clips,
@@ -184,27 +184,27 @@ class InferenceWorker:
     def step(self) -> bool:
         self.collect()
         with self._lock:
-            batch, q = self._next_turn()
-            self._busy = bool(batch or q)
-            self._in_flight = q
-            self._in_flight_left = {cfg.name for cfg, _ in q.monitors} if q else set()
+            batch, qs = self._next_turn()
+            self._busy = bool(batch or qs)
+            self._in_flight = qs
+            self._in_flight_left = {(q.stream, cfg.name) for q in qs for cfg, _ in q.monitors}
             self._encoding = list(batch)
         try:
             if batch:
                 self._encode_turn(batch)
                 return True
-            if q is not None:
-                self._query_turn(q)
+            if qs:
+                self._query_turn(qs)
                 return True
             return False
         finally:
             with self._cv:
                 self._busy = False
-                self._in_flight = None
+                self._in_flight = []
                 self._encoding = []
                 self._cv.notify_all()
 
-    def _next_turn(self) -> tuple[list, QueryGroup | None]:
+    def _next_turn(self) -> tuple[list, list[QueryGroup]]:
         """Pick this step's work by the per-cycle budget. The caller holds the lock."""
         clips_wait = any(s.pending for s in self.streams.values())
         queries_wait = len(self.queries) > 0
@@ -216,19 +216,19 @@ class InferenceWorker:
         if turn != self._turn:
             self._turn, self._turns_in_row = turn, 0
         if turn == "query" and queries_wait:
-            q = self.queries.pop(self.clock())
-            if q is not None:
+            qs = self.queries.pop_cycle(self.clock(), self.settings.worker.query_streams)
+            if qs:
                 self._turns_in_row += 1
-                return [], q
+                return [], qs
             if not clips_wait:  # every waiting group had expired (counted)
-                return [], None
+                return [], []
             self._turn, self._turns_in_row = "encode", 0
         if clips_wait:
             self._turns_in_row += 1
             batch = take_batch(self.streams.values(), self.settings.audio.encode_batch, self._rr)
             self._rr += 1
-            return batch, None
-        return [], None
+            return batch, []
+        return [], []
 
     def _encode_turn(self, batch: list) -> None:
         heard = self.encoding.hear(batch)
@@ -274,15 +274,16 @@ class InferenceWorker:
         with self._lock:
             self.queries.add(make_group(h, af2, now, self.settings.worker.trigger_deadline), now)
 
-    def _query_turn(self, q: QueryGroup) -> None:
+    def _query_turn(self, qs: list[QueryGroup]) -> None:
         assert self.execution is not None
-        monitors = self.queries.still_in_time(q, self.clock())
+        now = self.clock()
+        work = [(self.streams[q.stream], q, self.queries.still_in_time(q, now)) for q in qs]
         with self._lock:
-            self._in_flight_left = {cfg.name for cfg, _ in monitors}
+            self._in_flight_left = {(q.stream, cfg.name) for _, q, ms in work for cfg, _ in ms}
 
         def emit(res, audio) -> None:
             with self._lock:
-                self._in_flight_left.discard(res.monitor)
+                self._in_flight_left.discard((res.stream, res.monitor))
             self.emit(res, audio)
 
-        self.execution.run(self.streams[q.stream], q, monitors, emit)
+        self.execution.run_many([w for w in work if w[2]], emit)

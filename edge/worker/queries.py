@@ -11,7 +11,8 @@ about now, an answer an hour later is useless). The queue runs the group with th
 **earliest deadline first**; a query not started by its deadline is skipped and counted
 (``fe_queries_missed``), and groups none of whose monitors can still make it are pruned so
 the queue stays bounded. In ``lossless`` mode (replay) deadlines do not apply and groups run
-in the order they fell due.
+in the order they fell due. The groups of other streams waiting at the same time join the
+first one (`QueryQueue.pop_cycle`, one group per stream): they run as shared batches.
 """
 
 from __future__ import annotations
@@ -104,6 +105,31 @@ class QueryQueue:
         i = 0 if self.lossless else min(range(len(self._groups)),
                                         key=lambda j: self._groups[j].deadline)
         return self._groups.pop(i)
+
+    def pop_cycle(self, now: float, max_groups: int) -> list[QueryGroup]:
+        """The group `pop` gives, plus the earliest-deadline group of each other stream that
+        waits now (at most ``max_groups`` in all): the queries due in the same cycle, which
+        execution answers as shared batches. One group per stream: a stream's later clips
+        wait for the next cycle, in deadline order."""
+        first = self.pop(now)
+        if first is None:
+            return []
+        out = [first]
+        seen = {first.stream}
+        order = (range(len(self._groups)) if self.lossless
+                 else sorted(range(len(self._groups)), key=lambda j: self._groups[j].deadline))
+        take = []
+        for j in order:
+            if len(out) + len(take) >= max_groups:
+                break
+            g = self._groups[j]
+            if g.stream not in seen:
+                seen.add(g.stream)
+                take.append(j)
+        out += [self._groups[j] for j in take]
+        for j in sorted(take, reverse=True):
+            del self._groups[j]
+        return out
 
     def still_in_time(self, q: QueryGroup, now: float) -> list[DueMonitor]:
         """The monitors of ``q`` that may still start; the others are counted as missed."""

@@ -35,6 +35,8 @@ class FakeModel:
         self.cross_kv_calls = 0
         self.ask_calls = []  # (questions, Sampling)
         self.score_calls = []  # (question, options)
+        self.score_batch_calls = []  # rows per score_batch_kv call
+        self.ask_limits = []  # per ask_batch call: each row's max_new_tokens
 
     def encode(self, clips):
         assert clips.ndim == 2 and clips.shape[1] == 160000 and clips.dtype == torch.float32
@@ -55,8 +57,10 @@ class FakeModel:
         self.ask_calls.append((list(questions), sampling))
         return [FakeAnswer(self.answer, [7, len(q)]) for q in questions]
 
-    def ask_batch(self, queries, sampling):
+    def ask_batch(self, queries, sampling, max_new_tokens=None):
         self.ask_calls.append(([q for _, q in queries], sampling))
+        limits = max_new_tokens or [sampling.max_new_tokens] * len(queries)
+        self.ask_limits.append(list(limits))
         return [FakeAnswer(self.answer, [7, len(q)]) for _, q in queries]
 
     def score(self, memory, mask, question, options, xkv=None):
@@ -68,3 +72,7 @@ class FakeModel:
 
     def score_batch(self, memory, mask, queries, xkv=None):
         return [self.score(memory, mask, q, options, xkv=xkv) for q, options in queries]
+
+    def score_batch_kv(self, queries):
+        self.score_batch_calls.append(len(queries))
+        return [self.score(None, None, q, options, xkv=xkv) for xkv, q, options in queries]

@@ -52,9 +52,13 @@ def test_yes_no_score_is_the_probability_of_yes_among_yes_and_no_spellings(af2, 
     mem, mask = memory
     cfg = mon(threshold=0.5)
     [o] = MemoryQueries(af2, mem, mask).answer([Query(cfg, "is there knocking?")])
-    s = af2.score(mem, mask, "is there knocking?", options=["yes", "Yes", "no", "No"])
+    # one scored question about a memory attends through the folded projections
+    s = af2.score(mem, mask, "is there knocking?", options=["yes", "Yes", "no", "No"],
+                  xkv=af2.cross_memory(mem, mask))
     want = s.probs["yes"] + s.probs["Yes"]
     assert o.score == pytest.approx(want, rel=1e-9)
+    kv = af2.score(mem, mask, "is there knocking?", options=["yes", "Yes", "no", "No"])
+    assert o.score == pytest.approx(kv.probs["yes"] + kv.probs["Yes"], abs=1e-5)
     assert o.probs == pytest.approx({"yes": want, "no": s.probs["no"] + s.probs["No"]})
     assert o.coverage == pytest.approx(s.coverage)
     assert o.verdict == ("positive" if want >= 0.5 else "negative")

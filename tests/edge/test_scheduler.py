@@ -120,9 +120,12 @@ def test_due_monitors_share_one_memory_per_window_and_one_kv_per_memory():
     assert by["k1"].token_ids == (7, len("knocking at a?")) and by["k1"].extra["explained"]
     assert by["k2"].answer == "yes" and by["k2"].token_ids == () and not by["k2"].extra["explained"]
     assert by["k3"].verdict == "unknown" and by["k3"].score is None and by["k1"].model_id == "fake-af2"
-    # each text group's decoding settings reach the model as one options object
-    assert sorted((q, s.max_new_tokens) for qs, s in model.ask_calls for q in qs) == [
+    # each text question's length reaches the model, and the two text monitors whose settings
+    # differ only in length decode as one batch
+    assert sorted((q, n) for (qs, _), lim in zip(model.ask_calls, model.ask_limits)
+                  for q, n in zip(qs, lim)) == [
         ("describe", 5), ("knocking at a?", 64), ("long?", 64), ("what?", 64)]
+    assert [sorted(qs) for qs, _ in model.ask_calls if "what?" in qs] == [["describe", "what?"]]
     assert by["k1"].end.timestamp() - by["k1"].start.timestamp() == 30.0
     assert m.queries.labels("a", "k1")._value.get() == 1
     audio = {r.monitor: a for r, a in results}["k1"]

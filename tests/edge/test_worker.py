@@ -190,15 +190,17 @@ def test_an_encoder_error_is_counted_the_gate_still_runs_and_the_worker_carries_
 
 
 class BrokenAsk(FakeModel):
-    def ask_batch(self, queries, sampling):
+    def ask_batch(self, queries, sampling, max_new_tokens=None):
+        self.tried = [*getattr(self, "tried", []), [q for _, q in queries]]
         if any("boom" in q for _, q in queries):
             raise RuntimeError("decoder exploded")
-        return super().ask_batch(queries, sampling)
+        return super().ask_batch(queries, sampling, max_new_tokens)
 
 
 def test_an_exception_part_way_through_a_query_group_loses_only_its_monitors():
-    # text monitors: one decoding group fails (k1 and k2 share it), the other group and the
-    # other window are answered
+    # text monitors: the batch holding k1 fails (k1, k2 and k3 differ at most in length and
+    # the wide window's memory joins them: one batch); retried one query at a time, only k1,
+    # whose own query fails, is lost
     model = BrokenAsk()
     mons = [{"name": "k1", "question": "boom?", "answer": "text", "every": "10s"},
             {"name": "k2", "question": "fine?", "answer": "text", "every": "10s"},
@@ -209,8 +211,11 @@ def test_an_exception_part_way_through_a_query_group_loses_only_its_monitors():
     feed(st["a"], 10)
     while w.step():
         pass
-    assert sorted(r.monitor for r, _ in results) == ["k3", "wide"]
-    assert count(m.queries_failed, "a", "k1") == 1 and count(m.queries_failed, "a", "k2") == 1
+    assert sorted(r.monitor for r, _ in results) == ["k2", "k3", "wide"]
+    assert count(m.queries_failed, "a", "k1") == 1 and count(m.queries_failed, "a", "k2") == 0
+    # one batch first, then each query alone
+    assert sorted(model.tried[0]) == ["boom?", "fine?", "other decoding", "wide?"]
+    assert sorted(map(tuple, model.tried[1:])) == [("boom?",), ("fine?",), ("other decoding",), ("wide?",)]
     assert w.errors == 0
 
 
@@ -308,10 +313,10 @@ class Blocking(FakeModel):
         self.started = threading.Event()
         self.release = threading.Event()
 
-    def score_batch(self, memory, mask, queries, xkv=None):
+    def score_batch_kv(self, queries):
         self.started.set()
         self.release.wait(30)
-        return super().score_batch(memory, mask, queries, xkv)
+        return super().score_batch_kv(queries)
 
 
 def test_stop_during_a_long_query_counts_and_logs_what_it_abandons(tmp_path, caplog):
