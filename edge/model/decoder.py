@@ -219,11 +219,14 @@ class CrossAttention(nn.Module):
         wk, wv = self.to_kv.weight.chunk(2, dim=0)  # each (inner, dim_audio)
         wk = wk.view(h, dh, -1)
         wv = wv.view(h, dh, -1)
-        mem = memory[:, None]  # (B, 1, M, Da)
-        sim = torch.matmul(torch.matmul(q * self.scale, wk), mem.transpose(-1, -2))  # (B, h, T, M)
+        Bm, M, Da = memory.shape  # Bm = 1: one memory shared by all B rows
+        qk = torch.matmul(q * self.scale, wk).reshape(Bm, -1, Da)  # (Bm, B/Bm*h*T, Da)
+        # rows x heads x tokens as the rows of one product per memory: the memory is read as
+        # is, never broadcast (copied) per head or row
+        sim = torch.bmm(qk, memory.transpose(1, 2)).view(B, h, T, M)
         sim = sim.masked_fill(~mask[:, None, None, :], -torch.finfo(sim.dtype).max)
         sim = sim - sim.amax(dim=-1, keepdim=True)
-        ctx = torch.matmul(sim.softmax(dim=-1), mem)  # (B, h, T, Da)
+        ctx = torch.bmm(sim.softmax(dim=-1).reshape(Bm, -1, M), memory).view(B, h, T, Da)
         out = torch.matmul(ctx, wv.transpose(-1, -2))  # (B, h, T, dh)
         return self.to_out(out.transpose(1, 2).reshape(B, T, -1))
 
@@ -335,7 +338,8 @@ class Decoder(nn.Module):
         is zeroed on reuse: a position is always written before anything reads it."""
         pool = self.__dict__.setdefault("_cache_pool", {})
         have = pool.get((use, batch))
-        if have is None or have[0][0].shape[2] < max_seq:
+        if (have is None or have[0][0].shape[2] < max_seq
+                or have[0][0].is_inference() and not torch.is_inference_mode_enabled()):
             d = self.d
             p = self.norm.weight  # the model dtype (the embedding may be stored int8)
             shape = (batch, d.num_key_value_heads, -(-max_seq // 64) * 64, d.head_dim)
