@@ -93,9 +93,13 @@ def test_streaming_equals_offline(model, recording, tmp_path):
         n = 12 if r.monitor == "whole" else 6
         ans = model.ask(offline, mask, r.question, Sampling(max_new_tokens=n))
         if r.monitor == "recent":  # yes_no: scored on the streamed memory = scored offline
-            sc = model.score(offline, mask, r.question, options=["yes", "Yes", "no", "No"])
+            # the only question on its memory: it attends through the folded projections
+            sc = model.score(offline, mask, r.question, options=["yes", "Yes", "no", "No"],
+                             xkv=model.cross_memory(offline, mask))
             assert r.score == pytest.approx(sc.probs["yes"] + sc.probs["Yes"], abs=1e-9)
             assert r.coverage == pytest.approx(sc.coverage, abs=1e-9)
+            kv = model.score(offline, mask, r.question, options=["yes", "Yes", "no", "No"])
+            assert r.score == pytest.approx(kv.probs["yes"] + kv.probs["Yes"], abs=1e-5)
         if r.monitor == "whole" or r.extra["explained"]:
             assert list(r.token_ids) == list(ans.token_ids)
             assert r.answer == ans.text
