@@ -110,36 +110,41 @@ def load(d: dict) -> str:
 def score(d: dict) -> str:
     """bench_score.py: one scored monitor over 5 minutes vs text16 and the official approach,
     where the scored path's time goes, and N streams due at once."""
-    out = []
+    out: list[str] = []
     for name, x in d["results"]["dtypes"].items():
-        b, off = x["scored_breakdown"], x["official"]
-        out += [f"**{name}**\n", "| path | time from due to answer (wall) | CPU s | scored is faster by |",
-                "|---|---|---|---|",
-                f"| scored (worker path: folded cross-attention) | {x['scored']['wall_s']:.2f} s | "
-                f"{x['scored']['cpu_s']:.2f} | |",
-                f"| scored, cross K/V materialised | {x['scored_materialised_kv']['wall_s']:.2f} s | "
-                f"{x['scored_materialised_kv']['cpu_s']:.2f} | "
-                f"{x['scored_materialised_kv']['wall_s'] / x['scored']['wall_s']:.1f}x |",
-                f"| text, 16 tokens | {x['text16']['wall_s']:.2f} s | {x['text16']['cpu_s']:.2f} | "
-                f"{x['speedup_vs_text16']:.1f}x |",
-                f"| official (re-encode 30 clips {off['includes_encode_s']:.1f} s + recompute K/V every "
-                f"step) | {off['wall_s']:.1f} s | {off['cpu_s']:.1f} | **{x['speedup_vs_official']:.1f}x** "
-                f"({x['speedup_vs_official_cpu']:.1f}x CPU time; {x['speedup_vs_official_without_encode']:.1f}x "
-                "without the re-encode) |", "",
-                f"Scored path, best of runs: audio transformer {b['audio_transformer_s']:.2f} s, then either "
-                f"cross K/V {b['cross_kv_s']:.2f} s + prefill {b['prefill_s']:.2f} s (materialised) or "
-                f"the folded prefill {b['folded_prefill_s']:.2f} s; folded vs generated-path log-probs "
-                f"max |diff| {x['folded_max_abs_logprob_diff']:.1e}.", "",
-                "| streams due at once | one at a time | batched | answers/s one at a time | "
-                "answers/s batched | speedup | max abs logprob diff |", "|---|---|---|---|---|---|---|"]
+        b, off, kv = x["scored_breakdown"], x["official"], x["scored_materialised_kv"]
+        out.append(f"**{name}**\n")
+        out.append("| path | time from due to answer (wall) | CPU s | scored is faster by |")
+        out.append("|---|---|---|---|")
+        out.append(f"| scored (worker path: folded cross-attention) | {x['scored']['wall_s']:.2f} s "
+                   f"| {x['scored']['cpu_s']:.2f} | |")
+        out.append(f"| scored, cross K/V materialised | {kv['wall_s']:.2f} s | {kv['cpu_s']:.2f} "
+                   f"| {kv['wall_s'] / x['scored']['wall_s']:.1f}x |")
+        out.append(f"| text, 16 tokens | {x['text16']['wall_s']:.2f} s | {x['text16']['cpu_s']:.2f} "
+                   f"| {x['speedup_vs_text16']:.1f}x |")
+        out.append(f"| official (re-encode 30 clips {off['includes_encode_s']:.1f} s + recompute K/V "
+                   f"every step) | {off['wall_s']:.1f} s | {off['cpu_s']:.1f} "
+                   f"| **{x['speedup_vs_official']:.1f}x** ({x['speedup_vs_official_cpu']:.1f}x CPU "
+                   f"time; {x['speedup_vs_official_without_encode']:.1f}x without the re-encode) |")
+        out.append("")
+        out.append(f"Scored path, best of runs: audio transformer {b['audio_transformer_s']:.2f} s, then "
+                   f"either cross K/V {b['cross_kv_s']:.2f} s + prefill {b['prefill_s']:.2f} s "
+                   f"(materialised) or the folded prefill {b['folded_prefill_s']:.2f} s; folded vs "
+                   f"generated-path log-probs max |diff| {x['folded_max_abs_logprob_diff']:.1e}.")
+        out.append("")
+        out.append("| streams due at once | one at a time | batched | answers/s one at a time "
+                   "| answers/s batched | speedup | max abs logprob diff |")
+        out.append("|---|---|---|---|---|---|---|")
         for n, t in x["throughput"].items():
             out.append(f"| {n} | {t['one_at_a_time_s']:.2f} s | {t['batched_s']:.2f} s | "
                        f"{t['answers_per_s_one_at_a_time']:.2f} | {t['answers_per_s_batched']:.2f} | "
                        f"{t['batched_speedup']:.2f}x | {t['max_abs_logprob_diff']:.1e} |")
         c = x["capacity_model"]
-        out += ["", f"Capacity estimate: {c['max_realtime_streams']} real-time streams "
-                f"({c['busy_s_per_stream_per_min']:.1f} busy s per stream and minute: 6 clips x "
-                f"{c['per_clip_encode_s']:.2f} s + one scored query {c['scored_query_s']:.2f} s).", ""]
+        out.append("")
+        out.append(f"Capacity estimate: {c['max_realtime_streams']} real-time streams "
+                   f"({c['busy_s_per_stream_per_min']:.1f} busy s per stream and minute: 6 clips x "
+                   f"{c['per_clip_encode_s']:.2f} s + one scored query {c['scored_query_s']:.2f} s).")
+        out.append("")
     out.append(_machine(d))
     return "\n".join(out)
 

@@ -159,7 +159,7 @@ def answer_memories(model: Any, items: list[tuple[MemoryQueries, list[Query]]]
             if n_scored < len(qs):
                 mq.xkv  # noqa: B018
             kvs[j] = mq.scoring_kv(n_scored, len(qs) - n_scored)
-        except Exception:  # noqa: BLE001 - a failed memory fails only its queries
+        except Exception:  # a failed memory fails only its queries
             log.exception("cross-attention K/V failed")
             continue
         ok += [(j, i) for i in range(len(qs))]
@@ -174,7 +174,7 @@ def answer_memories(model: Any, items: list[tuple[MemoryQueries, list[Query]]]
             rows = [(kvs[j], items[j][1][i]) for j, i in scored]
             for (j, i), o in zip(scored, _isolated(_score, model, rows, "scoring")):
                 out[j][i] = o
-        for key, idx in by_dec.items():
+        for idx in by_dec.values():
             rows = [(items[j][0].xkv, items[j][1][i]) for j, i in idx]
             for (j, i), o in zip(idx, _isolated(_generate, model, rows, "generation")):
                 out[j][i] = o
@@ -185,7 +185,7 @@ def _isolated(fn: Any, model: Any, rows: list[Row], what: str) -> list[Outcome |
     """``fn(model, rows)`` as one call; if it fails, each row alone (None where it fails)."""
     try:
         return list(fn(model, rows))
-    except Exception:  # noqa: BLE001 - retried one query at a time below
+    except Exception:  # retried one query at a time below
         if len(rows) == 1:
             log.exception("model call failed", call=what)
             return [None]
@@ -195,7 +195,7 @@ def _isolated(fn: Any, model: Any, rows: list[Row], what: str) -> list[Outcome |
     for r in rows:
         try:
             out += fn(model, [r])
-        except Exception:  # noqa: BLE001 - only this query fails; the others go on
+        except Exception:  # only this query fails; the others go on
             log.exception("model call failed", call=what)
             out.append(None)
     return out
@@ -286,7 +286,7 @@ def answer_due_many(model: Any, jobs: list[tuple[Any, Any, list[Query], Any]],
             if o.score is not None and watch is not None and watch.turns_on(res) and q.cfg.explain:
                 try:
                     res = make_result(q, mq.explain(q, o))
-                except Exception:  # noqa: BLE001 - the score stands; the words are a bonus
+                except Exception:  # the score stands; the words are a bonus
                     log.exception("explaining failed; the result keeps its best option",
                                   monitor=q.cfg.name)
             results.append(res)

@@ -100,7 +100,7 @@ def stack_cross(xkvs: list[CrossKV]) -> CrossKV:
             assert x.memory is not None
             mem[b, : x.mask.shape[-1]] = x.memory[0]
             mask[b, : x.mask.shape[-1]] = x.mask[0]
-        return CrossKV([None] * len(first.k), [None] * len(first.k), mask, mem)  # type: ignore[list-item]
+        return CrossKV([None] * len(first.k), [None] * len(first.k), mask, mem)
     ks: list[torch.Tensor | None] = []
     vs: list[torch.Tensor | None] = []
     for i, k0 in enumerate(first.k):
@@ -112,13 +112,15 @@ def stack_cross(xkvs: list[CrossKV]) -> CrossKV:
         v = k0.new_zeros((B, k0.shape[1], M, k0.shape[3]))
         for b, x in enumerate(xkvs):
             n = x.mask.shape[-1]
-            k[b, :, :n] = x.k[i][0]
-            v[b, :, :n] = x.v[i][0]
+            xk, xv = x.k[i], x.v[i]
+            assert xk is not None and xv is not None  # the same layers hold cross-attention
+            k[b, :, :n] = xk[0]
+            v[b, :, :n] = xv[0]
         ks.append(k)
         vs.append(v)
     for b, x in enumerate(xkvs):
         mask[b, : x.mask.shape[-1]] = x.mask[0]
-    return CrossKV(ks, vs, mask)  # type: ignore[arg-type]
+    return CrossKV(ks, vs, mask)
 
 
 def _release_name(c: AF2Config) -> str:

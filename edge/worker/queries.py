@@ -118,7 +118,7 @@ class QueryQueue:
         seen = {first.stream}
         order = (range(len(self._groups)) if self.lossless
                  else sorted(range(len(self._groups)), key=lambda j: self._groups[j].deadline))
-        take = []
+        take: list[int] = []
         for j in order:
             if len(out) + len(take) >= max_groups:
                 break

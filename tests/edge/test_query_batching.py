@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-import edge.model.generate as generate
+from edge.model import generate
 
 from .test_worker import Clock, count, feed, setup
 
