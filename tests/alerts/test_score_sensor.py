@@ -127,3 +127,33 @@ def test_score_sensor_ids_do_not_collide_with_other_entities() -> None:
     sensors = [e for e in ents if e.component == "sensor"]
     assert len({ids.object_id(e) for e in sensors}) == len(sensors)
     assert ids.object_id(stream_entities("x", ["y"], ["y"])[-1]) == "x_y_score"
+
+
+def test_prune_removes_the_score_sensor_of_a_monitor_turned_into_text(
+    broker: Mosquitto, recorder_factory: Callable[..., Recorder], tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+
+    rec = recorder_factory(broker, ["homeassistant/#", "fe-test/#"])
+    p = AlertPipeline(fast_config(broker), Metrics(), "b1", tmp_path)
+    p.start(configured={"s1": ["knock"]}, scored={"s1": ["knock"]})
+    try:
+        p.submit(_scored("negative", 0.25))
+        assert rec.wait_for(lambda: rec.payloads("fe-test/s1/knock/score") == ["25.00"], 10)
+    finally:
+        p.stop(5)
+    cfg = tmp_path / "daemon.yaml"
+    cfg.write_text(
+        f"data_dir: {tmp_path}\n"
+        "streams: [{id: s1, source: mqtt}]\n"
+        "monitors: [{name: knock, question: 'What do you hear?', answer: text, every: 60}]\n"
+        f"alerts: {{node_id: testnode, mqtt: {{host: {broker.host}, port: {broker.port}, topic_prefix: fe-test}}}}\n"
+    )
+    r = CliRunner().invoke(cli, ["alerts", "prune", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [f"removed sensor s1/knock  ({KNOCK_SCORE})"]
+    assert rec.wait_for(lambda: rec.payloads(KNOCK_SCORE)[-1:] == [""], 5)
+    assert rec.wait_for(lambda: rec.payloads("fe-test/s1/knock/score")[-1:] == [""], 5)
+    assert "" not in rec.payloads("homeassistant/binary_sensor/testnode/s1_knock/config")
