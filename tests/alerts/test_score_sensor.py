@@ -115,7 +115,8 @@ def test_score_sensor_removed_when_the_monitor_stops_being_scored_or_goes(
     late = recorder_factory(broker, ["homeassistant/sensor/#", "fe-test/s1/knock/score"], client_id="late")
     assert late.wait_for(lambda: late.messages != [], 5)
     time.sleep(0.3)
-    assert {m.topic for m in late.messages} == {"homeassistant/sensor/testnode/s1_level/config"}
+    assert {m.topic for m in late.messages} == {"homeassistant/sensor/testnode/s1_level/config",
+                                                "homeassistant/sensor/testnode/s1_input/config"}
 
 
 def test_score_sensor_ids_do_not_collide_with_other_entities() -> None:
