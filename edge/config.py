@@ -78,6 +78,9 @@ class EncoderConfig(_Base):
     device: str | None = None  # default: the model's device (tensorrt: cuda)
     dtype: Literal["float32", "bfloat16", "float16"] | None = None  # default: the model's
     max_batch: int = Field(8, ge=1, le=64)  # clips per engine call
+    # int8: the torch encoder's linear layers in dynamic int8 on CPUs, used only where it
+    # measures faster at start (logged); token error ~4e-2 (docs/PERFORMANCE.md "Encoder int8")
+    quantize: Literal["none", "int8"] = "none"
     cache_dir: Path | None = None  # exported ONNX / built engines; default <data_dir>/engines
 
 

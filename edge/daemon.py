@@ -309,7 +309,7 @@ class Daemon:
         backend = make_backend(ec.backend, self.model, device=ec.device, dtype=dtype,
                                max_batch=ec.max_batch,
                                cache_dir=ec.cache_dir or Path(self.data_dir) / "engines",
-                               log_fn=lambda msg: log.info(msg))
+                               log_fn=lambda msg: log.info(msg), quantize=ec.quantize)
         log.info("encoder backend", backend=backend.describe(), fallback=backend.fallback_reason)
         return backend
 

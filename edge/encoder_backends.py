@@ -40,6 +40,7 @@ from edge.model.config import CLIP_SAMPLES, TOKENS_PER_CLIP
 log = structlog.get_logger(__name__)
 
 KINDS = ("torch", "onnxruntime", "tensorrt")
+ENCODER_QUANTIZE = ("none", "int8")  # model.encoder.quantize (torch backend on CPUs)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 DEFAULT_CACHE_DIR = Path("var/engines")
@@ -97,13 +98,18 @@ class EncoderBackend(ABC):
 
 class TorchBackend(EncoderBackend):
     """The PyTorch encoder. With `batch_invariant` (default) each clip runs alone, so a clip's
-    tokens are bit-identical whatever else is in the batch (as `AF2.encode` guarantees)."""
+    tokens are bit-identical whatever else is in the batch (as `AF2.encode` guarantees).
+
+    `quantize="int8"` (CPU only): the encoder's linear layers run PyTorch's dynamic int8 kernels
+    (`edge.model.quant.encoder_int8`; activations quantized per clip, so batch invariance holds),
+    but only where a measurement at start shows them faster than the float dtype they replace;
+    otherwise, and on CUDA, the float encoder runs and `quantize_reason` says why (logged)."""
 
     kind = "torch"
 
     def __init__(self, model, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, max_batch: int = 8,
-                 batch_invariant: bool = True) -> None:
+                 batch_invariant: bool = True, quantize: str = "none") -> None:
         enc = model.modules.encoder
         cur_dev, cur_dt = enc.patch_embed.proj.weight.device, enc.patch_embed.proj.weight.dtype
         dev = torch.device(device) if device is not None else cur_dev
@@ -119,12 +125,44 @@ class TorchBackend(EncoderBackend):
         super().__init__(max_batch, enc.d.num_features)
         self.encoder, self.device, self.dtype = enc, dev, dt
         self.batch_invariant = batch_invariant
+        self.quantize, self.quantize_reason = "none", None
+        if quantize not in ENCODER_QUANTIZE:
+            raise ValueError(f"unknown encoder quantize mode {quantize!r}; use none or int8")
+        if quantize == "int8":
+            self._try_int8()
+
+    def _try_int8(self) -> None:
+        """Swap in the dynamic-int8 encoder where it measures faster (see the class doc)."""
+        from edge.model.quant import ENCODER_INT8_MIN_SPEEDUP, encoder_int8, encoder_int8_speedup
+
+        if self.device.type != "cpu":
+            why = (f"model.encoder.quantize int8 is for CPUs; the {self.device.type} encoder "
+                   f"keeps {dtype_name(self.dtype)}")
+        else:
+            try:
+                x = encoder_int8_speedup(self.dtype)
+            except Exception as e:  # noqa: BLE001 - no int8 engine in this torch build
+                x, why = 0.0, f"dynamic int8 is not available here ({type(e).__name__}: {e})"
+            else:
+                why = (f"encoder int8 measured {x:.2f}x {dtype_name(self.dtype)} on this CPU "
+                       f"(needs >= {ENCODER_INT8_MIN_SPEEDUP}x)")
+            if x >= ENCODER_INT8_MIN_SPEEDUP:
+                self.encoder = encoder_int8(self.encoder).eval().requires_grad_(False)
+                self.dtype, self.quantize = torch.float32, "int8"
+                self.quantize_reason = why + ": using it"
+                log.info("encoder int8", used=True, reason=self.quantize_reason)
+                return
+            why += f": keeping {dtype_name(self.dtype)}"
+        self.quantize_reason = why
+        log.warning("encoder int8", used=False, reason=why)
 
     @property
     def output_device(self) -> torch.device:
         return self.device
 
     def describe(self) -> str:
+        if self.quantize == "int8":
+            return f"torch {self.device.type} int8 (dynamic, float32 elsewhere)"
         return f"torch {self.device.type} {dtype_name(self.dtype)}"
 
     @torch.inference_mode()
@@ -384,9 +422,10 @@ def ensure_onnx(model, cache_dir: str | Path | None = None, precision: str = "fp
 
 
 def _start(c: Candidate, model, *, max_batch: int, cache_dir, onnx_path, threads,
-           profile, rebuild: bool, use_trt_provider: bool, log_fn) -> EncoderBackend:
+           profile, rebuild: bool, use_trt_provider: bool, log_fn,
+           quantize: str = "none") -> EncoderBackend:
     if c.kind == "torch":
-        return TorchBackend(model, c.device, c.dtype, max_batch=max_batch)
+        return TorchBackend(model, c.device, c.dtype, max_batch=max_batch, quantize=quantize)
     if c.kind == "onnxruntime":
         path = ensure_onnx(model, cache_dir, "fp32", onnx_path, log_fn)
         return OnnxRuntimeBackend(path, c.device, max_batch=max_batch, threads=threads,
@@ -405,18 +444,22 @@ def make_backend(kind: str, model, *, device: str | None = None, dtype: str | to
                  onnx_path: str | Path | None = None, threads: int | None = None,
                  profile: str | None = None, rebuild_engine: bool = False,
                  use_trt_provider: bool = False, env: Environment | None = None,
-                 log_fn: Callable[[str], None] | None = None) -> EncoderBackend:
+                 log_fn: Callable[[str], None] | None = None,
+                 quantize: str = "none") -> EncoderBackend:
     """The requested encoder backend, or the next best one that starts (see `fallback_chain`).
 
     device: "cpu" | "cuda" (default: cuda for tensorrt, the model's device type otherwise).
     dtype:  torch compute dtype (default: the model's; tensorrt: float16 unless float32 given).
+    quantize: "int8" = the torch backend on a CPU with dynamic int8 linears where that measures
+            faster (`TorchBackend`); other backends run unquantized (logged).
     Returns a backend whose `fallback_reason` is None, or the one-line reason it is not the one
     asked for (logged as a warning). Raises only if even torch on the CPU cannot start.
     """
     return select_backend(kind, model, device=device, dtype=dtype, max_batch=max_batch,
                           cache_dir=cache_dir, onnx_path=onnx_path, threads=threads,
                           profile=profile, rebuild_engine=rebuild_engine,
-                          use_trt_provider=use_trt_provider, env=env, log_fn=log_fn).backend
+                          use_trt_provider=use_trt_provider, env=env, log_fn=log_fn,
+                          quantize=quantize).backend
 
 
 def select_backend(kind: str, model, *, device: str | None = None,
@@ -425,7 +468,8 @@ def select_backend(kind: str, model, *, device: str | None = None,
                    threads: int | None = None, profile: str | None = None,
                    rebuild_engine: bool = False, use_trt_provider: bool = False,
                    env: Environment | None = None,
-                   log_fn: Callable[[str], None] | None = None) -> Selection:
+                   log_fn: Callable[[str], None] | None = None,
+                   quantize: str = "none") -> Selection:
     """Like `make_backend`, but returns the whole `Selection` (what was skipped and why)."""
     from trt_builders.metadata import one_line
 
@@ -444,7 +488,7 @@ def select_backend(kind: str, model, *, device: str | None = None,
                 backend = _start(c, model, max_batch=max_batch, cache_dir=cache_dir,
                                  onnx_path=onnx_path, threads=threads, profile=profile,
                                  rebuild=rebuild_engine, use_trt_provider=use_trt_provider,
-                                 log_fn=log_fn)
+                                 log_fn=log_fn, quantize=quantize)
             except Exception as e:
                 if c == chain[-1]:
                     raise
@@ -454,6 +498,10 @@ def select_backend(kind: str, model, *, device: str | None = None,
                 backend.fallback_reason = sel.message()
                 if backend.fallback_reason:
                     log.warning("encoder backend fallback", reason=backend.fallback_reason)
+                if quantize != "none" and c.kind != "torch":
+                    log.warning("encoder quantize ignored", quantize=quantize,
+                                backend=backend.describe(),
+                                reason="model.encoder.quantize applies to the torch backend on CPUs")
                 return sel
         skipped.append((c, reason))
     raise RuntimeError("no encoder backend could start: " +
