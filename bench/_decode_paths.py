@@ -8,6 +8,7 @@ Needs only torch and this repository (the GPU check runs on a bare CUDA box).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +16,21 @@ import torch
 from edge.model import AF2, AF2Config, Sampling
 from edge.model.config import TOKENS_PER_CLIP
 from edge.model.quant import weight_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_LM = ROOT / "tests" / "fixtures" / "af2-tiny" / "checkpoint" / "lm"
+SCORE_QUESTION = "Is the compressor knocking?"
+
+
+def fixture_tokenizer():
+    """The af2-tiny fixture's tokenizer (400 tokens, part of the checkout; needs only the
+    `tokenizers` package of `pip install -e .`): its ids fit every released vocabulary, so a
+    random-weight model can answer `AF2.score` on a real prompt. None where it is missing."""
+    if not (FIXTURE_LM / "tokenizer.json").is_file():
+        return None
+    from edge.model.tokenizer import AF2Tokenizer
+
+    return AF2Tokenizer.from_dir(FIXTURE_LM)
 
 
 def sync(device: torch.device) -> None:
@@ -88,9 +104,28 @@ def run_path(m: AF2, path: str, prompt: list[int], memory: torch.Tensor, mask: t
             "decode_s": t["decode_s"], "cross_kv_s": t_kv, "token_ids": ids}
 
 
+@torch.inference_mode()
+def score_yes_no(m: AF2, memory: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+    """`AF2.score` of a yes/no question (the fixture tokenizer stands in for the real one on
+    random weights): the probabilities, log-probabilities, coverage and time (cross K/V +
+    prefill + options, synchronised)."""
+    if m.tokenizer is None:
+        m.tokenizer = fixture_tokenizer()
+    if m.tokenizer is None:
+        return {"error": f"no tokenizer (the fixture is missing: {FIXTURE_LM})"}
+    sync(m.device)
+    t0 = time.perf_counter()
+    s = m.score(memory, mask, SCORE_QUESTION, ["yes", "no"])
+    sync(m.device)
+    return {"question": SCORE_QUESTION, "probs": s.probs, "logprobs": s.logprobs,
+            "coverage": s.coverage, "prompt_tokens": len(s.prompt_ids),
+            "seconds": time.perf_counter() - t0, "timings": s.timings}
+
+
 def measure(m: AF2, paths: list[str], windows: int, prompt_len: int, new_tokens: int,
-            bandwidth: float, seed: int = 1) -> dict[str, Any]:
-    """Every path on the same random memory and prompt; ids compared with the first path."""
+            bandwidth: float, seed: int = 1, score: bool = True) -> dict[str, Any]:
+    """Every path on the same random memory and prompt; ids compared with the first path.
+    `score`: also `score_yes_no` on the same memory."""
     cfg = m.config
     g = torch.Generator().manual_seed(seed)
     memory = torch.randn(windows * TOKENS_PER_CLIP, cfg.audio_dim, generator=g).to(m.device, m.dtype)
@@ -111,6 +146,8 @@ def measure(m: AF2, paths: list[str], windows: int, prompt_len: int, new_tokens:
             ref = r["token_ids"]
         r["same_ids_as_" + paths[0]] = r["token_ids"] == ref
         out["paths"][p] = r
+    if score:
+        out["score"] = score_yes_no(m, memory, mask)
     if m.device.type == "cuda":
         out["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(m.device)
     return out

@@ -112,10 +112,7 @@ def preflight() -> dict:
         out.update(gpu=p.name, compute_capability=f"{p.major}.{p.minor}",
                    memory_gib=round(p.total_memory / 2**30, 1), sms=p.multi_processor_count,
                    bf16=torch.cuda.is_bf16_supported())
-        try:
-            out["driver"] = torch.cuda.driver_version() if hasattr(torch.cuda, "driver_version") else None
-        except Exception:  # noqa: BLE001
-            out["driver"] = None
+        out["driver"] = _nvidia_driver()
     for name in OPTIONAL:
         try:
             mod = importlib.import_module(name)
@@ -123,6 +120,18 @@ def preflight() -> dict:
         except Exception as e:  # noqa: BLE001 - absent or broken: reported, not fatal
             out["optional"][name] = f"absent ({type(e).__name__})"
     return out
+
+
+def _nvidia_driver() -> str | None:
+    """The NVIDIA driver version (nvidia-smi; torch does not report it), or None."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip().splitlines()[0] if r.returncode == 0 and r.stdout.strip() else None
 
 
 def fixture_clip() -> torch.Tensor | None:
@@ -181,7 +190,6 @@ def encoder_sweep(model, dev: str, batches: list[int], min_s: float) -> list[dic
 def decoder_check(dev: str, tiny: bool, new_tokens: int, variants: list[str]) -> dict:
     from _decode_paths import decoder_only_model, measure, read_bandwidth
 
-    from edge.model import AF2
     from edge.model.config import AF2Config
 
     device = torch.device(dev)
@@ -190,6 +198,7 @@ def decoder_check(dev: str, tiny: bool, new_tokens: int, variants: list[str]) ->
     out = {"dims": "tiny" if tiny else "3B", "read_bandwidth_gb_s": bw / 1e9, "variants": {}}
     paths = ["eager", "static"] + (["graph"] if device.type == "cuda" or tiny else [])
     dtype = torch.bfloat16
+    ref: dict = {}  # the first variant's (bf16's) greedy ids and score: what int8/int4 deviate from
     for v in variants:
         try:
             m = decoder_only_model(cfg, dtype, dev, quantize=v if v != "bf16" else "none")
@@ -199,8 +208,7 @@ def decoder_check(dev: str, tiny: bool, new_tokens: int, variants: list[str]) ->
             r["new_tokens"] = n
             paths_ok = [p for p, x in r["paths"].items() if "tokens_per_s" in x]
             r["identical_ids"] = all(r["paths"][p]["same_ids_as_eager"] for p in paths_ok)
-            r["score"] = ("AF2.score: not called (random weights have no tokenizer)"
-                          if hasattr(AF2, "score") else "AF2.score: not on this checkout")
+            _vs_reference(ref, v, r)
             for p, x in r["paths"].items():
                 x.pop("token_ids", None)
                 if "tokens_per_s" in x:
@@ -210,6 +218,13 @@ def decoder_check(dev: str, tiny: bool, new_tokens: int, variants: list[str]) ->
                           f"cross K/V {x['cross_kv_s'] * 1e3:.0f} ms", flush=True)
                 else:
                     print(f"decoder {out['dims']} {v} {p}: {x.get('error')}", flush=True)
+            sc = r.get("score", {})
+            if "probs" in sc:
+                print(f"decoder {out['dims']} {v} score {sc['question']!r}: P(yes) "
+                      f"{sc['probs']['yes']:.4f}, coverage {sc['coverage']:.3f}, "
+                      f"{sc['seconds'] * 1e3:.0f} ms", flush=True)
+            else:
+                print(f"decoder {out['dims']} {v} score: {sc.get('error')}", flush=True)
             r.pop("prompt", None)
             out["variants"][v] = r
             del m
@@ -221,6 +236,27 @@ def decoder_check(dev: str, tiny: bool, new_tokens: int, variants: list[str]) ->
             traceback.print_exc()
             out["variants"][v] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     return out
+
+
+def _vs_reference(ref: dict, variant: str, r: dict) -> None:
+    """int8/int4 are quantized from the same random bf16 weights as the first variant: their
+    greedy ids (static path) and yes/no score against it (the deviation of the weight format)."""
+    static = r["paths"].get("static", {})
+    ids, score = static.get("token_ids"), r.get("score", {})
+    if not ref:
+        ref.update(variant=variant, ids=ids, score=score)
+        return
+    dev: dict = {"reference": ref["variant"]}
+    if ids is not None and ref["ids"] is not None:
+        n = min(len(ids), len(ref["ids"]))
+        same = [a == b for a, b in zip(ids[:n], ref["ids"][:n])]
+        dev["greedy_agreement"] = sum(same) / max(n, 1)
+        dev["first_divergence"] = same.index(False) if False in same else None
+    if "probs" in score and "probs" in ref["score"]:
+        dev["p_yes_abs_diff"] = abs(score["probs"]["yes"] - ref["score"]["probs"]["yes"])
+        dev["max_abs_logprob_diff"] = max(abs(score["logprobs"][o] - ref["score"]["logprobs"][o])
+                                          for o in score["logprobs"])
+    r["deviation"] = dev
 
 
 def tiny_config():
@@ -288,13 +324,13 @@ def main() -> int:
         EXTRA["stopped"] = "time limit reached (SIGTERM) before every section ran"
         print("gpu_check: time limit reached; printing what was measured", flush=True)
         _write_extra(args)
-        _report_extra()
+        _tables(args, _report_extra)
         return 1 if _extra_failed() else 0
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if "backends" not in sections:
         _write_extra(args)
-        _report_extra()
+        _tables(args, _report_extra)
         return 1 if _extra_failed() else 0
     from edge.encoder_backends import Environment, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
     from trt_builders.engines import prepare_engine, random_released_model
@@ -387,8 +423,7 @@ def main() -> int:
         print("gpu_check: time limit reached; printing what was measured", flush=True)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _report(rows, gpu, cc, env, args)
-    _report_extra()
+    _tables(args, lambda: _report(rows, gpu, cc, env, args), _report_extra)
     return 1 if (failed or _extra_failed()) else 0
 
 
@@ -423,6 +458,23 @@ def _extra_failed() -> bool:
     return bad
 
 
+def _tables(args, *reports) -> None:
+    """Print the result tables and write them beside the JSON (`gpu_check.txt`)."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        for report in reports:
+            report()
+    text = buf.getvalue()
+    print(text, end="", flush=True)
+    path = Path(args.out).with_suffix(".txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"tables written to {path}", flush=True)
+
+
 def _report_extra() -> None:
     enc = EXTRA.get("encoder")
     if enc:
@@ -452,6 +504,16 @@ def _report_extra() -> None:
                           f"{x['cross_kv_s'] * 1e3:7.1f} {x['same_ids_as_eager']!s:>8s}")
                 else:
                     print(f"{v:8s} {p:7s} {x.get('error')}")
+            sc = r.get("score", {})
+            if "probs" in sc:
+                print(f"{v:8s} score   P(yes) {sc['probs']['yes']:.4f} coverage {sc['coverage']:.3f} "
+                      f"in {sc['seconds'] * 1e3:.1f} ms ({sc['prompt_tokens']}-token prompt)")
+            d = r.get("deviation")
+            if d:
+                print(f"{v:8s} vs {d['reference']}: greedy agreement {d.get('greedy_agreement', 0):.2f} "
+                      f"(first divergence {d.get('first_divergence')}), |dP(yes)| "
+                      f"{d.get('p_yes_abs_diff', float('nan')):.4f}, max |d logprob| "
+                      f"{d.get('max_abs_logprob_diff', float('nan')):.3f}")
             if "peak_gpu_memory_bytes" in r:
                 print(f"{v:8s} peak GPU memory {r['peak_gpu_memory_bytes'] / 2**30:.1f} GiB")
 
