@@ -129,7 +129,7 @@ def main() -> None:
         del b
     v = res["variants"]
     if "float32" in v:
-        for name, r in v.items():
+        for r in v.values():
             r["cpu_speedup_vs_float32"] = v["float32"]["cpu_s"] / r["cpu_s"]
             r["wall_speedup_vs_float32"] = v["float32"]["wall_s"] / r["wall_s"]
     res["fixture_score_effect"] = fixture_score_effect()

@@ -125,7 +125,8 @@ class TorchBackend(EncoderBackend):
         super().__init__(max_batch, enc.d.num_features)
         self.encoder, self.device, self.dtype = enc, dev, dt
         self.batch_invariant = batch_invariant
-        self.quantize, self.quantize_reason = "none", None
+        self.quantize = "none"
+        self.quantize_reason: str | None = None  # why int8 is (not) used, when it was asked for
         if quantize not in ENCODER_QUANTIZE:
             raise ValueError(f"unknown encoder quantize mode {quantize!r}; use none or int8")
         if quantize == "int8":

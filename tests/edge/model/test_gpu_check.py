@@ -18,7 +18,7 @@ def test_gpu_check_tiny_runs_every_section_on_a_bare_box_and_writes_json_and_tab
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "sitecustomize.py").write_text(
-        "import sys\nfor name in %r:\n    sys.modules[name] = None\n" % (OPTIONAL,))
+        f"import sys\nfor name in {OPTIONAL!r}:\n    sys.modules[name] = None\n")
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(bare), OMP_NUM_THREADS="1", OUT=str(out))
     r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--tiny"],
