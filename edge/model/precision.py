@@ -13,7 +13,9 @@
     in. One model holds one copy of its weights, so the stages share a dtype unless the
     matrix-matrix stages would pay more than the decode step gains: then float32, and the log
     line points at `model.quantize: int8` (weight-only; the CPU kernel takes bf16 activations, so
-    its speed there is unmeasured) for the decode step.
+    its speed there is unmeasured) for the decode step. Where the float32 encoder stays and
+    PyTorch's dynamic int8 linears measure faster, it points at `model.encoder.quantize: int8`
+    (an accuracy trade, so offered in the log, never chosen by `auto`).
 
 The choice and the numbers behind it are logged once at load (logger `edge.model.precision`).
 """
@@ -75,7 +77,14 @@ def measure_cpu(min_s: float = 0.05) -> dict[str, float]:
     mm16 = _rate(lambda: ab @ bb, min_s)
     mv32 = _rate(lambda: torch.nn.functional.linear(x, w), min_s)
     mv16 = _rate(lambda: torch.nn.functional.linear(xb, wb), min_s)
-    return {"bf16_matmul_speedup": mm16 / mm32, "bf16_matvec_speedup": mv16 / mv32}
+    out = {"bf16_matmul_speedup": mm16 / mm32, "bf16_matvec_speedup": mv16 / mv32}
+    try:  # what model.encoder.quantize: int8 would buy over a float32 encoder (a hint only)
+        from .quant import encoder_int8_speedup
+
+        out["encoder_int8_speedup"] = encoder_int8_speedup(torch.float32, min_s)
+    except Exception:  # noqa: BLE001 - no dynamic int8 engine in this torch build: no hint
+        pass
+    return out
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,12 @@ def decide_cpu(measured: dict[str, float]) -> Choice:
     why = f"bf16 matrix products are emulated here ({nums})"
     if step == "bfloat16":
         why += "; for narrow decode-step weights try model.quantize: int8 (measure it first)"
+    from .quant import ENCODER_INT8_MIN_SPEEDUP
+
+    q = measured.get("encoder_int8_speedup", 0.0)
+    if q >= ENCODER_INT8_MIN_SPEEDUP:  # int8 changes the tokens (~4e-2): offered, not chosen
+        why += (f"; a cheaper encoder: model.encoder.quantize: int8 (dynamic int8 linears "
+                f"measure {q:.2f}x float32 here; token error ~4e-2)")
     return Choice("float32", "float32", stages, why, measured)
 
 

@@ -90,6 +90,13 @@ def test_unknown_quantize_mode_is_refused(fixture_dir):
 def test_auto_dtype_rule_on_both_kinds_of_cpu():
     avx2 = decide_cpu({"bf16_matmul_speedup": 0.15, "bf16_matvec_speedup": 1.46})
     assert (avx2.dtype, avx2.encoder) == ("float32", "float32") and "quantize: int8" in avx2.reason
+    assert "encoder.quantize" not in avx2.reason  # not measured: no encoder hint
+    avx2 = decide_cpu({"bf16_matmul_speedup": 0.02, "bf16_matvec_speedup": 0.97,
+                       "encoder_int8_speedup": 1.86})  # measured on an AVX2-only EPYC
+    assert (avx2.dtype, avx2.encoder) == ("float32", "float32")
+    assert "model.encoder.quantize: int8" in avx2.reason and "1.86x" in avx2.reason
+    assert "encoder.quantize" not in decide_cpu({"bf16_matmul_speedup": 0.02, "bf16_matvec_speedup": 0.97,
+                                                 "encoder_int8_speedup": 1.05}).reason
     native = decide_cpu({"bf16_matmul_speedup": 1.9, "bf16_matvec_speedup": 1.6})
     assert (native.dtype, native.encoder) == ("bfloat16", "bfloat16")
     mixed = decide_cpu({"bf16_matmul_speedup": 1.9, "bf16_matvec_speedup": 0.7})
@@ -103,8 +110,8 @@ def test_auto_dtype_measures_this_machine_and_logs_its_choice(caplog):
 
     with caplog.at_level(logging.INFO, logger="edge.model.precision"):
         c = resolve("auto", "cpu")
-    assert c.dtype in ("float32", "bfloat16") and set(c.measured) == {
-        "bf16_matmul_speedup", "bf16_matvec_speedup"}
+    assert c.dtype in ("float32", "bfloat16") and set(c.measured) >= {
+        "bf16_matmul_speedup", "bf16_matvec_speedup", "encoder_int8_speedup"}
     from tests.conftest import log_events
 
     assert [e["dtype"] for e in log_events(caplog.records, "model.dtype auto")] == [c.dtype]
