@@ -9,7 +9,8 @@ the eager reference loop and of the static path, the bytes a step reads (weights
 and tokens/s x bytes as a fraction of this machine's measured read bandwidth (a 1-GiB float32
 reduction, measured right before each variant because other processes share the machine). Also
 the quantized variants' deviation from float32: greedy-id agreement and logit error on the same
-prompt. Writes bench/results/decoder_paths.json.
+prompt, and the change of a yes/no `AF2.score` (the fixture tokenizer's prompt on the same memory).
+Writes bench/results/decoder_paths.json (bench/results/decoder_paths-t<N>.json with --threads N).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     memory = torch.randn(args.windows * TOKENS_PER_CLIP, cfg.audio_dim, generator=g)
     mask = torch.ones(args.windows)
-    ref_logits = ref_ids = None
+    ref_logits = ref_ids = ref_score = None
     for name in args.variants.split(","):
         dtype, q = VARIANTS[name]
         C.log(f"[decoder-paths] {name}: building")
@@ -69,11 +70,21 @@ def main() -> None:
         if ref_logits is None:  # the first variant (float32) is the reference
             ref_ids = r["prompt"] + ids
             ref_logits = m.logits(memory, mask, ref_ids)
+            ref_score = r.get("score")
         elif dtype == torch.float32:  # quantized from the same float32 weights (bf16 variants
             # draw their own random weights, so a deviation would compare different models)
             r["deviation_vs_first"] = deviation(m, ref_logits, ref_ids, memory, mask)
             r["greedy_agreement_vs_first"] = sum(
                 a == b for a, b in zip(ids, ref_ids[15:])) / len(ids)
+            sc = r.get("score", {})
+            if ref_score and "probs" in sc and "probs" in ref_score:
+                r["score_vs_first"] = {
+                    "p_yes_abs_diff": abs(sc["probs"]["yes"] - ref_score["probs"]["yes"]),
+                    "max_abs_logprob_diff": max(abs(sc["logprobs"][o] - ref_score["logprobs"][o])
+                                                for o in sc["logprobs"])}
+                C.log(f"[decoder-paths] {name} vs {args.variants.split(',')[0]}: "
+                      f"{r['deviation_vs_first']}, greedy {r['greedy_agreement_vs_first']:.2f}, "
+                      f"score {r['score_vs_first']}")
         for p, x in r["paths"].items():
             C.log(f"[decoder-paths] {name} {p}: {x['tokens_per_s']:.2f} tok/s, "
                   f"{x['achieved_gb_s']:.1f} GB/s = {100 * x['fraction_of_bandwidth']:.0f}% of "

@@ -507,7 +507,7 @@ def _report_extra() -> None:
             sc = r.get("score", {})
             if "probs" in sc:
                 print(f"{v:8s} score   P(yes) {sc['probs']['yes']:.4f} coverage {sc['coverage']:.3f} "
-                      f"in {sc['seconds'] * 1e3:.1f} ms ({sc['prompt_tokens']}-token prompt)")
+                      f"in {sc['seconds'] * 1e3:.1f} ms + the cross K/V ({sc['prompt_tokens']}-token prompt)")
             d = r.get("deviation")
             if d:
                 print(f"{v:8s} vs {d['reference']}: greedy agreement {d.get('greedy_agreement', 0):.2f} "
