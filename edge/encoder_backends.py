@@ -130,9 +130,9 @@ class TorchBackend(EncoderBackend):
         if quantize not in ENCODER_QUANTIZE:
             raise ValueError(f"unknown encoder quantize mode {quantize!r}; use none or int8")
         if quantize == "int8":
-            self._try_int8()
+            self._try_int8(model.modules.encoder)
 
-    def _try_int8(self) -> None:
+    def _try_int8(self, source) -> None:
         """Swap in the dynamic-int8 encoder where it measures faster (see the class doc)."""
         from edge.model.quant import ENCODER_INT8_MIN_SPEEDUP, encoder_int8, encoder_int8_speedup
 
@@ -148,7 +148,8 @@ class TorchBackend(EncoderBackend):
                 why = (f"encoder int8 measured {x:.2f}x {dtype_name(self.dtype)} on this CPU "
                        f"(needs >= {ENCODER_INT8_MIN_SPEEDUP}x)")
             if x >= ENCODER_INT8_MIN_SPEEDUP:
-                self.encoder = encoder_int8(self.encoder).eval().requires_grad_(False)
+                # quantized from the model's own weights (not from a bf16/fp16 copy of them)
+                self.encoder = encoder_int8(source).eval().requires_grad_(False)
                 self.dtype, self.quantize = torch.float32, "int8"
                 self.quantize_reason = why + ": using it"
                 log.info("encoder int8", used=True, reason=self.quantize_reason)
