@@ -83,7 +83,7 @@ def measure_cpu(min_s: float = 0.05) -> dict[str, float]:
 
         out["encoder_int8_speedup"] = encoder_int8_speedup(torch.float32, min_s)
     except Exception as e:  # noqa: BLE001 - no dynamic int8 engine in this torch build: no hint
-        log.debug("dynamic int8 not measurable here: %s", e)
+        log.debug("encoder int8 not measurable", error=f"{type(e).__name__}: {e}")
     return out
 
 

@@ -66,7 +66,10 @@ def test_int8_is_not_used_where_it_measures_slower(af2, expected, measured, capl
         b = eb.TorchBackend(af2, "cpu", "float32", quantize="int8")
     assert b.quantize == "none" and b.describe() == "torch cpu float32"
     assert "0.90x" in b.quantize_reason and "keeping float32" in b.quantize_reason
-    assert any("keeping float32" in r.getMessage() for r in caplog.records)
+    from tests.conftest import log_events
+
+    [e] = log_events(caplog.records, "encoder int8")
+    assert e["used"] is False and "keeping float32" in e["reason"]
     assert torch.equal(b.encode(expected["clips"][:1]), af2.encode(expected["clips"][:1]))
     with pytest.raises(ValueError, match="int8"):
         eb.TorchBackend(af2, "cpu", "float32", quantize="int4")
@@ -87,7 +90,10 @@ def test_config_selects_it_and_other_backends_say_they_ignore_it(af2, measured, 
         b = eb.make_backend("onnxruntime", af2, device="cpu", env=env, quantize="int8",
                             cache_dir=tmp_path)
     assert b.kind == "onnxruntime"
-    assert any("applies to the torch backend" in r.getMessage() for r in caplog.records)
+    from tests.conftest import log_events
+
+    [e] = log_events(caplog.records, "encoder quantize ignored")
+    assert e["quantize"] == "int8" and "applies to the torch backend" in e["reason"]
 
 
 def test_int8_at_released_encoder_widths_deviates_within_bounds():
