@@ -175,10 +175,11 @@ def test_colliding_names_get_distinct_topics_unique_ids_and_devices(
     'x' + monitor 'y_z' / stream 'x_y' + monitor 'z' (one discovery topic and unique_id)."""
     rec = recorder_factory(broker, ["homeassistant/#", "fe-test/status"])
     names = {"a.b": ["m"], "a_b": ["m"], "x": ["y_z"], "x_y": ["z"]}
-    p = AlertPipeline(fast_config(broker), Metrics(), "b", tmp_path).start()
+    # the daemon announces every configured stream at start, as here; the order the
+    # streams are listed in does not decide who keeps the legacy id
+    p = AlertPipeline(fast_config(broker), Metrics(), "b", tmp_path)
+    p.start(configured={s: names[s] for s in ("x_y", "a.b", "x", "a_b")})
     try:
-        for s in ("x_y", "a.b", "x", "a_b"):  # arrival order does not decide who keeps the legacy id
-            p.declare(s, names[s])
         assert rec.wait_for(lambda: len(_latest(rec)) >= 16, 10), sorted(_latest(rec))
         time.sleep(0.3)
         got = _latest(rec)
@@ -198,10 +199,9 @@ def test_colliding_names_get_distinct_topics_unique_ids_and_devices(
     assert c["unique_id"] == "testnode_" + t.split("/")[3]
     # the same ids after a restart (stored in the history database), whatever the order
     rec.messages.clear()
-    p2 = AlertPipeline(fast_config(broker), Metrics(), "b2", tmp_path).start()
+    p2 = AlertPipeline(fast_config(broker), Metrics(), "b2", tmp_path)
+    p2.start(configured={s: names[s] for s in ("a_b", "x", "a.b", "x_y")})
     try:
-        for s in ("a_b", "x", "a.b", "x_y"):
-            p2.declare(s, names[s])
         assert rec.wait_for(lambda: len(_latest(rec)) >= 16, 10)
         time.sleep(0.3)
         assert _latest(rec) == got
