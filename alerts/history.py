@@ -156,6 +156,25 @@ class History:
         with self._lock:
             return [json.loads(r[0]) for r in self._db.execute(q, args)]
 
+    def page_alerts(
+        self, *, stream: str | None = None, monitor: str | None = None,
+        severity: str | None = None, since: float | None = None, until: float | None = None,
+        limit: int = 20, offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of alerts, newest first, and how many match the filters in all."""
+        where, args = _filters(stream, monitor)
+        for clause, val in ((" AND severity=?", severity), (" AND ts>=?", since),
+                            (" AND ts<?", until)):
+            if val is not None:
+                where += clause
+                args.append(val)
+        with self._lock:
+            total = self._db.execute("SELECT COUNT(*) FROM alerts WHERE 1=1" + where, args).fetchone()[0]
+            rows = self._db.execute(
+                "SELECT payload FROM alerts WHERE 1=1" + where + " ORDER BY ts DESC, seq DESC"
+                " LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+        return [json.loads(r[0]) for r in rows], int(total)
+
     def get_alert(self, id_prefix: str) -> dict[str, Any] | None:
         """The alert whose id is or starts with ``id_prefix``; None if none or ambiguous."""
         with self._lock:

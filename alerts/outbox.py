@@ -131,6 +131,25 @@ class Outbox:
             )
             return [OutboxRow(*r) for r in cur.fetchall()]
 
+    def waiting(self, alert_ids: Iterable[str]) -> dict[str, dict[str, dict[str, object]]]:
+        """alert id -> sink -> ``{"attempts", "error", "delivery"}`` of the rows still queued
+        (an alert/sink pair with no row has been delivered, or dropped by the bounds)."""
+        ids = list(alert_ids)
+        out: dict[str, dict[str, dict[str, object]]] = {}
+        if not ids:
+            return out
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT alert_id, sink, attempts, last_error, delivery FROM outbox WHERE alert_id IN "
+                f"({','.join('?' * len(ids))})", ids).fetchall()
+        for alert_id, sink, attempts, error, delivery in rows:
+            try:
+                d = json.loads(delivery or "{}")
+            except ValueError:
+                d = {}
+            out.setdefault(alert_id, {})[sink] = {"attempts": attempts, "error": error, "delivery": d}
+        return out
+
     def count(self, sink: str | None = None) -> int:
         """Undelivered alerts (distinct ids), or rows of one sink; -1 once closed."""
         if self._closed:

@@ -325,10 +325,53 @@ class HealthConfig(_Base):
     silent_after: Duration = Field(60.0, gt=0)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or name to bind) reaches this machine only."""
+    import ipaddress
+
+    if host.strip().lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class HttpConfig(_Base):
-    enabled: bool = False
-    host: str = "127.0.0.1"
+    """The web page, its JSON API, /metrics and /healthz (docs/HTTP.md)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # beyond loopback only with a credential (token or user/password)
     port: int = Field(9108, ge=0, le=65535)
+    # a credential, when set, is required on every request (loopback clients included):
+    # `Authorization: Bearer <token>` or HTTP basic auth (any user name with the token as
+    # password, or `username` + `password`)
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    max_body: int = Field(16384, ge=1024, le=1 << 20)  # bytes of a request body
+    rate: float = Field(20.0, gt=0)  # requests per second per client (token bucket) ...
+    burst: int = Field(100, ge=1)  # ... and its burst
+    ask_deadline: Duration = Field(30.0, gt=0)  # "ask now": start within this, like a trigger
+    max_asks: int = Field(4, ge=1, le=64)  # "ask now" questions waiting at once
+
+    @model_validator(mode="after")
+    def _check(self) -> HttpConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("http.username and http.password go together")
+        if self.token is not None and len(self.token.get_secret_value()) < 8:
+            raise ValueError("http.token must be at least 8 characters")
+        if self.enabled and not is_loopback(self.host) and not self.has_credential:
+            raise ValueError(f"http.host {self.host} is beyond loopback: set http.token "
+                             "(or http.username and http.password), or bind http.host: 127.0.0.1")
+        return self
+
+    @property
+    def has_credential(self) -> bool:
+        return self.token is not None or self.password is not None
+
+    def secrets(self) -> list[str]:
+        return [s.get_secret_value() for s in (self.token, self.password) if s is not None]
 
 
 class LogConfig(_Base):
@@ -404,7 +447,7 @@ class Settings(BaseSettings):
         return [m for m in self.monitors if m.streams is None or stream in m.streams]
 
     def secrets(self) -> list[str]:
-        out = list(self.alerts.secrets())
+        out = list(self.alerts.secrets()) + self.http.secrets()
         if self.mqtt is not None and self.mqtt.password is not None:
             out.append(self.mqtt.password.get_secret_value())
         for st in self.streams:

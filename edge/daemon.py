@@ -4,7 +4,7 @@
     InferenceWorker thread (edge.worker): collect -> gate + batched encode -> memory ->
         monitors -> queries -> results
     results -> result sinks (edge.sinks: log, the alert pipeline, caller-supplied)
-    http (/metrics, /healthz), systemd notify + watchdog
+    http (the web page, /api/, /metrics, /healthz: edge.http, edge.web), systemd notify + watchdog
 
 `Daemon.start` builds the parts in order (sinks, worker, sources, HTTP, watchdog, threads);
 `Daemon.run` returns when every finite source (a file without ``loop``) has been played and
@@ -49,6 +49,8 @@ from .worker.execute import MemoryHook, QueryModel
 
 if TYPE_CHECKING:
     from alerts.pipeline import AlertPipeline
+
+    from .web.live import LiveResults
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +105,11 @@ class Daemon:
         self.worker: InferenceWorker | None = None
         self.sources: list[Source] = []
         self.http_endpoint: HttpEndpoint | None = None
+        self.live: LiveResults | None = None  # what the web page shows of the monitors
+        if self._want_http:
+            from .web.live import LiveResults
+
+            self.live = LiveResults(settings.alerts)
         self._notifier: Notifier | None = None
         self._progress: ProgressGate | None = None
         self._watchdog: Watchdog | None = None
@@ -193,6 +200,8 @@ class Daemon:
                                                  self.data_dir).start(configured=configured,
                                                                       scored=scored)
             sinks.append(self.alerts_pipeline)
+        if self.live is not None:
+            sinks.append(self.live)
         sinks.extend(self._extra_sinks)
         return FanoutSink(sinks)
 
@@ -216,7 +225,8 @@ class Daemon:
 
         h = self.settings.http
         try:
-            return start_http_server(h.port, self.metrics, self.health, host=h.host)
+            return start_http_server(h.port, self.metrics, self.health, host=h.host,
+                                     daemon=self, config=h)
         except OSError as e:
             log.error("http endpoint not started", error=str(e))
             return None

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# the web page is on by default (http.enabled): daemons started by tests bind a free port, never
+# the default 9108 that another test run (or a real daemon) on this machine may hold
+os.environ.setdefault("FLAMINGO_EDGE_HTTP__PORT", "0")
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE = FIXTURES / "af2-tiny"

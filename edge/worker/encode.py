@@ -109,7 +109,8 @@ class Encoding:
 
     def _read_and_gate(self, s: StreamState, spec: ClipSpec) -> HeardClip | None:
         m = self.metrics
-        if s.gap_in(spec) >= ALL_GAP * (spec.end - spec.start):
+        gap = s.gap_in(spec)
+        if gap >= ALL_GAP * (spec.end - spec.start):
             # no captured audio in it (a short outage filled with silence): nothing to hear,
             # nothing to encode; its slot stays empty and is masked in every window
             m.clips_gap.labels(s.id).inc()
@@ -124,6 +125,7 @@ class Encoding:
             x[:held.shape[0]] = held
         reading = s.gate.process(x)
         s.last_reading = reading
+        s.heard.append((spec.index, s.clip_utc(spec)[1], reading, gap))
         m.level_dbfs.labels(s.id).set(reading.level_dbfs)
         if reading.novelty is not None:
             m.novelty.labels(s.id).set(reading.novelty)

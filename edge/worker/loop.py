@@ -29,6 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 import structlog
@@ -47,6 +48,7 @@ from .state import StreamState
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..results import MonitorResult
 
 log = structlog.get_logger(__name__)
 
@@ -284,6 +286,35 @@ class InferenceWorker:
         def emit(res, audio) -> None:
             with self._lock:
                 self._in_flight_left.discard((res.stream, res.monitor))
-            self.emit(res, audio)
+            q = by_stream[res.stream]
+            if q.reply is not None:  # "ask now": to the asker, not the sinks
+                q.reply(res)
+            else:
+                self.emit(res, audio)
 
+        by_stream = {q.stream: q for q in qs}  # one group per stream in a cycle (pop_cycle)
         self.execution.run_many([w for w in work if w[2]], emit)
+        for _, q, ms in work:
+            if q.reply is not None:
+                q.reply(None, "failed" if ms else "deadline")  # no-op once answered
+
+    def ask(self, stream: str, question: str, *, answer: str = "text",
+            choices: list[str] | None = None, window_s: float | None = None,
+            deadline_s: float = 30.0, max_waiting: int = 4) -> Future[MonitorResult]:
+        """Queue a question about ``stream``'s memory (`edge.worker.ask`); returns at once."""
+        from .ask import ASK_MONITOR, AskError, ask_config, ask_group
+
+        if self.execution is None:
+            raise AskError("no_model", "no AF2 model loaded: only the level/novelty gate runs")
+        s = self.streams[stream]
+        w = min(window_s or self.settings.audio.window, self.settings.audio.memory)
+        cfg = ask_config(question, answer, list(choices or []), w, deadline_s)
+        fut: Future[MonitorResult] = Future()
+        now = self.clock()
+        with self._lock:
+            if sum(1 for g in self.queries.groups() if g.reply is not None) >= max_waiting:
+                raise AskError("busy", f"{max_waiting} questions are already waiting")
+            self.queries.add(ask_group(s, cfg, now, deadline_s, fut), now)
+        self.notify()
+        log.info("question queued", stream=stream, monitor=ASK_MONITOR, window_s=w)
+        return fut

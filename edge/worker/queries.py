@@ -17,6 +17,7 @@ first one (`QueryQueue.pop_cycle`, one group per stream): they run as shared bat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,8 @@ class QueryGroup:
     reading: GateReading | None
     clip_span: tuple[int, int]
     deadlines: dict[str, float] = field(default_factory=dict)  # monitor -> worker-clock deadline
+    # "ask now" (edge.worker.ask): its answer goes here, not to the sinks; None = expired/abandoned
+    reply: Callable[..., None] | None = None
 
     @property
     def deadline(self) -> float:
@@ -92,6 +95,9 @@ class QueryQueue:
 
     def __len__(self) -> int:
         return len(self._groups)
+
+    def groups(self) -> list[QueryGroup]:
+        return list(self._groups)
 
     def add(self, group: QueryGroup, now: float) -> None:
         self._prune_expired(now)
@@ -146,6 +152,8 @@ class QueryQueue:
         """Empty the queue (shutdown), counting every monitor as missed; returns the groups."""
         out, self._groups = self._groups, []
         for g in out:
+            if g.reply is not None:
+                g.reply(None, "shutdown")
             for cfg, _ in g.monitors:
                 self.metrics.queries_missed.labels(g.stream, cfg.name).inc()
         return out
@@ -162,6 +170,8 @@ class QueryQueue:
                     self.metrics.queries_missed.labels(g.stream, cfg.name).inc()
                 log.warning("queries skipped: past their deadline", stream=g.stream,
                             monitors=",".join(cfg.name for cfg, _ in g.monitors))
+                if g.reply is not None:
+                    g.reply(None)
             else:
                 keep.append(g)
         self._groups = keep

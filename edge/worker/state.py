@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..config import Settings, StreamConfig
 
 SR = 16000
+HEARD_CLIPS = 360  # clips of level/novelty history kept per stream (an hour at a 10-s hop)
 
 
 def utc(t: float | None) -> datetime:
@@ -54,6 +55,8 @@ class StreamState:
         self.ended = False  # set when a finite source has delivered everything
         self.flushed = False
         self.last_reading: GateReading | None = None
+        # (clip slot, UTC end, reading, gap samples) of the clips heard lately (the web page)
+        self.heard: deque[tuple[int, float | None, GateReading, int]] = deque(maxlen=HEARD_CLIPS)
 
     def next_unprocessed(self) -> int:
         if self.pending:
