@@ -334,7 +334,6 @@ class Api:
     async def events(self, request: Request) -> Response:
         if self.subscribers >= MAX_SUBSCRIBERS:
             return _error(503, "too many live feeds open")
-        self.subscribers += 1
         return StreamingResponse(self._feed(request), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
@@ -348,6 +347,7 @@ class Api:
         first = True
         next_health = 0.0
         next_ping = time.monotonic() + 15
+        self.subscribers += 1  # counted here, so the finally below always uncounts it
         try:
             yield b"retry: 2000\n\n"
             while not self.closed.is_set():

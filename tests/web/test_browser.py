@@ -162,8 +162,7 @@ def test_the_page_shows_the_demo_live_and_answers_a_question(daemons, browser):
     shot = artifacts() / "web-page.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10000
-    severe = [e for e in browser.get_log("browser")
-              if e["level"] == "SEVERE" and "favicon" not in e["message"]]
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
 
 
