@@ -16,7 +16,8 @@ and the worker carries on.
 until ``worker.drain_share`` of the timeout -> stop and join it, counting and logging what
 was abandoned -> flush the alert pipeline -> stop HTTP and the watchdog.
 
-Health: the systemd watchdog is fed while the worker turns (every step, every model call);
+Health: the systemd watchdog is fed while the worker turns (every step, every model call, and
+inside a model call every decoded token, scored question and encoded clip);
 a stream without audio for its ``silent_after`` is *silent* or *reconnecting*
 (`edge.health`: ``/healthz``, ``fe_stream_*``, the stream's MQTT availability), a state to
 report, never a reason for a restart.
@@ -233,7 +234,7 @@ class Daemon:
 
     def _start_watchdog(self) -> None:
         self._notifier = Notifier()
-        # WATCHDOG=1 only while the inference loop turns (each step, each model call): a stuck
+        # WATCHDOG=1 only while the inference loop turns (each step, each token): a stuck
         # model call or a dead worker lets systemd restart us; silent inputs do not
         self._progress = ProgressGate(["worker"], max_age_s=self._watchdog_max_age)
         self._watchdog = Watchdog(self._notifier, self._progress).start()

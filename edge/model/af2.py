@@ -30,6 +30,7 @@ from .audio_transformer import AudioTransformer
 from .config import CLIP_SAMPLES, TOKENS_PER_CLIP, AF2Config
 from .decoder import CrossKV, Decoder
 from .generate import DecoderPool, Sampling, decode, pick_token
+from .progress import tick
 from .htsat import HTSAT
 from .tokenizer import AF2Tokenizer
 
@@ -214,7 +215,11 @@ class AF2:
         if clips.ndim != 2 or clips.shape[1] != CLIP_SAMPLES:
             raise ValueError(f"encode expects clips of shape (L, 160000), got {tuple(clips.shape)}")
         x = audio_prep.int16_roundtrip_torch(clips.to(self.device, torch.float32))
-        return torch.cat([self.modules.encoder(x[i : i + 1]) for i in range(x.shape[0])])
+        out = []
+        for i in range(x.shape[0]):
+            out.append(self.modules.encoder(x[i : i + 1]))
+            tick()
+        return torch.cat(out)
 
     @torch.inference_mode()
     def memory(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -391,6 +396,7 @@ class AF2:
                 # position by position before anything reads it
                 dec.fork_cache(1, b, caches)
             out.append(self._options_after_prefill(first[b], opts, row_xkv, lens[b]))
+            tick()
         return out
 
     @torch.inference_mode()
@@ -438,6 +444,7 @@ class AF2:
             if any(len(o) > 1 for o in opts):
                 dec.fork_cache(1, b, caches)
             out.append(self._options_after_prefill(first[b], opts, row, T))
+            tick()
         return out
 
     def _options_after_prefill(self, first: torch.Tensor, option_ids: list[list[int]],
@@ -545,6 +552,7 @@ class AF2:
             out.append(nxt)
             if step == max_new_tokens - 1:
                 break
+            tick()
             pos = torch.tensor([T + step], device=self.device)
             logits = dec(torch.tensor([[nxt]], device=self.device), xkv, input_pos=pos)[0, -1]
         t_total = time.perf_counter() - t0

@@ -27,6 +27,7 @@ import structlog
 import torch
 
 from .decoder import CrossKV, Decoder, StaticCache
+from .progress import tick
 
 log = structlog.get_logger(__name__)
 
@@ -327,6 +328,7 @@ def decode(pool: DecoderPool, prompts: list[list[int]], xkvs: list[CrossKV], s: 
         n = i + 1
         if i == n_new - 1 or bool(done.all()):  # the one host sync per token
             break
+        tick()  # a watchdog sees a long generation turn (edge.model.progress)
         logits = sd.step(tok)
         steps += 1
     rows = out[:, :n].tolist()  # one copy to the host

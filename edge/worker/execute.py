@@ -9,8 +9,8 @@ decoding setting (`AF2.ask_batch`), in chunks of the model's ``max_batch`` rows
 (`edge.answering.answer_memories`). The answer of each monitor is turned into a result
 (`edge.worker.emit.answer_result`, latency from its own group's due time) and handed to
 ``emit`` with a reference to the window's audio (`edge.results.AudioSpan`, read only for an
-evidence clip). ``on_progress`` is called after every model call, so the watchdog sees a long
-group make progress.
+evidence clip). ``on_progress`` is called after every model call (and the model ticks after every
+token and scored row: `edge.model.progress`), so the watchdog sees a long group make progress.
 
 An exception part-way (memory, a model call, a broken answer) loses only the monitors it
 happened to: a failed batched call is retried one query at a time, and what still fails is

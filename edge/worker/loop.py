@@ -15,8 +15,9 @@ Each `InferenceWorker.step` does one unit of work:
 When both clips and queries wait, the turns alternate by the per-cycle budget
 ``worker.encode_turns`` / ``worker.query_turns``, so encoding cannot starve the queries nor
 the queries the encoding. Results are built and handed to the sink by `edge.worker.emit`.
-`run` loops `step` until stopped and calls ``on_turn`` after every step (and execution after
-every model call), so a watchdog sees the worker turning. At shutdown the supervisor waits
+`run` loops `step` until stopped and calls ``on_turn`` after every step, after every model
+call and, inside the model, after every decoded token (`edge.model.progress`), so a watchdog
+sees the worker turning even during one long generation. At shutdown the supervisor waits
 for `idle` up to a deadline, stops the loop and calls `abandon`, which counts and logs
 whatever was left.
 
@@ -30,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 import structlog
@@ -131,9 +133,22 @@ class InferenceWorker:
                 self._cv.wait(0.05)
 
     def run(self, stop: threading.Event, on_turn: Callable[[], None] | None = None) -> None:
-        """Turn `step` until ``stop`` is set; ``on_turn`` is called after every step and
-        after every model call of a query group."""
+        """Turn `step` until ``stop`` is set; ``on_turn`` is called after every step, after
+        every model call of a query group, and inside the model's loops after every decoded
+        token, scored question and encoded clip (`edge.model.progress`), so one model call
+        longer than the watchdog interval still shows the worker turning."""
         self.on_progress = on_turn
+        with self._model_progress():
+            self._run(stop)
+
+    def _model_progress(self) -> AbstractContextManager[None]:
+        if self.model is None or self.on_progress is None:
+            return nullcontext()
+        from ..model.progress import reporting  # torch: only with a model
+
+        return reporting(self._progress)
+
+    def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 worked = self.step()

@@ -497,3 +497,78 @@ def test_healthz_says_which_stream_went_silent_per_stream_silent_after(tmp_path)
     # the worker stopped: failing, 503
     h = d.health()
     assert h["status"] == "failing" and h["http_status"] == 503 and not h["ok"]
+
+
+def test_one_model_call_longer_than_the_watchdog_interval_keeps_systemd_fed(
+        tmp_path, monkeypatch, fixture_dir):
+    """A single generation (one `ask_batch` call of a real AF2 model) that takes several
+    WatchdogSec on a slow CPU: the decoder's token loop beats the worker's heartbeat, so the
+    WATCHDOG=1 datagrams on the real notify socket never pause for a WatchdogSec."""
+    import os
+    import socket
+
+    from edge.model import AF2
+    from edge.model.generate import StaticDecoder
+    from edge.model.tokenizer import AF2Tokenizer
+    from tests.edge.model.test_score import tiny_config
+
+    interval = 0.8  # WatchdogSec
+    tok = AF2Tokenizer.from_dir(fixture_dir / "checkpoint" / "lm")
+    model = AF2.random(tiny_config(32, 1, 2, 2, 1), seed=1, tokenizer=tok)
+    step = StaticDecoder.step
+
+    def slow_step(self, tokens):  # a slow CPU: 50 ms per decoded token
+        time.sleep(0.05)
+        return step(self, tokens)
+
+    monkeypatch.setattr(StaticDecoder, "step", slow_step)
+    calls = []
+    ask_batch = model.ask_batch
+
+    def timed(queries, sampling):
+        t0 = time.monotonic()
+        out = ask_batch(queries, sampling)
+        calls.append((t0, time.monotonic(), [len(a.token_ids) for a in out]))
+        return out
+
+    model.ask_batch = timed
+    name = f"fe-wd-{os.getpid()}-{time.monotonic_ns()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(0.1)
+    pings = []
+    reading = threading.Event()
+    reading.set()
+
+    def read():
+        while reading.is_set():
+            try:
+                if sock.recv(64) == b"WATCHDOG=1":
+                    pings.append(time.monotonic())
+            except socket.timeout:
+                pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+    monkeypatch.setenv("WATCHDOG_USEC", str(int(interval * 1e6)))
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    s = daemon_settings(tmp_path, [{"name": "t", "question": "What do you hear?", "answer": "text",
+                                    "every": "10s", "decoding": {"max_new_tokens": 70}}])
+    d = Daemon(s, model=model, sources=[Feeder(10)], alerts=False, watchdog_max_age=interval)
+    d.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        d.stop(timeout=2)
+        reading.clear()
+        reader.join(2)
+        sock.close()
+    assert calls, "the query never ran"
+    t0, t1, ntok = calls[0]
+    assert ntok == [70] and t1 - t0 > 4 * interval  # one model call, 4+ watchdog intervals long
+    during = [t for t in pings if t0 <= t <= t1]
+    edges = [t0, *during, t1]
+    assert len(during) >= 4 and max(b - a for a, b in zip(edges, edges[1:])) < interval
