@@ -92,6 +92,12 @@ class Metrics:
             "fe_queries_failed", "Monitor queries lost to an error (encoder or model)",
             ["stream", "monitor"], registry=r,
         )
+        self.results_dropped = Counter(
+            "fe_results_dropped", "Monitor results built after the shutdown drain deadline and "
+            "not passed on to the sinks (queries abandoned then count as fe_queries_missed)",
+            ["stream", "monitor", "reason"],
+            registry=r,
+        )
         self.monitor_score = Gauge(
             "fe_monitor_score", "Latest score (probability 0-1) of a scored monitor",
             ["stream", "monitor"], registry=r,

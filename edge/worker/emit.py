@@ -5,6 +5,7 @@ worker carries on.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import structlog
 
 from ..answering import Outcome
 from ..memory import MemoryView
+from ..metrics import Metrics
 from ..monitors import Due
 from ..results import AudioSpan, MonitorResult
 from ..sinks import ResultSink
@@ -69,25 +71,34 @@ def clip_audio(h: HeardClip) -> AudioSpan:
 
 class Emitter:
     """Counts results and passes each to the sink with (a reference to) the audio of its span.
-    After `close` (shutdown: the sinks are being flushed) results are not passed on: the work
-    they came from was already counted as abandoned."""
+    After `close` (shutdown: the sinks are being flushed) results are not passed on; each one
+    refused is counted (``fe_results_dropped{reason="shutdown"}``) and logged. A result is
+    either passed on or counted, never both: `close` waits for a hand-off in progress."""
 
-    def __init__(self, sink: ResultSink | None) -> None:
+    def __init__(self, sink: ResultSink | None, metrics: Metrics | None = None) -> None:
         self.sink = sink
+        self.metrics = metrics
         self.count = 0
         self.closed = False
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        self.closed = True
+        with self._lock:
+            self.closed = True
 
-    def __call__(self, res: MonitorResult, audio: AudioSpan | np.ndarray | None) -> None:
-        if self.closed:
-            log.info("result after the shutdown deadline not passed on", stream=res.stream,
-                     monitor=res.monitor)
-            return
-        self.count += 1
-        if self.sink is not None:
-            try:
-                self.sink.submit(res, audio, SR)
-            except Exception:
-                log.exception("result sink failed")
+    def __call__(self, res: MonitorResult, audio: AudioSpan | np.ndarray | None) -> bool:
+        """Pass ``res`` on -> True; after `close` count it as dropped -> False."""
+        with self._lock:
+            if self.closed:
+                if self.metrics is not None:
+                    self.metrics.results_dropped.labels(res.stream, res.monitor, "shutdown").inc()
+                log.info("result after the shutdown deadline not passed on", stream=res.stream,
+                         monitor=res.monitor)
+                return False
+            self.count += 1
+            if self.sink is not None:
+                try:
+                    self.sink.submit(res, audio, SR)
+                except Exception:
+                    log.exception("result sink failed")
+            return True

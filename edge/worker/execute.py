@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-EmitFn = Callable[[MonitorResult, "AudioSpan | np.ndarray | None"], None]
+# -> whether the result was passed on (False: shut down meanwhile; the caller counted it)
+EmitFn = Callable[[MonitorResult, "AudioSpan | np.ndarray | None"], bool]
 MemoryHook = Callable[[str, int, Any, Any], None]  # (stream, clip_index, view, memory)
 
 
@@ -190,11 +191,12 @@ class QueryExecution:
         for job, results, done in zip(jobs, per_job, answered):
             s = job.s
             for res in results:
+                done.add(res.monitor)
+                if not emit(res, job.audio):  # after the shutdown deadline: counted as missed
+                    continue
                 m.queries.labels(s.id, res.monitor).inc()
                 m.query_latency.labels(res.monitor).observe(res.latency_s)
                 if res.score is not None:
                     m.monitor_score.labels(s.id, res.monitor).set(res.score)
-                done.add(res.monitor)
-                emit(res, job.audio)
             # the model failed on the others (logged by edge.answering)
             self._failed(s, job.q, [(c, d) for c, d in job.items if c.name not in done])

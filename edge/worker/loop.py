@@ -86,7 +86,7 @@ class InferenceWorker:
                                          on_progress=self._progress, clock=clock,
                                          watch=TurnOnWatch(settings.alerts))
                           if model is not None else None)
-        self.emit = Emitter(sink)
+        self.emit = Emitter(sink, self.metrics)
         self._budget = {"encode": w.encode_turns, "query": w.query_turns}
         self._turn, self._turns_in_row = "encode", 0
         self._rr = 0  # round-robin start for the next encode batch
@@ -166,8 +166,8 @@ class InferenceWorker:
         (``fe_clips_dropped{reason}``), queued query groups and the monitors of a group still
         running (``fe_queries_missed``). Called by the supervisor after the drain deadline."""
         m = self.metrics
-        self.emit.close()
-        with self._lock:
+        with self._lock:  # closed with the running group's monitors counted: see _query_turn
+            self.emit.close()
             clips = 0
             for s in self.streams.values():
                 clips += len(s.pending)
@@ -298,14 +298,16 @@ class InferenceWorker:
         with self._lock:
             self._in_flight_left = {(q.stream, cfg.name) for _, q, ms in work for cfg, _ in ms}
 
-        def emit(res, audio) -> None:
+        def emit(res, audio) -> bool:
             with self._lock:
+                if self.emit.closed:  # abandon() counted this monitor as missed
+                    return False
                 self._in_flight_left.discard((res.stream, res.monitor))
             q = by_stream[res.stream]
             if q.reply is not None:  # "ask now": to the asker, not the sinks
                 q.reply(res)
-            else:
-                self.emit(res, audio)
+                return True
+            return self.emit(res, audio)  # closed meanwhile: counted as a dropped result
 
         by_stream = {q.stream: q for q in qs}  # one group per stream in a cycle (pop_cycle)
         self.execution.run_many([w for w in work if w[2]], emit)

@@ -335,13 +335,17 @@ def test_stop_during_a_long_query_counts_and_logs_what_it_abandons(tmp_path, cap
         left = d.stop(timeout=2)
         took = time.monotonic() - t0
     model.release.set()
+    d._worker_thread.join(10)  # the long query finishes after the deadline
+    assert not d._worker_thread.is_alive()
     assert took < 3.5
     assert left["queries_running"] == 1 and left["clips"] + left["queries_queued"] == 3
     assert count(d.metrics.clips_dropped, "s", "shutdown") == left["clips"]
     assert count(d.metrics.queries_missed, "s", "k") == 1 + left["queries_queued"]
     assert [e["at"] for e in log_events(caplog.records, "work abandoned")] == ["shutdown"]
-    time.sleep(0.2)
     assert not [r for r in got if r.monitor == "k"]  # nothing passed on after the deadline
+    # counted once: missed, not also run (nor its result dropped)
+    assert count(d.metrics.queries, "s", "k") == 0
+    assert count(d.metrics.results_dropped, "s", "k", "shutdown") == 0
     assert d.alerts_pipeline.health()["ok"] is False  # the alert stage was flushed and stopped
 
 
@@ -373,6 +377,31 @@ def test_stop_during_a_long_encode_counts_the_clips_in_the_encoder(tmp_path):
     assert count(d.metrics.clips_encoded, "s") == 0
     # the queries due on the clips in the encoder are counted; a pending clip never fell due
     assert in_encoder >= 1 and count(d.metrics.queries_missed, "s", "k") == in_encoder
+
+
+def test_gate_results_built_after_the_drain_deadline_are_counted_not_lost(tmp_path):
+    hearing, release = threading.Event(), threading.Event()
+
+    class SlowLevels(CallbackSink):  # the gate stage is still hearing the clip at the deadline
+        def publish_level(self, stream, dbfs):
+            hearing.set()
+            release.wait(30)
+
+    got = []
+    s = daemon_settings(tmp_path, [{"name": "g", "kind": "gate", "triggers": ["level_dbfs > -40"]}])
+    d = Daemon(s, sources=[Feeder(10)], alerts=False,
+               sinks=[SlowLevels(lambda r, a, sr: got.append(r))])
+    d.start()
+    try:
+        assert hearing.wait(10)
+    finally:
+        left = d.stop(timeout=1)
+    release.set()
+    d._worker_thread.join(10)
+    assert not d._worker_thread.is_alive()
+    assert left["clips"] == 1 and count(d.metrics.clips_dropped, "s", "shutdown") == 1
+    assert got == []  # not passed on after the deadline, but counted
+    assert count(d.metrics.results_dropped, "s", "g", "shutdown") == 1
 
 
 def test_stop_drains_queued_work_before_stopping(tmp_path):
