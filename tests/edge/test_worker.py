@@ -372,7 +372,8 @@ def test_stop_during_a_long_encode_counts_the_clips_in_the_encoder(tmp_path):
     finally:
         left = d.stop(timeout=1)
     release.set()
-    time.sleep(0.3)  # the encoder returns after the deadline: nothing more is recorded
+    d._worker_thread.join(10)  # the encoder returns after the deadline: nothing more is recorded
+    assert not d._worker_thread.is_alive()
     assert left["clips"] == 2 and count(d.metrics.clips_dropped, "s", "shutdown") == 2
     assert count(d.metrics.clips_encoded, "s") == 0
     # the queries due on the clips in the encoder are counted; a pending clip never fell due

@@ -326,7 +326,8 @@ def test_real_microphone_vanishes_and_returns_on_the_timeline(tmp_path):
         try:
             assert wait_for(lambda: got["short"] and got["long"], 15), pa.log()[-2000:]
             t_play = time.time()
-            pa.play(wav)
+            pa.play(wav)  # returns when paplay has played it all
+            t_played = time.time()
             assert wait_for(lambda: loud_after("short", t_play) and loud_after("long", t_play), 10)
             t_kill = time.time()
             pa.kill()
@@ -338,22 +339,29 @@ def test_real_microphone_vanishes_and_returns_on_the_timeline(tmp_path):
                             15)
             t_play2 = time.time()
             pa.play(wav)
+            t_played2 = time.time()
             assert wait_for(lambda: loud_after("short", t_play2) and loud_after("long", t_play2), 10)
         finally:
             stop.set()
             for t in ths:
                 t.join(10)
     for k in ("short", "long"):
-        for t0 in (t_play, t_play2):  # heard within a second of when it was played
+        # stamped on wall time: while paplay played it (from its start, less one block, to
+        # its end; paplay itself may take seconds to start on a loaded machine)
+        for t0, t1 in ((t_play, t_played), (t_play2, t_played2)):
             first = loud_after(k, t0)[0]
-            assert -0.5 < first.capture_time - t0 < 1.5, (k, first.capture_time - t0)
+            assert t0 - 0.5 < first.capture_time < t1, (k, first.capture_time - t0, t1 - t0)
     log = PieceLog()
     for f in got["short"]:
         if f.piece is not None:
             log.add(f.piece)
     reopen = [p for p in log.pieces() if p.cause == "reopen"]
     assert reopen and reopen[0].fresh_grid and reopen[0].gap_s >= 1.5
-    assert short.timeline.gap_samples == 0  # no silence for an absence over the bound
+    # no silence for an absence over the bound: the reopened piece starts right after the
+    # last sample before it (a loaded machine may still lose a block now and then, < the bound)
+    silence = {f.sample_index: f.sample_index - (e.sample_index + len(e.samples))
+               for e, f in zip(got["short"], got["short"][1:])}
+    assert silence[reopen[0].start] == 0 and max(silence.values()) < 1.0 * 16000
     away = long.timeline.gap_samples / 16000  # the absence became silence on the same piece
     fresh = [f.piece for f in got["long"] if f.piece is not None and f.piece.fresh_grid]
     assert len(fresh) == 1 and 1.5 < away < time.time() - t_kill  # (drift pieces may come and go)
