@@ -23,6 +23,17 @@ publisher sending the last frame of the result's span to the subscriber receivin
 
 Reports clips dropped (by reason), queries run / missed / failed, latency p50/p95, RSS every
 10 s, UTC errors, the load average. Writes bench/results/<name>.json.
+
+**Largest N** (`--find-max`): the largest number of real-time streams that keep up (no clip
+dropped, no query missed or failed, nothing abandoned at the end) with one 5-min yes/no monitor
+per stream every minute; trials of ``--audio-s`` (90 s) real-time audio, N doubled from
+``--start`` then bisected, within ``--budget-s`` (300 s)::
+
+    python bench/bench_soak.py --find-max --model 0.5B --dtype bfloat16 [--start 4]
+
+Each stream first sends one clip captured 5 minutes earlier and restarts, so every query runs
+over a full 5-minute window (30 slots, the empty ones masked) from the first minute: the steady
+state's cost without five minutes of warm-up per trial. Writes bench/results/soak-max-*.json.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ import numpy as np
 
 SR = 16000
 FRAME = 1600  # 100 ms
+CLIP = 160000  # 10 s
 SYNC = np.array([0.9, -0.9] * 4, np.float32)
 BITS = 48
 
@@ -71,11 +83,14 @@ class Publisher(threading.Thread):
     frame; outages stop it and it restarts with seq 0."""
 
     def __init__(self, host: str, port: int, stream: str, audio_s: float, speed: float,
-                 outages: list[tuple[float, float]], t0: float, wall0: float, seed: int) -> None:
+                 outages: list[tuple[float, float]], t0: float, wall0: float, seed: int,
+                 history_s: float = 0.0) -> None:
         super().__init__(name=f"pub-{stream}", daemon=True)
         self.host, self.port, self.stream = host, port, stream
         self.audio_s, self.speed, self.outages = audio_s, speed, outages
         self.t0, self.wall0 = t0, wall0  # publisher clock = t0 + a; paced from wall0
+        # > 0: first one 10-s clip captured history_s ago, sent at once, then a restart
+        self.history_s = history_s
         self.rng = np.random.default_rng(seed)
         self.sent_capture: list[float] = []  # capture time of each frame's first sample
         self.sent_wall: list[float] = []  # wall time it was published
@@ -95,6 +110,11 @@ class Publisher(threading.Thread):
         c.loop_start()
         topic = f"flamingo-edge/audio/{self.stream}"
         seq, a, away = 0, 0.0, False
+        if self.history_s > 0:  # one clip from history_s ago, then a restart (seq 0) now
+            for k in range(CLIP // FRAME):
+                cap = self.t0 - self.history_s + k * FRAME / SR
+                x = (0.02 * self.rng.standard_normal(FRAME)).astype(np.float32)
+                c.publish(topic, encode_frame(x, SR, k, int(cap * 1e9)), qos=0)
         while a < self.audio_s and not self.stop_event.is_set():
             delay = self.wall0 + a / self.speed - time.time()
             if delay > 0:
@@ -169,56 +189,42 @@ def build_model(kind: str, dtype_name: str) -> Any:
     return AF2.random(AF2Config.released(kind), dtype, seed=0, tokenizer=tok)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--streams", type=int, default=2)
-    ap.add_argument("--audio-s", type=float, default=600.0, help="audio per stream (publisher clock)")
-    ap.add_argument("--speed", type=float, default=1.0, help="publisher clock x real time")
-    ap.add_argument("--model", default="0.5B", help="none | tiny (fixture) | 0.5B (random weights)")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--every", default="60s")
-    ap.add_argument("--window", default="5m")
-    ap.add_argument("--new-tokens", type=int, default=4)
-    ap.add_argument("--outage", action="append", default=[], help="START:LEN publisher seconds")
-    ap.add_argument("--name", default=None)
-    ap.add_argument("--threads", type=int, default=None)
-    a = ap.parse_args()
-    if a.threads:
-        import torch
+def soak_monitors(a: argparse.Namespace) -> list[dict[str, Any]]:
+    dec = {"max_new_tokens": a.new_tokens}
+    scene = {"name": "scene", "question": "Is a machine running?", "every": a.every,
+             "window": a.window, "decoding": dec}
+    if a.find_max:  # one yes/no monitor per stream, that is all
+        return [scene]
+    return [
+        scene,
+        {"name": "burst", "question": "Was there a loud burst?", "triggers": ["level_dbfs > -12"],
+         "cooldown": "60s", "window": "30s", "decoding": dec},
+        {"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -12"], "cooldown": 0,
+         "severity": "warning"},
+    ]
 
-        torch.set_num_threads(a.threads)
-    machine = C.machine_info()
-    outages = [tuple(float(v) for v in o.split(":")) for o in a.outage]
 
+def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_streams: int,
+              audio_s: float, speed: float, outages: list[tuple[float, float]],
+              history_s: float = 0.0, settle_s: float = 2.0) -> dict[str, Any]:
+    """One soak: ``n_streams`` publishers for ``audio_s`` of audio into a fresh daemon on
+    ``broker``. ``settle_s``: after the last frame, wait up to this long for the worker to
+    finish what is queued before stopping it (what is left then counts as abandoned)."""
     from alerts.config import MqttConfig
     from edge.config import load_settings
     from edge.daemon import Daemon
     from edge.metrics import Metrics
     from edge.sinks import CallbackSink
     from streams.mqtt import MqttAudioSource
-    from tests.mqtt_broker import Mosquitto
 
-    tmp = Path(tempfile.mkdtemp(prefix="fe-soak-"))
-    broker = Mosquitto(tmp).start()
-    ids = [f"s{i}" for i in range(a.streams)]
-    dec = {"max_new_tokens": a.new_tokens}
+    ids = [f"s{i}" for i in range(n_streams)]
+    data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=tmp))
     settings = load_settings(data={
-        "data_dir": str(tmp / "data"),
+        "data_dir": str(data_dir),
         "streams": [{"id": i, "source": "mqtt"} for i in ids],
-        "monitors": [
-            {"name": "scene", "question": "Is a machine running?", "every": a.every,
-             "window": a.window, "decoding": dec},
-            {"name": "burst", "question": "Was there a loud burst?", "triggers": ["level_dbfs > -12"],
-             "cooldown": "60s", "window": "30s", "decoding": dec},
-            {"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -12"], "cooldown": 0,
-             "severity": "warning"},
-        ],
+        "monitors": soak_monitors(a),
         "alerts": {"mqtt": {"host": broker.host, "port": broker.port}},
     })
-    C.log(f"[soak] model {a.model} {a.dtype}, {a.streams} stream(s), {a.audio_s:.0f} s of audio "
-          f"at {a.speed}x, outages {outages}")
-    model = build_model(a.model, a.dtype)
-
     records: list[dict[str, Any]] = []
     lock = threading.Lock()
 
@@ -229,6 +235,7 @@ def main() -> None:
                 "stream": r.stream, "monitor": r.monitor, "reason": r.extra.get("reason"),
                 "verdict": r.verdict, "start": r.start.timestamp(), "end": r.end.timestamp(),
                 "truth_start": t_start, "truth_end": t_end, "emitted_wall": time.time(),
+                "slots": len(r.extra.get("clips", [])) + int(r.extra.get("masked", 0)),
             })
 
     received: list[tuple[str, dict, float]] = []
@@ -236,7 +243,7 @@ def main() -> None:
     def subscriber() -> Any:
         import paho.mqtt.client as mqtt
 
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="soak-sub")
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"soak-sub-{data_dir.name}")
 
         def on_message(_c: Any, _u: Any, msg: Any) -> None:
             try:
@@ -257,6 +264,7 @@ def main() -> None:
     d = Daemon(settings, model=model, sources=[source], metrics=metrics, log_results=False,
                sinks=[CallbackSink(on_result)], http=False)
     d.start()
+    assert d.worker is not None
     busy = [0.0]  # seconds the worker spent in steps that did work (utilisation)
     step = d.worker.step
 
@@ -279,27 +287,37 @@ def main() -> None:
 
         d.worker.execution.run = timed_run  # type: ignore[method-assign]
     time.sleep(1.0)  # the source subscribes
+    load_start = os.getloadavg()
     wall0 = time.time() + 0.5
-    pubs = [Publisher(broker.host, broker.port, sid, a.audio_s, a.speed, outages,
-                      t0=wall0, wall0=wall0, seed=i) for i, sid in enumerate(ids)]
+    pubs = [Publisher(broker.host, broker.port, sid, audio_s, speed, outages,
+                      t0=wall0, wall0=wall0, seed=i, history_s=history_s)
+            for i, sid in enumerate(ids)]
     for p in pubs:
         p.start()
     rss: list[tuple[float, float]] = []
     while any(p.is_alive() for p in pubs):
         rss.append((round(time.time() - wall0, 1), round(rss_mb(), 1)))
-        time.sleep(10.0)
+        until = time.time() + 10.0
+        while time.time() < until and any(p.is_alive() for p in pubs):
+            time.sleep(0.25)
     publish_wall = time.time() - wall0
     busy_during = busy[0]
+    load_end = os.getloadavg()
     backlog = {"clips_pending": sum(len(d.streams[s].pending) for s in ids),
                "queries_queued": len(d.worker.queries)}
-    time.sleep(2.0)
+    settle_until = time.monotonic() + settle_s
+    time.sleep(min(2.0, settle_s))
+    while time.monotonic() < settle_until:
+        d.worker.collect()
+        if d.worker.idle():
+            break
+        time.sleep(0.2)
     t_stop = time.monotonic()
     left = d.stop(timeout=30)
     stop_s = time.monotonic() - t_stop
     time.sleep(1.0)
     sub.loop_stop()
     sub.disconnect()
-    broker.stop()
     rss.append((round(time.time() - wall0, 1), round(rss_mb(), 1)))
 
     # ---- UTC error of every result
@@ -334,35 +352,39 @@ def main() -> None:
                    if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
     by_monitor = {}
-    for mon in ("scene", "burst", "loud"):
+    for mon in [m["name"] for m in soak_monitors(a)]:
         by_monitor[mon] = {
             "results": sum(r["monitor"] == mon for r in records),
             "queries_run": total("fe_queries_total", monitor=mon),
             "queries_missed": total("fe_queries_missed_total", monitor=mon),
             "queries_failed": total("fe_queries_failed_total", monitor=mon),
         }
-    clips_total = sum(d.streams[s].clips.next_index for s in ids)
-    result = {
-        "config": {"streams": a.streams, "audio_s": a.audio_s, "speed": a.speed, "model": a.model,
+    clips_total = sum(d.streams[s].clips.next_index - d.streams[s].clips.skipped for s in ids)
+    clips_encoded = total("fe_clips_encoded_total")
+    clips_dropped = {r: total("fe_clips_dropped_total", reason=r)
+                     for r in ("behind", "overwritten", "encoder_error", "shutdown")}
+    return {
+        "config": {"streams": n_streams, "audio_s": audio_s, "speed": speed, "model": a.model,
                    "dtype": a.dtype, "every": a.every, "window": a.window,
-                   "new_tokens": a.new_tokens, "outages": outages},
+                   "new_tokens": a.new_tokens, "outages": outages, "history_s": history_s},
         "wall_s": round(time.time() - wall0, 1),
+        "loadavg": {"start": [round(x, 2) for x in load_start],
+                    "end_of_audio": [round(x, 2) for x in load_end]},
         "worker_utilisation": round(busy_during / publish_wall, 3),  # busy while audio arrived
         "encode_s_per_clip": round(total("fe_encode_seconds_sum")
-                                   / max(1.0, total("fe_clips_encoded_total")), 3),
+                                   / max(1.0, clips_encoded), 3),
         "backlog_at_end": backlog,
         "query_group_s": {mon: {"n": len(v), "p50": pct(v, 50), "mean": round(float(np.mean(v)), 3)}
                           for mon in ("scene", "burst")
                           for v in [[t for names, t in group_s if names == [mon]]] if v},
+        # the slots of each scene answer's window (30 = 5 min, however many held audio)
+        "scene_window_slots": sorted({r["slots"] for r in records if r["monitor"] == "scene"}),
         "frames_published": sum(len(p.sent_capture) for p in pubs),
         "frames_in": total("fe_frames_in_total"),
         "clips": clips_total,
-        "clips_encoded": total("fe_clips_encoded_total"),
-        # clips neither encoded nor counted as dropped (must be 0)
-        "clips_unaccounted": clips_total - total("fe_clips_encoded_total")
-        - total("fe_clips_dropped_total"),
-        "clips_dropped": {r: total("fe_clips_dropped_total", reason=r)
-                          for r in ("behind", "overwritten", "encoder_error", "shutdown")},
+        "clips_encoded": clips_encoded,
+        "clips_gap": total("fe_clips_gap_total"),
+        "clips_dropped": clips_dropped,
         "monitors": by_monitor,
         "timeline_pieces": {c: total("fe_timeline_pieces_total", cause=c)
                             for c in ("start", "gap", "restart", "step", "drift")},
@@ -375,6 +397,127 @@ def main() -> None:
         "rss_mb": rss,
         "stop": {"seconds": round(stop_s, 2), "abandoned": left},
     }
+
+
+def kept_up(r: dict[str, Any]) -> bool:
+    """Nothing dropped, missed, failed or abandoned, and every stream's queries ran."""
+    mons = r["monitors"].values()
+    return (sum(r["clips_dropped"].values()) == 0
+            and all(m["queries_missed"] == 0 and m["queries_failed"] == 0 for m in mons)
+            and not any(r["stop"]["abandoned"].values())
+            and all(m["queries_run"] >= r["config"]["streams"] for m in mons))
+
+
+def find_max(a: argparse.Namespace, model: Any, broker: Any, tmp: Path) -> dict[str, Any]:
+    """The largest N real-time streams that keep up (`kept_up`): start at ``--start``, double
+    while it keeps up, then bisect, each trial ``--audio-s`` of real-time audio per stream,
+    until the answer is known or the next trial would overrun ``--budget-s``.
+
+    Every stream first sends one 10-s clip captured 5 minutes ago and restarts (a gap longer
+    than ``audio.max_gap``: a new timeline piece, the slots in between masked), so each
+    ``scene`` query runs over a full 5-minute window from the first minute on: the cost of
+    the steady state without five minutes of warm-up per trial."""
+    t_begin = time.monotonic()
+    good, bad = 0, None  # largest N that kept up, smallest that did not
+    n = max(1, a.start)
+    trials: list[dict[str, Any]] = []
+    while True:
+        t0 = time.monotonic()
+        r = run_trial(a, model, broker, tmp, n, a.audio_s, 1.0, [], history_s=300.0,
+                      settle_s=a.settle_s)
+        ok = kept_up(r)
+        took = time.monotonic() - t0
+        trials.append({"streams": n, "kept_up": ok, "trial_s": round(took, 1),
+                       **{k: r[k] for k in ("loadavg", "worker_utilisation", "encode_s_per_clip",
+                                            "query_group_s", "scene_window_slots", "clips", "clips_encoded",
+                                            "clips_dropped", "monitors", "latency_s",
+                                            "utc_error_s", "stop")}})
+        C.log(f"[soak] N={n}: {'keeps up' if ok else 'falls behind'} "
+              f"(worker {r['worker_utilisation']:.0%} busy, encode {r['encode_s_per_clip']} s/clip, "
+              f"dropped {sum(r['clips_dropped'].values()):.0f}, missed "
+              f"{sum(m['queries_missed'] for m in r['monitors'].values()):.0f}, "
+              f"load {r['loadavg']['end_of_audio'][0]}, {took:.0f} s)")
+        if ok:
+            good = max(good, n)
+        else:
+            bad = n if bad is None else min(bad, n)
+        if bad is None:
+            nxt = 2 * n
+        elif bad - good <= 1:
+            break
+        else:
+            nxt = (good + bad) // 2 if good else (bad - 1 if bad > 1 else 0)
+        if nxt < 1 or time.monotonic() - t_begin + took > a.budget_s:
+            break
+        n = nxt
+    return {"largest_n": good, "smallest_failing_n": bad,
+            "exact": bad is not None and bad - good <= 1,
+            "search_s": round(time.monotonic() - t_begin, 1), "trials": trials}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", type=int, default=2)
+    ap.add_argument("--audio-s", type=float, default=None,
+                    help="audio per stream, publisher clock (default 600; --find-max: 90)")
+    ap.add_argument("--speed", type=float, default=1.0, help="publisher clock x real time")
+    ap.add_argument("--model", default="0.5B", help="none | tiny (fixture) | 0.5B (random weights)")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--every", default="60s")
+    ap.add_argument("--window", default="5m")
+    ap.add_argument("--new-tokens", type=int, default=4)
+    ap.add_argument("--outage", action="append", default=[], help="START:LEN publisher seconds")
+    ap.add_argument("--find-max", action="store_true",
+                    help="find the largest N real-time streams that keep up (one 5-min yes/no "
+                         "monitor per stream every minute)")
+    ap.add_argument("--start", type=int, default=1, help="--find-max: first N to try")
+    ap.add_argument("--budget-s", type=float, default=300.0,
+                    help="--find-max: no new trial once this much time has gone")
+    ap.add_argument("--settle-s", type=float, default=30.0,
+                    help="--find-max: after the last frame, time for the queued work to finish")
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args()
+    if a.audio_s is None:
+        a.audio_s = 90.0 if a.find_max else 600.0
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    machine = C.machine_info()
+    outages = [tuple(float(v) for v in o.split(":")) for o in a.outage]
+
+    from tests.mqtt_broker import Mosquitto
+
+    tmp = Path(tempfile.mkdtemp(prefix="fe-soak-"))
+    broker = Mosquitto(tmp).start()
+    t_build = time.monotonic()
+    model = build_model(a.model, a.dtype)
+    build_s = time.monotonic() - t_build
+    if a.find_max:
+        C.log(f"[soak] largest N: model {a.model} {a.dtype}, {a.audio_s:.0f} s of real-time audio "
+              f"per trial, budget {a.budget_s:.0f} s (model built in {build_s:.0f} s)")
+        if model is not None:  # first calls pay one-time costs: not part of any trial
+            import torch
+
+            with torch.inference_mode():
+                tok = model.encode(torch.zeros(1, CLIP))
+                model.memory(tok.repeat(30, 1, 1), torch.ones(30))
+        result = find_max(a, model, broker, tmp)
+        broker.stop()
+        name = a.name or f"soak-max-{a.model}-{a.dtype}"
+        path = C.write_result(name, result, machine)
+        C.log(f"[soak] largest N that keeps up ({a.model} {a.dtype}): {result['largest_n']}"
+              + ("" if result["exact"] else f" (not exact: smallest failing "
+                 f"{result['smallest_failing_n']}, budget spent)"))
+        C.log(f"[soak] wrote {path}")
+        os._exit(0)
+    C.log(f"[soak] model {a.model} {a.dtype}, {a.streams} stream(s), {a.audio_s:.0f} s of audio "
+          f"at {a.speed}x, outages {outages}")
+    result = run_trial(a, model, broker, tmp, a.streams, a.audio_s, a.speed, outages)
+    broker.stop()
+    result["clips_unaccounted"] = (result["clips"] - result["clips_encoded"] - result["clips_gap"]
+                                   - sum(result["clips_dropped"].values()))
     name = a.name or f"soak-{a.model}-{a.dtype}-n{a.streams}"
     path = C.write_result(name, result, machine)
     C.log(json.dumps({k: result[k] for k in ("worker_utilisation", "encode_s_per_clip", "backlog_at_end",
