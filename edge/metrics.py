@@ -45,6 +45,14 @@ class Metrics:
         self.source_corrupt = Counter(
             "fe_source_corrupt_packets", "Corrupt packets counted and skipped", ["stream"], registry=r
         )
+        self.source_lost_samples = Counter(
+            "fe_source_lost_samples", "16-kHz samples a network source's own timestamps (RTP) "
+            "say were lost: a jump forward, placed as a gap", ["stream"], registry=r,
+        )
+        self.source_dropped_samples = Counter(
+            "fe_source_dropped_samples", "16-kHz samples a network source dropped: audio behind "
+            "its timestamps already placed (duplicates, a jump back)", ["stream"], registry=r,
+        )
         # --- encoding (edge/) ---
         self.clips_encoded = Counter("fe_clips_encoded", "Clips encoded", ["stream"], registry=r)
         # reason: behind (encoding fell behind real time), overwritten (left the ring before

@@ -288,7 +288,10 @@ class UrlSource(Source):
         self.reconnects = 0
         self.failures: dict[str, int] = {}
         self.corrupt_packets = 0
-        self.dropped_samples = 0  # duplicate audio (behind the PTS already placed)
+        # 16-kHz samples: lost (a PTS jump forward, placed as a gap) and dropped (audio behind
+        # the PTS already placed: duplicates, a jump back)
+        self.lost_samples = 0
+        self.dropped_samples = 0
         self.next_retry: float | None = None
         # readings are this machine's clock (arrival times): no skew check
         self.timeline = Timeline(SAMPLE_RATE, max_gap_s=max_gap_s, max_skew_s=None,
@@ -298,7 +301,9 @@ class UrlSource(Source):
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, dict[str, Any]]:
         s: dict[str, Any] = {"state": self.state, "url": self.safe_url, "connects": self.connects,
-                             "reconnects": self.reconnects, "corrupt_packets": self.corrupt_packets}
+                             "reconnects": self.reconnects, "corrupt_packets": self.corrupt_packets,
+                             "lost_samples": self.lost_samples,
+                             "dropped_samples": self.dropped_samples}
         if self.error:
             s["error"] = self.error
             s["error_kind"] = self.error_kind
@@ -446,12 +451,18 @@ class UrlSource(Source):
         if pos > sess.in_pos + tol:  # packets lost: a gap, not stretched audio
             self._flush(sess, emit)
             k = round((pos - sess.in_pos) * SAMPLE_RATE / rate)
+            self.lost_samples += k
+            if self.metrics is not None:
+                self.metrics.source_lost_samples.labels(self.stream).inc(k)
             sess.lost += k
             sess.out_pos += k
             sess.in_pos = pos
         elif pos < sess.in_pos - tol:  # behind what we already placed: drop the overlap
             skip = min(n, sess.in_pos - pos)
-            self.dropped_samples += skip
+            k = round(skip * SAMPLE_RATE / rate)
+            self.dropped_samples += k
+            if self.metrics is not None:
+                self.metrics.source_dropped_samples.labels(self.stream).inc(k)
             x = x[skip:]
         if x.shape[0] == 0:
             return

@@ -233,14 +233,19 @@ class AdtsHttpServer:
     """GET /stream.aac: the ADTS bytes looped forever at real-time pace. With ``garbage``,
     every loop after the first has that many random bytes before it (the demuxer resyncs) and
     the payload of one of its frames replaced by random bytes (the header kept, so the
-    decoder gets a corrupt packet)."""
+    decoder gets a corrupt packet). With ``burst`` (whole loops), a connection first gets that
+    many loops at once, as Icecast sends its buffered audio on connect (``burst-size``): audio
+    from the past, ``burst * seconds`` before the request. ``requests`` holds the time of each
+    request (before its first byte is sent)."""
 
-    def __init__(self, data: bytes, seconds: float, garbage: int = 0) -> None:
-        self.data, self.seconds, self.garbage = data, seconds, garbage
+    def __init__(self, data: bytes, seconds: float, garbage: int = 0, burst: int = 0) -> None:
+        self.data, self.seconds, self.garbage, self.burst = data, seconds, garbage, burst
+        self.requests: list[float] = []
         outer = self
 
         class H(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                outer.requests.append(time.time())
                 self.send_response(200)
                 self.send_header("Content-Type", "audio/aac")
                 self.end_headers()
@@ -248,6 +253,9 @@ class AdtsHttpServer:
                 chunk = max(1, len(outer.data) // 20)
                 loop = 0
                 try:
+                    if outer.burst:
+                        self.wfile.write(outer.data * outer.burst)
+                        self.wfile.flush()
                     while not outer.closed.is_set():
                         data = outer.data
                         if outer.garbage and loop:

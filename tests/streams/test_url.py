@@ -23,6 +23,7 @@ from .servers import (
     GarbageServer,
     RtspServer,
     TcpProxy,
+    adts_frames,
     adts_tone,
     tone_aac,
     tone_mulaw,
@@ -42,6 +43,11 @@ def rtsp():
         # two audio tracks, as on cameras with a second microphone / an NVR with two inputs
         {"path": "/two", "launch": f"{tone_mulaw(440, 0.5)} "
                                    f"{tone_mulaw(1500, 0.5).replace('pay0', 'pay1')}"},
+        # a fifth of the 100-ms buffers dropped before the payloader: RTP timestamp jumps
+        {"path": "/drops", "launch": "audiotestsrc is-live=true freq=440 volume=0.5 "
+                                     "samplesperbuffer=800 ! audio/x-raw,rate=8000,channels=1 ! "
+                                     "identity drop-probability=0.2 ! mulawenc ! "
+                                     "rtppcmupay name=pay0"},
     ]).start()
     yield srv
     srv.kill()
@@ -397,6 +403,87 @@ def test_http_aac_stream_with_garbage_between_loops():
         assert st["corrupt_packets"] >= 1  # it is counted and skipped
     finally:
         srv.close()
+
+
+def test_http_burst_on_connect_is_audio_from_the_past_not_squeezed():
+    """Icecast sends its buffered audio (``burst-size``) at once on connect, then real time.
+    The burst is the seconds before the connection: the timeline stamps it there and the
+    stream stays contiguous on one piece (not squeezed into the moment it arrived, and the
+    live audio after it not pushed late by the burst's length)."""
+    data = adts_tone(660.0, 0.4, seconds=1.0)
+    loop_s = len(adts_frames(data)) * 1024 / 44100  # what one loop decodes to (1.045 s)
+    srv = AdtsHttpServer(data, seconds=loop_s, burst=4)
+    try:
+        src = UrlSource("radio", srv.url(), settle=1.0)
+        r = Run(src)
+        assert r.wait(lambda: sum(f.samples.size for f in r.frames) >= 7 * SR, 20)
+        r.finish()
+    finally:
+        srv.close()
+    t_req = srv.requests[0]
+    f0 = r.frames[0]
+    # the first sample was captured 4 loops before the request; the server paces in 50-ms
+    # chunks sent at their start, and AAC adds its frame delay: within 0.15 s
+    assert abs(f0.capture_time - (t_req - 4 * loop_s)) < 0.15, f0.capture_time - t_req
+    assert all(a.end_index == b.sample_index for a, b in zip(r.frames, r.frames[1:]))
+    for f in r.frames:  # every sample at its place on the one clock, burst and live alike
+        expect = f0.capture_time + (f.sample_index - f0.sample_index) / SR
+        assert abs(f.capture_time - expect) < 0.05, (f.sample_index, f.capture_time - expect)
+    assert [f.piece.cause for f in r.frames if f.piece is not None][0] == "start"
+    x = r.audio()
+    assert abs(dominant_hz(x[SR:2 * SR]) - 660.0) < 5.0  # burst audio decoded, not skipped
+
+
+# ---------------------------------------------------------------- RTP timestamps
+def test_rtp_timestamp_jumps_are_gaps_on_the_sample_clock_and_in_metrics(rtsp):
+    from edge.metrics import Metrics
+
+    m = Metrics()
+    src = UrlSource("cam", rtsp.url("/drops"), settle=0.3, metrics=m)
+    r = Run(src)
+    assert r.wait(lambda: src.lost_samples >= 3 * 1600, 20)
+    r.finish()
+    # each 100-ms buffer the server dropped is a jump of 800 in the RTP timestamps: 1600
+    # samples of gap on the 16-kHz clock, never squeezed-together audio
+    assert src.lost_samples % 1600 == 0
+    gaps = sum(b.sample_index - a.end_index for a, b in zip(r.frames, r.frames[1:]))
+    assert src.lost_samples - 1600 <= gaps <= src.lost_samples
+    assert m.registry.get_sample_value("fe_source_lost_samples_total",
+                                       {"stream": "cam"}) == src.lost_samples
+    assert src.status()["cam"]["lost_samples"] == src.lost_samples
+    x = r.audio()
+    assert abs(dominant_hz(x[:SR // 2]) - 440.0) < 5.0  # the audio between the gaps: untouched
+
+
+def test_audio_behind_the_placed_timestamps_is_dropped_and_counted():
+    """A sender that repeats timestamps (a jump back, duplicated packets): the overlap is
+    dropped, counted in ``fe_source_dropped_samples``, and the sample clock stays contiguous."""
+    import fractions
+
+    import av
+
+    from edge.metrics import Metrics
+    from streams.url import _Session
+
+    m = Metrics()
+    now = [1_800_000_000.0]
+    src = UrlSource("cam", "rtsp://camera/live", clock=lambda: now[0], settle=0.2, metrics=m)
+    sess = _Session()
+    frames: list = []
+    rate, n = 8000, 800
+    for pts in [0, 800, 1600, 2000, 2800]:  # 2000: its first 400 samples were placed already
+        fr = av.AudioFrame.from_ndarray(np.full((1, n), 1000, np.int16), format="s16",
+                                        layout="mono")
+        fr.sample_rate, fr.pts, fr.time_base = rate, pts, fractions.Fraction(1, rate)
+        now[0] += 0.1
+        src._place(sess, fr, now[0], frames.append)
+    src._end_session(sess, frames.append)
+    assert src.dropped_samples == 400 * 2  # at 16 kHz
+    assert m.registry.get_sample_value("fe_source_dropped_samples_total",
+                                       {"stream": "cam"}) == 800
+    assert src.lost_samples == 0
+    assert all(a.end_index == b.sample_index for a, b in zip(frames, frames[1:]))
+    assert abs(sum(f.samples.size for f in frames) - 3600 * 2) <= 2  # 0..3600 once each
 
 
 # ---------------------------------------------------------------- the daemon, end to end
