@@ -37,6 +37,7 @@ def probe(url, seconds, track, language, transport, credentials_env, timeout) ->
     """Print URL's audio tracks, then a live level meter (dBFS, 16 kHz mono)."""
     from streams.base import SAMPLE_RATE, Converter
     from streams.url import (
+        ALL_MEDIA,
         audio_tracks,
         classify,
         frame_samples,
@@ -53,8 +54,12 @@ def probe(url, seconds, track, language, transport, credentials_env, timeout) ->
             click.echo(f"probe: environment variable {credentials_env} is not set", err=True)
             sys.exit(2)
     try:
+        # every media the input offers (the source itself sets up only the audio of an
+        # RTSP camera): the installer sees the video streams too
         container = open_input(url, credentials=creds, transport=transport,
-                               open_timeout=timeout, read_timeout=timeout)
+                               open_timeout=timeout, read_timeout=timeout,
+                               options={"allowed_media_types": ALL_MEDIA}
+                               if url.lower().startswith("rtsp") else None)
     except Exception as e:  # noqa: BLE001 - one line, whatever it was
         click.echo(f"probe {safe}: {classify(e)[1]}", err=True)
         sys.exit(2)

@@ -118,15 +118,21 @@ class Track:
         return f"audio track {self.index}: {self.codec}, {self.sample_rate} Hz, {self.channels} ch{lang}"
 
 
+ALL_MEDIA = "video+audio+data+subtitle"  # FFmpeg's default allowed_media_types for RTSP
+
+
 def open_input(url: str, *, credentials: str | None = None, transport: str = "tcp",
                open_timeout: float = 10.0, read_timeout: float = 5.0,
                options: dict[str, str] | None = None):
-    """Open ``url`` with FFmpeg (PyAV). RTSP runs over ``transport`` (tcp by default)."""
+    """Open ``url`` with FFmpeg (PyAV). RTSP runs over ``transport`` (tcp by default) and sets
+    up the audio media only (``allowed_media_types=audio``): a camera's video is never sent to
+    us, so it costs neither bandwidth nor demuxing (``options`` may say otherwise)."""
     av = import_av()
     opts = {}
     scheme = urlsplit(url).scheme.lower()
     if scheme in ("rtsp", "rtsps"):
         opts["rtsp_transport"] = transport
+        opts["allowed_media_types"] = "audio"
         opts["timeout"] = str(int(read_timeout * 1e6))  # socket I/O timeout, microseconds
     elif scheme in ("http", "https"):
         opts["rw_timeout"] = str(int(read_timeout * 1e6))
@@ -373,9 +379,7 @@ class UrlSource(Source):
 
     def _session(self, sess: _Session, emit: Emit, stop: threading.Event) -> None:
         av = import_av()
-        container = open_input(self.url, credentials=self._credentials, transport=self.transport,
-                               open_timeout=self.open_timeout, read_timeout=self.stall_timeout,
-                               options=self.options)
+        container = self._open(av)
         try:
             t = select_track(audio_tracks(container), self.track, self.language)
             self.track_info = t
@@ -384,6 +388,7 @@ class UrlSource(Source):
             # every stream's packets, not demux(astream): PyAV would skip the video ones in C,
             # so a camera whose audio stops while its video flows would never come back here
             # (no stall detected, stop not seen); FFmpeg's read timeout only sees the video
+            # (RTSP sets up the audio only by default: there the read timeout is the stall)
             last_audio = time.monotonic()
             for packet in container.demux():
                 if stop.is_set():
@@ -419,6 +424,20 @@ class UrlSource(Source):
                 container.close()
             except Exception:  # noqa: BLE001, S110 - best effort close
                 pass
+
+    def _open(self, av: Any) -> Any:
+        kw: dict[str, Any] = dict(credentials=self._credentials, transport=self.transport,
+                                  open_timeout=self.open_timeout, read_timeout=self.stall_timeout)
+        try:
+            return open_input(self.url, options=self.options, **kw)
+        except av.error.HTTPOtherClientError:
+            if urlsplit(self.url).scheme.lower() not in ("rtsp", "rtsps") \
+                    or "allowed_media_types" in self.options:
+                raise
+            # with nothing set up (no audio media) the server refuses PLAY (a 4xx): look at
+            # everything it offers, so an input without audio is a clear `no_audio` state
+            return open_input(self.url, options={**self.options, "allowed_media_types": ALL_MEDIA},
+                              **kw)
 
     def _corrupt(self) -> None:
         self.corrupt_packets += 1

@@ -369,8 +369,10 @@ def test_audio_that_stops_while_the_video_goes_on_is_a_stall_and_stop_is_prompt(
     srv = RtspServer([{"path": "/av", "launch": f"{VIDEO_ONLY} {audio.replace('pay0', 'pay1')}"}
                       ]).start()
     try:
+        # the video set up too (RTSP's default here is audio only: see the next test), as
+        # it is for an HTTP/MPEG-TS restream
         src = UrlSource("yard", srv.url("/av"), stall_timeout=1.0, backoff_initial=0.2,
-                        jitter=0.0, settle=0.3)
+                        jitter=0.0, settle=0.3, options={"allowed_media_types": "video+audio"})
         r = Run(src)
         assert r.wait(lambda: len(r.frames) >= 5, 15)
         assert r.wait(lambda: src.failures.get("stall", 0) >= 1, 10), (src.state, src.failures)
@@ -380,6 +382,35 @@ def test_audio_that_stops_while_the_video_goes_on_is_a_stall_and_stop_is_prompt(
         r.t.join(5)
         assert not r.t.is_alive() and time.monotonic() - t0 < 3.0
         r.finish()
+    finally:
+        srv.kill()
+
+
+def test_rtsp_sets_up_only_the_audio_of_a_camera():
+    """A camera's RTSP session carries video too: the source asks for the audio media only
+    (``allowed_media_types=audio``), so the video never crosses the network nor the demuxer."""
+    from streams.url import open_input
+
+    srv = RtspServer([{"path": "/cam", "launch": f"{VIDEO_ONLY} "
+                                                 f"{tone_aac(1000, 0.3).replace('pay0', 'pay1')}"}
+                      ]).start()
+    try:
+        c = open_input(srv.url("/cam"))
+        try:
+            assert [st.type for st in c.streams] == ["audio"]
+            assert any(p.stream.type == "audio" for p, _ in zip(c.demux(), range(5)))
+        finally:
+            c.close()
+        c = open_input(srv.url("/cam"), options={"allowed_media_types": "video+audio"})
+        try:  # what the camera offers, when asked for everything
+            assert sorted(st.type for st in c.streams) == ["audio", "video"]
+        finally:
+            c.close()
+        src = UrlSource("cam", srv.url("/cam"), settle=0.3)
+        r = Run(src)
+        assert r.wait(lambda: sum(f.samples.size for f in r.frames) >= SR, 15)
+        r.finish()
+        assert abs(dominant_hz(r.audio()[-SR // 2:]) - 1000.0) < 5.0
     finally:
         srv.kill()
 
