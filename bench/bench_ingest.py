@@ -1,27 +1,37 @@
 """Ingest benchmark: CPU per camera stream (decode + downmix + resample to 16 kHz mono).
 
-    python bench/bench_ingest.py [--seconds 60] [--rtsp-streams 4] [--rtsp-seconds 10]
+    python bench/bench_ingest.py --cpu 1 [--seconds 60] [--rtsp-streams 4] [--rtsp-seconds 10]
 
-Two codecs cameras send: G.711 µ-law at 8 kHz mono and AAC at 48 kHz stereo.
+``--cpu 1`` runs this process on core 1 only (as ``taskset -c 1`` would) and the RTSP server on
+the other cores, so what is measured is what one core does. Two codecs cameras send: G.711
+µ-law at 8 kHz mono and AAC at 48 kHz stereo.
 
 1. **decode**: `--seconds` of a tone + noise, encoded once with FFmpeg (PyAV), then demuxed,
    decoded and converted exactly as `streams/url.py` does (`frame_samples` + the project's
-   `Converter`), single-threaded, from memory. CPU seconds per audio second = the fraction of
-   one core one stream costs; its inverse is the number of streams one core ingests in real
-   time (an upper bound: no network).
+   `Converter`), single-threaded, from memory: the codec and resampler alone.
 2. **rtsp**: `--rtsp-streams` `UrlSource`s read a real GStreamer RTSP server on loopback
    (tests/streams/rtsp_server.py, run with /usr/bin/python3) for `--rtsp-seconds`; this
    process's CPU time (all threads: RTSP/RTP demux, decode, convert, the sources' Python)
    divided by the audio seconds received. The server runs in its own process and is not counted.
+3. **camera**: the same with a camera's session, MJPEG video (320x240, 30 fps, about 3 Mbit/s)
+   + AAC 48 kHz stereo: the source's default (RTSP sets up the audio media only) against asking for the
+   video too (``allowed_media_types=video+audio``, what a source that demuxes everything pays).
+4. **saturate**: N sources on the one core against one shared server pipeline, N doubled
+   from `--saturate-from` for `--saturate-s` each, until they fall behind (audio received
+   < 97 % of N x real time, or a source not streaming): the largest N that keeps up is the
+   number of camera streams one core ingests in real time, measured, not extrapolated.
+5. **encoder**: the released AF-CLAP encoder (random weights, 1 thread) on the same core, CPU
+   seconds per 10-s clip in float32 and bfloat16, so ingest/encoder ratios come from one run.
 
 Writes bench/results/ingest.json with the machine and the load average before and after (the
-machine is shared: compare the two codecs' ratios within one run).
+machine is shared: compare ratios within one run).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import threading
 import time
 
@@ -100,12 +110,28 @@ def bench_decode(codec: str, seconds: float) -> dict:
             "cpu_s_per_audio_s": cpu, "streams_per_core": 1.0 / cpu}
 
 
-def bench_rtsp(codec: str, n: int, seconds: float) -> dict:
-    from streams.url import UrlSource
-    from tests.streams.servers import RtspServer, tone_aac, tone_mulaw
+SERVER_CPUS: set[int] | None = None  # where the RTSP server runs (off the measured core)
+# MJPEG 320x240 at 30 fps: about 3 Mbit/s, a camera main stream's bitrate
+VIDEO = "videotestsrc is-live=true ! jpegenc ! rtpjpegpay name=pay0"
 
-    launch = tone_mulaw(440, 0.3) if codec == "g711" else tone_aac(440, 0.3)
-    srv = RtspServer([{"path": "/cam", "launch": launch}]).start()
+
+def launch_for(codec: str) -> str:
+    from tests.streams.servers import tone_aac, tone_mulaw
+
+    if codec == "g711":
+        return tone_mulaw(440, 0.3)
+    if codec == "aac":
+        return tone_aac(440, 0.3)
+    # a camera: video + AAC 48 kHz stereo
+    return f"{VIDEO} {tone_aac(440, 0.3).replace('pay0', 'pay1')}"
+
+
+def read_streams(url: str, n: int, seconds: float, options: dict | None = None,
+                 connect_s: float = 30.0) -> dict:
+    """``n`` UrlSources on ``url`` for ``seconds`` (after all stream and settle): this
+    process's CPU and the audio received."""
+    from streams.url import UrlSource
+
     samples = [0] * n
     stop = threading.Event()
 
@@ -114,50 +140,154 @@ def bench_rtsp(codec: str, n: int, seconds: float) -> dict:
             samples[i] += f.samples.size
         return emit
 
-    srcs = [UrlSource(f"cam{i}", srv.url("/cam"), settle=0.5) for i in range(n)]
+    srcs = [UrlSource(f"cam{i}", url, settle=0.5, options=options) for i in range(n)]
     threads = [threading.Thread(target=s.run, args=(sink(i), stop), daemon=True)
                for i, s in enumerate(srcs)]
     try:
         for t in threads:
             t.start()
-        end = time.monotonic() + 15
+        end = time.monotonic() + connect_s
         while time.monotonic() < end and not all(s.state == "streaming" for s in srcs):
             time.sleep(0.05)
-        assert all(s.state == "streaming" for s in srcs), [s.status() for s in srcs]
-        time.sleep(1.0)  # past connecting and settling
+        streaming = sum(s.state == "streaming" for s in srcs)
+        if streaming < n:
+            return {"streams": n, "streaming": streaming, "kept_up": False,
+                    "note": f"only {streaming} of {n} sources streaming after {connect_s:g} s"}
+        time.sleep(1.5)  # past connecting and settling
         s0 = sum(samples)
+        r0 = sum(s.reconnects for s in srcs)
         with C.Clock() as clk:
             time.sleep(seconds)
         got = (sum(samples) - s0) / SR
+        reconnects = sum(s.reconnects for s in srcs) - r0
     finally:
         stop.set()
         for t in threads:
             t.join(10)
+    cpu = clk.cpu / got if got else float("inf")
+    share = got / (n * clk.wall)  # of real time, per stream
+    return {"streams": n, "seconds": round(clk.wall, 2), "audio_s_received": round(got, 2),
+            "real_time_share": round(share, 4), "process_cpu_s": round(clk.cpu, 3),
+            "core_busy": round(clk.cpu / clk.wall, 3), "reconnects": reconnects,
+            "cpu_s_per_audio_s": cpu, "streams_per_core": 1.0 / cpu if cpu else None,
+            "kept_up": share >= 0.97 and reconnects == 0}
+
+
+def bench_rtsp(codec: str, n: int, seconds: float, options: dict | None = None) -> dict:
+    from tests.streams.servers import RtspServer
+
+    srv = RtspServer([{"path": "/cam", "launch": launch_for(codec)}], cpus=SERVER_CPUS).start()
+    try:
+        return read_streams(srv.url("/cam"), n, seconds, options)
+    finally:
         srv.kill()
-    cpu = clk.cpu / got
-    return {"streams": n, "seconds": seconds, "audio_s_received": got, "process_cpu_s": clk.cpu,
-            "cpu_s_per_audio_s": cpu, "streams_per_core": 1.0 / cpu}
+
+
+def saturate(codec: str, start: int, seconds: float, limit: int) -> dict:
+    """Double N until the sources on this core fall behind."""
+    from tests.streams.servers import RtspServer
+
+    srv = RtspServer([{"path": "/cam", "launch": launch_for(codec), "shared": True}],
+                     cpus=SERVER_CPUS).start()
+    steps = []
+    try:
+        n = start
+        while n <= limit:
+            r = read_streams(srv.url("/cam"), n, seconds)
+            steps.append(r)
+            print(f"saturate {codec}: {n} streams -> "
+                  + (f"{r['real_time_share']:.1%} of real time, core {r['core_busy']:.0%} busy"
+                     if "real_time_share" in r else r["note"]), flush=True)
+            if not r["kept_up"]:
+                break
+            n *= 2
+    finally:
+        srv.kill()
+    good = [r["streams"] for r in steps if r["kept_up"]]
+    bad = [r["streams"] for r in steps if not r["kept_up"]]
+    return {"largest_kept_up": max(good, default=0), "first_behind": min(bad, default=None),
+            "steps": steps}
+
+
+def bench_encoder() -> dict:
+    """CPU seconds per 10-s clip of the released encoder, 1 thread, float32 and bfloat16."""
+    import torch
+
+    from bench_encoder import encoder_model
+
+    torch.set_num_threads(1)
+    out = {}
+    clip = 0.1 * torch.randn(1, 160000, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float32, torch.bfloat16):
+        m, notes = encoder_model(dtype)
+        r = C.timeit(lambda m=m: m.encode(clip), warmup=1, repeats=3)
+        name = str(dtype).replace("torch.", "")
+        out[name] = {"cpu_s_per_clip": r["cpu_min_s"], "wall_s_per_clip": r["min_s"],
+                     "cpu_s_per_audio_s": r["cpu_min_s"] / 10.0, "notes": notes}
+        print(f"encoder {name}: {r['cpu_min_s']:.2f} s CPU per 10-s clip", flush=True)
+        del m
+    return out
 
 
 def main() -> None:
+    global SERVER_CPUS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cpu", type=int, default=None,
+                    help="run on this core only (the RTSP server on the others)")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--rtsp-streams", type=int, default=4)
     ap.add_argument("--rtsp-seconds", type=float, default=10.0)
+    ap.add_argument("--saturate-from", type=int, default=8)
+    ap.add_argument("--saturate-s", type=float, default=8.0)
+    ap.add_argument("--saturate-max", type=int, default=512)
+    ap.add_argument("--skip", action="append", default=[],
+                    help="decode | rtsp | camera | saturate | encoder")
     args = ap.parse_args()
     import av
 
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    own = os.sched_getaffinity(0)
+    others = set(range(os.cpu_count() or 1)) - own
+    SERVER_CPUS = others or None
     machine = C.machine_info()
-    out = {"pyav": av.__version__, "ffmpeg": str(av.ffmpeg_version_info), "decode": {},
-           "rtsp": {}}
-    for codec in ("g711", "aac"):
-        out["decode"][codec] = r = bench_decode(codec, args.seconds)
-        print(f"decode {codec}: {r['cpu_s_per_audio_s'] * 1000:.2f} ms CPU per audio s, "
-              f"{r['streams_per_core']:.0f} streams/core")
-    for codec in ("g711", "aac"):
-        out["rtsp"][codec] = r = bench_rtsp(codec, args.rtsp_streams, args.rtsp_seconds)
-        print(f"rtsp {codec} x{args.rtsp_streams}: {r['cpu_s_per_audio_s'] * 1000:.2f} ms CPU "
-              f"per audio s, {r['streams_per_core']:.0f} streams/core")
+    out: dict = {"pyav": av.__version__, "ffmpeg": str(av.ffmpeg_version_info),
+                 "cpus": sorted(own), "server_cpus": sorted(others), "decode": {}, "rtsp": {},
+                 "camera": {}, "saturate": {}}
+    if "decode" not in args.skip:
+        for codec in ("g711", "aac"):
+            out["decode"][codec] = r = bench_decode(codec, args.seconds)
+            print(f"decode {codec}: {r['cpu_s_per_audio_s'] * 1000:.2f} ms CPU per audio s, "
+                  f"{r['streams_per_core']:.0f} streams/core", flush=True)
+    if "rtsp" not in args.skip:
+        for codec in ("g711", "aac"):
+            out["rtsp"][codec] = r = bench_rtsp(codec, args.rtsp_streams, args.rtsp_seconds)
+            print(f"rtsp {codec} x{args.rtsp_streams}: {r['cpu_s_per_audio_s'] * 1000:.2f} ms "
+                  f"CPU per audio s, {r['streams_per_core']:.0f} streams/core", flush=True)
+    if "camera" not in args.skip:
+        for label, opts in (("audio_only", None),
+                            ("video_and_audio", {"allowed_media_types": "video+audio"})):
+            out["camera"][label] = r = bench_rtsp("camera", args.rtsp_streams, args.rtsp_seconds,
+                                                  opts)
+            print(f"camera ({label}) x{args.rtsp_streams}: {r['cpu_s_per_audio_s'] * 1000:.2f} "
+                  f"ms CPU per audio s", flush=True)
+    if "saturate" not in args.skip:
+        for codec in ("g711", "aac"):
+            out["saturate"][codec] = saturate(codec, args.saturate_from, args.saturate_s,
+                                              args.saturate_max)
+    if "encoder" not in args.skip:
+        out["encoder"] = enc = bench_encoder()
+        ratios = {}
+        for codec, r in out["rtsp"].items():
+            for dt, e in enc.items():
+                ratios[f"{codec}/{dt}"] = r["cpu_s_per_audio_s"] / e["cpu_s_per_audio_s"]
+        for label, r in out["camera"].items():
+            for dt, e in enc.items():
+                ratios[f"camera-{label}/{dt}"] = r["cpu_s_per_audio_s"] / e["cpu_s_per_audio_s"]
+        out["ingest_over_encoder"] = ratios
+        for k, v in ratios.items():
+            print(f"ingest / encoder, {k}: {v:.1%}", flush=True)
+    out["loadavg_end"] = os.getloadavg()
     C.write_result("ingest", out, machine=machine)
 
 

@@ -8,7 +8,8 @@ Each mount is a media factory built from a gst-launch description whose payloade
 ``pay0``; ``user``/``password`` on a mount make the server require HTTP Basic authentication
 (for all of its mounts, so tests run a separate server for those). Every
 client gets its own pipeline (not shared), so a recording starts from its beginning for each
-connection. The server prints ``READY <port>`` once listening and
+connection; ``"shared": true`` on a mount serves every client from one pipeline (benchmarks
+with many clients). The server prints ``READY <port>`` once listening and
 ``PLAYING <path> <unix time>`` whenever a media pipeline reaches PLAYING (the UTC of the
 recording's first sample, for the tests' expected event times). It runs until killed.
 """
@@ -39,7 +40,7 @@ def main() -> None:
     for m in cfg["mounts"]:
         f = GstRtspServer.RTSPMediaFactory()
         f.set_launch(f"( {m['launch']} )")
-        f.set_shared(False)
+        f.set_shared(bool(m.get("shared", False)))  # shared: one pipeline for all clients
         f.set_eos_shutdown(False)
         path = m["path"]
 

@@ -49,9 +49,10 @@ VIDEO_ONLY = "videotestsrc is-live=true ! videoconvert ! jpegenc ! rtpjpegpay na
 
 
 class RtspServer:
-    def __init__(self, mounts: list[dict], port: int = 0) -> None:
+    def __init__(self, mounts: list[dict], port: int = 0, cpus: set[int] | None = None) -> None:
         self.mounts = mounts
         self.port = port
+        self.cpus = cpus  # run the server on these CPUs only (benchmarks: off the measured core)
         self.proc: subprocess.Popen | None = None
         self.playing: list[tuple[str, float]] = []
         self._cv = threading.Condition()
@@ -62,7 +63,8 @@ class RtspServer:
                         "with Debian's python3-gi (see README's test command)")
         cfg = json.dumps({"port": self.port, "mounts": self.mounts})
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        self.proc = subprocess.Popen([SYSTEM_PYTHON, str(SCRIPT), cfg], stdout=subprocess.PIPE,
+        pin = ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))] if self.cpus else []
+        self.proc = subprocess.Popen([*pin, SYSTEM_PYTHON, str(SCRIPT), cfg], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=env)
         ready = threading.Event()
         lines: list[str] = []
