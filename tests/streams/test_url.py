@@ -460,7 +460,7 @@ def test_http_burst_on_connect_is_audio_from_the_past_not_squeezed():
     for f in r.frames:  # every sample at its place on the one clock, burst and live alike
         expect = f0.capture_time + (f.sample_index - f0.sample_index) / SR
         assert abs(f.capture_time - expect) < 0.05, (f.sample_index, f.capture_time - expect)
-    assert [f.piece.cause for f in r.frames if f.piece is not None][0] == "start"
+    assert next(f.piece.cause for f in r.frames if f.piece is not None) == "start"
     x = r.audio()
     assert abs(dominant_hz(x[SR:2 * SR]) - 660.0) < 5.0  # burst audio decoded, not skipped
 
