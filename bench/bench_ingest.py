@@ -184,25 +184,26 @@ def bench_rtsp(codec: str, n: int, seconds: float, options: dict | None = None) 
 
 
 def saturate(codec: str, start: int, seconds: float, limit: int) -> dict:
-    """Double N until the sources on this core fall behind."""
+    """Double N until the sources on this core fall behind. Each step has its own server
+    (one shared pipeline for its N clients: a shared media does not survive its clients)."""
     from tests.streams.servers import RtspServer
 
-    srv = RtspServer([{"path": "/cam", "launch": launch_for(codec), "shared": True}],
-                     cpus=SERVER_CPUS).start()
     steps = []
-    try:
-        n = start
-        while n <= limit:
+    n = start
+    while n <= limit:
+        srv = RtspServer([{"path": "/cam", "launch": launch_for(codec), "shared": True}],
+                         cpus=SERVER_CPUS).start()
+        try:
             r = read_streams(srv.url("/cam"), n, seconds)
-            steps.append(r)
-            print(f"saturate {codec}: {n} streams -> "
-                  + (f"{r['real_time_share']:.1%} of real time, core {r['core_busy']:.0%} busy"
-                     if "real_time_share" in r else r["note"]), flush=True)
-            if not r["kept_up"]:
-                break
-            n *= 2
-    finally:
-        srv.kill()
+        finally:
+            srv.kill()
+        steps.append(r)
+        print(f"saturate {codec}: {n} streams -> "
+              + (f"{r['real_time_share']:.1%} of real time, core {r['core_busy']:.0%} busy"
+                 if "real_time_share" in r else r["note"]), flush=True)
+        if not r["kept_up"]:
+            break
+        n *= 2
     good = [r["streams"] for r in steps if r["kept_up"]]
     bad = [r["streams"] for r in steps if not r["kept_up"]]
     return {"largest_kept_up": max(good, default=0), "first_behind": min(bad, default=None),
