@@ -194,7 +194,7 @@ def saturate(codec: str, start: int, seconds: float, limit: int) -> dict:
         srv = RtspServer([{"path": "/cam", "launch": launch_for(codec), "shared": True}],
                          cpus=SERVER_CPUS).start()
         try:
-            r = read_streams(srv.url("/cam"), n, seconds)
+            r = read_streams(srv.url("/cam"), n, seconds, connect_s=30.0 + 0.1 * n)
         finally:
             srv.kill()
         steps.append(r)
@@ -240,7 +240,7 @@ def main() -> None:
     ap.add_argument("--rtsp-seconds", type=float, default=10.0)
     ap.add_argument("--saturate-from", type=int, default=8)
     ap.add_argument("--saturate-s", type=float, default=8.0)
-    ap.add_argument("--saturate-max", type=int, default=512)
+    ap.add_argument("--saturate-max", type=int, default=256)
     ap.add_argument("--skip", action="append", default=[],
                     help="decode | rtsp | camera | saturate | encoder")
     args = ap.parse_args()
@@ -260,11 +260,17 @@ def main() -> None:
             out["decode"][codec] = r = bench_decode(codec, args.seconds)
             print(f"decode {codec}: {r['cpu_s_per_audio_s'] * 1000:.2f} ms CPU per audio s, "
                   f"{r['streams_per_core']:.0f} streams/core", flush=True)
+    def save() -> None:  # after every section: a run cut short keeps what it measured
+        out["loadavg_end"] = os.getloadavg()
+        C.write_result("ingest", out, machine=dict(machine))
+
+    save()
     if "rtsp" not in args.skip:
         for codec in ("g711", "aac"):
             out["rtsp"][codec] = r = bench_rtsp(codec, args.rtsp_streams, args.rtsp_seconds)
             print(f"rtsp {codec} x{args.rtsp_streams}: {r['cpu_s_per_audio_s'] * 1000:.2f} ms "
                   f"CPU per audio s, {r['streams_per_core']:.0f} streams/core", flush=True)
+    save()
     if "camera" not in args.skip:
         for label, opts in (("audio_only", None),
                             ("video_and_audio", {"allowed_media_types": "video+audio"})):
@@ -272,10 +278,12 @@ def main() -> None:
                                                   opts)
             print(f"camera ({label}) x{args.rtsp_streams}: {r['cpu_s_per_audio_s'] * 1000:.2f} "
                   f"ms CPU per audio s", flush=True)
+    save()
     if "saturate" not in args.skip:
         for codec in ("g711", "aac"):
             out["saturate"][codec] = saturate(codec, args.saturate_from, args.saturate_s,
                                               args.saturate_max)
+    save()
     if "encoder" not in args.skip:
         out["encoder"] = enc = bench_encoder()
         ratios = {}
@@ -288,8 +296,7 @@ def main() -> None:
         out["ingest_over_encoder"] = ratios
         for k, v in ratios.items():
             print(f"ingest / encoder, {k}: {v:.1%}", flush=True)
-    out["loadavg_end"] = os.getloadavg()
-    C.write_result("ingest", out, machine=machine)
+    save()
 
 
 if __name__ == "__main__":
