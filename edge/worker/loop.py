@@ -300,13 +300,15 @@ class InferenceWorker:
 
         def emit(res, audio) -> bool:
             with self._lock:
-                if self.emit.closed:  # abandon() counted this monitor as missed
-                    return False
-                self._in_flight_left.discard((res.stream, res.monitor))
+                closed = self.emit.closed  # abandon() counted this monitor as missed
+                if not closed:
+                    self._in_flight_left.discard((res.stream, res.monitor))
             q = by_stream[res.stream]
-            if q.reply is not None:  # "ask now": to the asker, not the sinks
+            if q.reply is not None:  # "ask now": to the asker, not the sinks (who still waits)
                 q.reply(res)
-                return True
+                return not closed
+            if closed:
+                return False
             return self.emit(res, audio)  # closed meanwhile: counted as a dropped result
 
         by_stream = {q.stream: q for q in qs}  # one group per stream in a cycle (pop_cycle)
