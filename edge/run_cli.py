@@ -272,7 +272,7 @@ def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_d
 @click.option("--stream", required=True, help="Stream id (topic <prefix>/audio/<stream>).")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
               show_default="none: the options below",
-              help="Take broker settings from this daemon config.")
+              help="Take broker settings (host, port, credentials, TLS) from this daemon config.")
 @click.option("--host", default=None, show_default="the config's broker, else localhost",
               help="MQTT broker host.")
 @click.option("--port", type=int, default=None, show_default="the config's broker, else 1883",
@@ -325,7 +325,8 @@ def publish_audio(file, mic, device, stream, config, host, port, prefix, usernam
     where = f"{prefix}/audio/{stream}"
     try:
         n = publish(blocks, stream, host, port, prefix, username, password, sample_format,
-                    speed=0 if mic else speed, qos=int(qos), count=count)
+                    tls=cfg.tls if cfg else None, speed=0 if mic else speed, qos=int(qos),
+                    count=count)
     except KeyboardInterrupt:
         click.echo(f"interrupted: published {count.sent} frames to {where} in "
                    f"{time.monotonic() - t0:.1f} s", err=True)

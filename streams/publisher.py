@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -109,17 +110,29 @@ class PublishCount:
 
 
 def connect_client(host: str, port: int, username: str | None, password: str | None,
-                   timeout: float = 10.0):
+                   timeout: float = 10.0, tls: Any = None):
     """A started paho client whose CONNACK was a success, else `PublishError` in one line
-    (refused: the broker's reason, e.g. "Bad user name or password"). OSError: no TCP."""
+    (refused: the broker's reason, e.g. "Bad user name or password"; a TLS session the broker
+    closed: why, e.g. it wants a client certificate). OSError: no TCP, or a TLS handshake
+    that failed (an untrusted broker certificate). ``tls``: the daemon's `MqttTlsConfig`
+    (used when ``tls.enabled``)."""
+    import ssl
+
     import paho.mqtt.client as mqtt
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                          client_id=f"flamingo-edge-pub-{uuid.uuid4().hex[:8]}")
     if username:
         client.username_pw_set(username, password)
+    if tls is not None and tls.enabled:  # as the daemon's MQTT clients do
+        kp = tls.key_password.get_secret_value() if tls.key_password else None
+        client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                       certfile=str(tls.cert_file) if tls.cert_file else None,
+                       keyfile=str(tls.key_file) if tls.key_file else None,
+                       keyfile_password=kp, cert_reqs=ssl.CERT_REQUIRED)
     done = threading.Event()
     result: list = []
+    closed: list = []  # the connection ended before any CONNACK
 
     def on_connect(c, _u, _flags, reason_code, _props=None):
         result.append(reason_code)
@@ -127,6 +140,7 @@ def connect_client(host: str, port: int, username: str | None, password: str | N
 
     def on_disconnect(c, _u, _flags, reason_code, _props=None):
         if not done.is_set():
+            closed.append(reason_code)
             result.append(reason_code)
             done.set()
 
@@ -138,6 +152,15 @@ def connect_client(host: str, port: int, username: str | None, password: str | N
         _stop(client)
         raise PublishError(f"the broker at {host}:{port} sent no CONNACK within {timeout:g} s")
     rc = result[0]
+    if closed and tls is not None and tls.enabled:
+        _stop(client)
+        from alerts.tls_check import CLIENT_CERT_REQUIRED, client_cert_hint, diagnose_tls_close
+
+        why = diagnose_tls_close(host, port, tls)
+        if why == CLIENT_CERT_REQUIRED:
+            why = client_cert_hint("mqtt (or alerts.mqtt)")
+        raise PublishError(f"the broker at {host}:{port} closed the connection before CONNACK: "
+                           f"{why or rc}")
     if getattr(rc, "is_failure", False) or not hasattr(rc, "is_failure"):
         _stop(client)
         who = f" for user {username}" if username else " (anonymous; give --username and the password)"
@@ -163,6 +186,7 @@ def publish(
     username: str | None = None,
     password: str | None = None,
     sample_format: str = "int16",
+    tls: Any = None,
     speed: float = 1.0,
     qos: int = 0,
     seq_start: int = 0,
@@ -180,7 +204,7 @@ def publish(
 
     own = client is None
     if own:
-        client = connect_client(host, port, username, password)
+        client = connect_client(host, port, username, password, tls=tls)
     gone = threading.Event()
     why: list = []
     if own:
