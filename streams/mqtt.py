@@ -292,7 +292,23 @@ class MqttAudioSource(Source):
 
     def _on_connect_fail(self, client, userdata):
         self.state = "disconnected"
-        self._connection_failed("cannot connect to the broker")
+        self._connection_failed(self._why_unreachable())
+
+    def _why_unreachable(self) -> str:
+        """paho does not pass on why its connect failed: one TCP connect says (as the alert
+        sink words it); only after a failure, in paho's thread, which is retrying anyway."""
+        import socket
+
+        try:
+            with socket.create_connection((self.cfg.host, self.cfg.port),
+                                          timeout=self.cfg.connect_timeout_s):
+                return "cannot connect to the broker"
+        except ConnectionRefusedError:
+            return "TCP connection refused (is the broker running?)"
+        except socket.gaierror as e:
+            return f"cannot resolve the broker's host name: {e}"
+        except OSError as e:  # incl. a timeout
+            return f"cannot reach the broker: {e or type(e).__name__}"
 
     def _connection_failed(self, what: str) -> None:
         """One error line per distinct cause (paho retries with backoff meanwhile)."""

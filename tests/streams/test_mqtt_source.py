@@ -620,3 +620,26 @@ def test_publish_audio_ctrl_c_prints_the_count(broker, tmp_path):
     # what the broker acknowledged: at most what arrived, at least what had arrived at the
     # signal but the one whose acknowledgement was on its way
     assert seen - 1 <= n <= len(sub.on("fe/audio/press"))
+
+
+def test_audio_source_says_why_it_cannot_connect(caplog):
+    """The log said only "audio MQTT connection failed error='cannot connect to the broker'": not
+    whether nothing listens there, the name does not resolve or the network drops packets."""
+    from tests.conftest import log_events
+    from tests.mqtt_broker import free_port
+
+    src = MqttAudioSource(["press"], MqttConfig(host="127.0.0.1", port=free_port(), topic_prefix="fe",
+                                                backoff_initial_s=0.2, backoff_max_s=0.5))
+    stop = threading.Event()
+    t = threading.Thread(target=src.run, args=(lambda f: None, stop))
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not log_events(caplog.records, "audio MQTT connection failed"):
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(10)
+    (e,) = log_events(caplog.records, "audio MQTT connection failed")[:1]
+    assert e["level"] == "error" and "connection refused" in e["error"].lower(), e
+    assert src.status()["press"]["state"] in ("connecting", "disconnected")
