@@ -95,8 +95,8 @@ def run(config, model_dir, speed, loop, data_dir, log_level, log_format) -> None
         check_sources(settings)  # before a model load that may take minutes
     except SourceUnavailable as e:
         raise click.ClickException(str(e)) from None
+    log.info("loading the inference code (PyTorch)")  # seconds on a small machine
     model = _load_model(model_dir, settings)
-    log.info("loading the inference code (PyTorch)")
     from .daemon import Daemon
     from .sdnotify import ShutdownSignal
 

@@ -141,6 +141,16 @@ def test_run_command_plays_the_embedded_demo(tmp_path):
     assert res.exit_code == 0 and len(res.output.splitlines()) == 4
 
 
+def test_run_says_it_loads_pytorch_before_the_model(tmp_path):
+    """With --model, the seconds of `import torch` passed without a word: the line saying so
+    came after the model had loaded."""
+    res = CliRunner().invoke(cli, ["run", "--model", str(tmp_path / "no-such-model"), "--data-dir",
+                                   str(tmp_path), "--log-format", "json"])
+    assert res.exit_code == 1 and "cannot load the AF2 model" in res.output, res.output
+    said = [json.loads(x)["event"] for x in res.output.splitlines() if x.startswith("{")]
+    assert said.index("loading the inference code (PyTorch)") < said.index("loading the AF2 model")
+
+
 def test_replay_timeline_model_free(tmp_path):
     rec = recording(tmp_path / "r.wav")
     cfg = tmp_path / "c.yaml"
