@@ -17,6 +17,8 @@ from pathlib import Path
 
 import click
 
+from edge.results import printable
+
 
 def _data_dir(data_dir: str | None, config: str | None) -> Path:
     if data_dir:
@@ -102,7 +104,7 @@ def list_cmd(data_dir: str | None, config: str | None, stream: str | None, monit
         return
     click.echo(f"{'ID':8}  {'RAISED (UTC)':20}  {'STREAM':14}  {'MONITOR':14}  {'SEVERITY':8}  ANSWER")
     for a in rows:
-        answer = " ".join(str(a.get("answer", "")).split())
+        answer = printable(" ".join(str(a.get("answer", "")).split()))  # one terminal-safe line
         if len(answer) > 60:
             answer = answer[:57] + "..."
         raised = str(a.get("raised_at", ""))[:19].replace("T", " ")
@@ -130,8 +132,8 @@ def show_cmd(data_dir: str | None, config: str | None, alert_id: str, as_json: b
     fields = ["id", "raised_at", "stream", "monitor", "severity", "verdict", "question", "answer", "choice",
               "start", "end", "level_dbfs", "model_id", "latency_s", "boot_id", "seq", "schema_version"]
     for k in fields:
-        if a.get(k) is not None:
-            click.echo(f"{k + ':':16}{a[k]}")
+        if a.get(k) is not None:  # free text (a model's answer) as one terminal-safe line
+            click.echo(f"{k + ':':16}{printable(str(a[k]))}")
     for k in ("clip_flac", "clip_png"):
         if a.get(k):
             p = dd / "clips" / a[k]

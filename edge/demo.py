@@ -199,12 +199,13 @@ def demo_config(speed: float | None = None) -> dict[str, Any]:
 def demo_summary(alerts: list[dict[str, Any]], data_dir: str | Path, http_port: int | None) -> str:
     """What the demo raised and where to look, for the end of `flamingo-edge run`."""
     lines = [f"demo finished: {len(alerts)} alert(s) raised"]
+    from .results import printable
     from .sinks import mmss
 
     for a in alerts:
         off = a.get("offset_s")
         at = f"{mmss(off[0])}-{mmss(off[1])}" if off else ""
-        lines.append(f"  {at:<13} {a['monitor']:<14} {a['severity']:<8} {a.get('answer') or ''}".rstrip())
+        lines.append(f"  {at:<13} {a['monitor']:<14} {a['severity']:<8} {printable(a.get('answer') or '')}".rstrip())
     truth = ", ".join(f"{what} at {int(s // 60)}:{int(s % 60):02d}" for s, _e, what in DEMO_EVENTS)
     lines.append(f"the recording holds: {truth}")
     lines.append(f"see them again: flamingo-edge alerts list --data-dir {data_dir}")

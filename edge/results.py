@@ -98,3 +98,20 @@ def verdict_of_score(score: float, threshold: float, hysteresis: float = 0.0) ->
     if score < threshold - hysteresis:
         return "negative"
     return "unknown"
+
+
+def printable(text: str) -> str:
+    """One line of terminal-safe text: newlines, tabs and other control or format characters
+    (ESC sequences, NUL, bidi overrides) written as escapes (``\\n``, ``\\x1b``, ``\\u202e``)."""
+    import unicodedata
+
+    out = []
+    for c in text:
+        if c == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(c)[0] == "C":
+            esc = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c)
+            out.append(esc or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"))
+        else:
+            out.append(c)
+    return "".join(out)

@@ -155,23 +155,6 @@ def _replay_settings(config: str | None, path: Path, stream: str | None, data_di
     return _settings(None, data, **overrides), sid
 
 
-def printable(text: str) -> str:
-    """One line of terminal-safe text: newlines, tabs and other control or format characters
-    (ESC sequences, NUL, bidi overrides) written as escapes (``\\n``, ``\\x1b``, ``\\u202e``)."""
-    import unicodedata
-
-    out = []
-    for c in text:
-        if c == "\\":
-            out.append("\\\\")
-        elif unicodedata.category(c)[0] == "C":
-            esc = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c)
-            out.append(esc or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"))
-        else:
-            out.append(c)
-    return "".join(out)
-
-
 def _fmt_offset(s: float) -> str:
     m, sec = divmod(round(s, 1), 60)
     return f"{int(m):02d}:{sec:04.1f}"
@@ -255,6 +238,8 @@ def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_d
     if not as_json:
         if not results:
             click.echo("no monitor results")
+        from .results import printable
+
         # in time order: by where each result's span starts in the file, then where it ends
         for r in sorted(results, key=lambda r: (r.start, r.end, r.monitor)):
             a, b = r.start.timestamp() - t0, r.end.timestamp() - t0

@@ -107,3 +107,21 @@ def test_prune_removes_entities_no_longer_configured(broker, recorder_factory, t
     late = recorder_factory(broker, ["homeassistant/#"], client_id="late")
     time.sleep(0.5)
     assert late.messages == []  # nothing of this node is left retained
+
+
+def test_answers_with_control_characters_stay_on_one_safe_line(tmp_path: Path) -> None:
+    """A model's text answer went to the terminal raw in `alerts list` / `alerts show`: an ESC
+    sequence could clear the screen or recolour it, a newline split the `show` field."""
+    p = AlertPipeline(fast_config(None), Metrics(), "boot-C", tmp_path).start()
+    p.submit(result("positive", stream="yard", monitor="dog", answer="bark\nbark\x1b[2J\x07 \u202eend"))
+    assert wait_until(lambda: p.history is not None and p.history.count("alerts") == 1, 10)
+    p.stop(2)
+    run = CliRunner().invoke
+    r = run(cli, ["alerts", "list", "--data-dir", str(tmp_path)])
+    assert r.exit_code == 0 and len(r.output.splitlines()) == 2, r.output
+    assert r.output.splitlines()[1].endswith("bark bark\\x1b[2J\\x07 \\u202eend")
+    r = run(cli, ["alerts", "show", "--data-dir", str(tmp_path), json.loads(
+        run(cli, ["alerts", "list", "--data-dir", str(tmp_path), "--json"]).output)["id"]])
+    assert r.exit_code == 0 and "answer:         bark\\nbark\\x1b[2J\\x07 \\u202eend\n" in r.output, r.output
+    for out in (r.output,):
+        assert not any(c in out for c in "\x1b\x07\u202e")

@@ -223,3 +223,15 @@ def test_replay_text_is_in_time_order_and_escapes_answers(tmp_path, monkeypatch)
     starts = [x.split("-", 1)[0] for x in lines]
     assert starts == sorted(starts) and lines[0].startswith("00:00.0-00:10.0  s")
     assert any(x.startswith("00:00.0-00:30.0") and " what " in x for x in lines[:2])
+
+
+def test_demo_summary_keeps_each_alert_on_one_safe_line(tmp_path):
+    """The summary printed a text answer raw: its newlines split an alert's line and an ESC
+    sequence reached the terminal."""
+    from edge.demo import demo_summary
+
+    out = demo_summary([{"offset_s": [140.0, 170.0], "monitor": "describe", "severity": "info",
+                         "answer": "an alarm\nthen\x1b[2J quiet"}], tmp_path, None)
+    lines = out.splitlines()
+    assert len(lines) == 4 and "\x1b" not in out
+    assert lines[1].endswith("describe       info     an alarm\\nthen\\x1b[2J quiet")
