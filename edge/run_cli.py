@@ -286,6 +286,7 @@ def publish_audio(file, mic, device, stream, config, host, port, prefix, usernam
     import os
 
     from streams.file import AudioFileError, check_audio_file
+    from streams.mic import MicUnavailable
     from streams.publisher import PublishCount, PublishError, file_blocks, mic_blocks, publish
 
     if bool(file) == bool(mic):
@@ -318,6 +319,8 @@ def publish_audio(file, mic, device, stream, config, host, port, prefix, usernam
         sys.exit(130)
     except PublishError as e:
         raise click.ClickException(f"{e} ({e.sent} frames published to {where})") from None
+    except MicUnavailable as e:  # the extra, PortAudio or the device: one line
+        raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot reach the broker at {host}:{port}: {e}") from None
     click.echo(f"published {n} frames to {where} in {time.monotonic() - t0:.1f} s", err=True)

@@ -58,7 +58,7 @@ def mic_blocks(device=None, samplerate: int = 16000, channels: int = 1, frame_ms
                ) -> Iterator[tuple[np.ndarray, int, int]]:
     """Blocks of a microphone as ``(pcm, rate, lost)``; ``lost`` counts the device frames
     dropped just before the block because the queue was full or PortAudio overflowed."""
-    from .mic import sounddevice_factory
+    from .mic import MicUnavailable, sounddevice_factory
 
     if isinstance(device, str) and device.strip().isdigit():
         device = int(device)  # an index, as for the daemon's mic streams (else a name)
@@ -78,8 +78,16 @@ def mic_blocks(device=None, samplerate: int = 16000, channels: int = 1, frame_ms
         except queue.Full:
             lost[0] += int(frames)
 
-    st = sounddevice_factory(device, samplerate, channels, int(samplerate * frame_ms / 1000), cb)
-    st.start()
+    try:
+        st = sounddevice_factory(device, samplerate, channels, int(samplerate * frame_ms / 1000), cb)
+        st.start()
+    except MicUnavailable:
+        raise
+    except Exception as e:  # PortAudioError, no device matching a name, ...
+        which = "(the system default input)" if device is None else repr(device)
+        hint = "; give --device (see `python3 -m sounddevice`)" if device is None else \
+            " (see `python3 -m sounddevice` for the names and indices)"
+        raise MicUnavailable(f"microphone {which} cannot be opened: {e}{hint}") from e
     try:
         while stop is None or not stop.is_set():
             try:

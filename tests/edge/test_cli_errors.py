@@ -45,3 +45,23 @@ def test_missing_file_in_run_names_the_stream_and_the_file(tmp_path):
                                    "--log-format", "json"])
     line = _one_error_line(res)
     assert line == f"Error: stream lathe: cannot play audio file '{missing}': no such file"
+
+
+def test_publish_audio_mic_that_cannot_open_is_one_line(tmp_path):
+    """`publish-audio --mic` ended in a ~15-line traceback (PortAudioError / ValueError / the
+    missing extra) when the microphone could not be opened, after connecting to the broker."""
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+    from tests.mqtt_broker import Mosquitto
+
+    b = Mosquitto(tmp_path).start()
+    try:
+        res = CliRunner().invoke(cli, ["publish-audio", "--mic", "--device", "no such microphone 7f3a",
+                                       "--stream", "press", "--port", str(b.port)])
+    finally:
+        b.stop()
+    assert res.exit_code == 1, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert "microphone" in lines[0] and ("no such microphone 7f3a" in lines[0] or "mic` extra" in lines[0])
