@@ -157,7 +157,14 @@ def fetch(release: str, dest: Path, token: str | None, revision: str | None) -> 
         raise click.ClickException(
             f"{plan.af2_repo} downloaded but {', '.join(missing)} is missing: not the AF2 "
             f"layout this version expects")
-    click.echo(f"AF2 {release} is ready in {plan.model_dir} (load it with that directory). "
+    from .model.checkpoint import MANIFEST, write_manifest
+
+    # the hashes of what was downloaded: checked by `model verify` (and at load with
+    # model.verify: full); the content hash names the model (model_id af2-...@sha256:...)
+    click.echo(f"recording the content hashes in {plan.model_dir / MANIFEST}", err=True)
+    content = write_manifest(plan.model_dir)
+    click.echo(f"AF2 {release} is ready in {plan.model_dir} (load it with that directory; "
+               f"content sha256:{content[:16]}). "
                "Non-commercial licence: see the model card of " + plan.af2_repo)
 
 

@@ -573,7 +573,8 @@ def _checkpoint_files(model_dir: Path) -> list[Path]:
     """Every file of a checkpoint directory that loading reads or may read."""
     out = []
     for p in sorted(model_dir.rglob("*")):
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith("."):
+        hidden = any(part.startswith(".") for part in p.relative_to(model_dir).parts)
+        if p.is_file() and p.name != MANIFEST and not hidden:  # not huggingface_hub's .cache/
             out.append(p)
     return out
 

@@ -215,3 +215,24 @@ def test_fetch_fails_on_missing_required_lm_file(tmp_path, monkeypatch):
     r = _run(["0.5B", "--dir", str(tmp_path / "m")])
     assert r.exit_code == 1
     assert "Qwen/Qwen2.5-0.5B has no tokenizer.json" in r.output
+
+
+def test_fetch_records_the_content_hashes_of_what_it_downloaded(tmp_path, monkeypatch):
+    """A fetched checkpoint had no manifest: its model_id carried no content hash and a later
+    silent overwrite could only be caught after a manual `model verify --record`."""
+    import json
+
+    from edge.model.checkpoint import MANIFEST, verify_manifest
+
+    _fake_online(monkeypatch, FakeHub())
+    dest = tmp_path / "af2"
+    # huggingface_hub keeps its own bookkeeping under DIR/.cache: not part of the checkpoint
+    (dest / ".cache" / "huggingface").mkdir(parents=True)
+    (dest / ".cache" / "huggingface" / "safe_ckpt.metadata").write_text("etag 1")
+    r = _run(["0.5B", "--dir", str(dest)])
+    assert r.exit_code == 0, r.output
+    man = json.loads((dest / MANIFEST).read_text())
+    assert "safe_ckpt/metadata.json" in man["files"] and "lm/config.json" in man["files"]
+    assert not [f for f in man["files"] if f.startswith(".")]
+    assert verify_manifest(dest, full=True) == man["content_sha256"]
+    assert f"sha256:{man['content_sha256'][:16]}" in r.output
