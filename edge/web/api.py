@@ -292,7 +292,7 @@ class Api:
         sid, question = body.get("stream"), body.get("question")
         answer = body.get("answer", "text")
         choices = body.get("choices") or []
-        if sid not in self.d.streams:
+        if not isinstance(sid, str) or sid not in self.d.streams:
             return _error(400, "stream: no such stream")
         if not isinstance(question, str) or not 1 <= len(question.strip()) <= 500:
             return _error(400, "question: 1-500 characters")
@@ -301,6 +301,8 @@ class Api:
         if not isinstance(choices, list) or len(choices) > 10 or not all(
                 isinstance(c, str) and 0 < len(c) <= 60 for c in choices):
             return _error(400, "choices: up to 10 strings of 1-60 characters")
+        if answer == "choice" and (len(choices) < 2 or len(set(choices)) != len(choices)):
+            return _error(400, "choices: 2-10 distinct options for answer: choice")
         try:
             window = float(body.get("window_s", 30))
         except (TypeError, ValueError):
@@ -317,7 +319,9 @@ class Api:
             return _error(429 if e.reason == "busy" else 409 if e.reason == "no_audio" else 503,
                           str(e), reason=e.reason)
         except ValueError as e:  # the answer spec (choices) is invalid
-            return _error(400, str(e).splitlines()[-1])
+            errors = getattr(e, "errors", None)  # pydantic: the message, not its footer
+            text = errors()[0]["msg"].removeprefix("Value error, ") if callable(errors) else str(e)
+            return _error(400, f"choices: {text}")
         t0 = time.monotonic()
         try:
             # start within the deadline; then the model call itself (bounded by its tokens)

@@ -185,6 +185,19 @@ def test_ask_now_rejects_bad_questions(served, body, code):
     assert post_json(served[1], "/api/ask", body)[0] == code
 
 
+@pytest.mark.parametrize("body, field", [
+    ({"stream": ["s"], "question": "q?"}, "stream"),
+    ({"stream": {"s": 1}, "question": "q?"}, "stream"),
+    ({"stream": "s", "question": "q?", "answer": ["text"]}, "answer"),
+    ({"stream": "s", "question": "q?", "answer": "choice", "choices": ["a"]}, "choices"),
+    ({"stream": "s", "question": "q?", "answer": "choice", "choices": ["a", "a"]}, "choices"),
+])
+def test_ask_now_names_the_bad_field_instead_of_failing(served, body, field):
+    code, r = post_json(served[1], "/api/ask", body)
+    assert code == 400, r
+    assert r["error"].startswith(f"{field}: "), r
+
+
 def test_ask_now_choice_scores_every_option(served):
     code, r = post_json(served[1], "/api/ask", {"stream": "s", "question": "Which sound?",
                                                 "answer": "choice",
