@@ -386,12 +386,12 @@ def main() -> int:
             record(f"torch {dev} {dt}", lambda dt=dt: TorchBackend(model, dev, dt, max_batch=args.batch,
                                                                   batch_invariant=False), dt)
         if dev == "cpu" and env.onnxruntime:  # dry run: exercise the ORT path on the CPU provider
-            from edge.encoder_backends import ensure_onnx
+            from trt_builders.export import ensure_onnx
 
             record("onnxruntime CPU", lambda: OnnxRuntimeBackend(
                 ensure_onnx(model, cache), "cpu", max_batch=args.batch), "onnxruntime")
         elif "CUDAExecutionProvider" in env.ort_providers:
-            from edge.encoder_backends import ensure_onnx
+            from trt_builders.export import ensure_onnx
 
             record("onnxruntime CUDA", lambda: OnnxRuntimeBackend(
                 ensure_onnx(model, cache), "cuda", max_batch=args.batch), "onnxruntime")

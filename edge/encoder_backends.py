@@ -36,6 +36,8 @@ import torch
 
 from edge.model.audio import int16_roundtrip_torch
 from edge.model.config import CLIP_SAMPLES, TOKENS_PER_CLIP
+from edge.model.htsat import converted_copy
+from trt_builders.metadata import cache_dir_or_default
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +45,6 @@ KINDS = ("torch", "onnxruntime", "tensorrt")
 ENCODER_QUANTIZE = ("none", "int8")  # model.encoder.quantize (torch backend on CPUs)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-DEFAULT_CACHE_DIR = Path("var/engines")
 
 
 def dtype_name(dtype: str | torch.dtype) -> str:
@@ -119,9 +120,7 @@ class TorchBackend(EncoderBackend):
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("torch.cuda.is_available() is False")
         if (dev, dt) != (cur_dev, cur_dt):
-            from trt_builders.export import _converted_copy
-
-            enc = _converted_copy(enc, dt, dev).eval().requires_grad_(False)
+            enc = converted_copy(enc, dt, dev).eval().requires_grad_(False)
         super().__init__(max_batch, enc.d.num_features)
         self.encoder, self.device, self.dtype = enc, dev, dt
         self.batch_invariant = batch_invariant
@@ -394,47 +393,20 @@ class Selection:
         return f"encoder backend {self.requested} unavailable ({why}); using {self.backend.describe()}"
 
 
-def _default_cache(cache_dir: str | Path | None) -> Path:
-    return Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
-
-
-def ensure_onnx(model, cache_dir: str | Path | None = None, precision: str = "fp32",
-                onnx_path: str | Path | None = None,
-                log_fn: Callable[[str], None] | None = None) -> Path:
-    """The ONNX for `model`'s encoder: `onnx_path` if given, else a cached export whose sidecar
-    fingerprint matches the weights (re-exported when the weights changed)."""
-    from trt_builders.export import export_onnx, read_sidecar, weights_fingerprint
-
-    if onnx_path is not None:
-        p = Path(onnx_path)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such ONNX file")
-        return p
-    enc = model.modules.encoder
-    fp = weights_fingerprint(enc)
-    suffix = "" if precision == "fp32" else f"-{precision}"
-    path = _default_cache(cache_dir) / f"encoder-{fp[:16]}{suffix}.onnx"
-    info = read_sidecar(path)
-    if path.is_file() and info is not None and info.weights_fingerprint == fp \
-            and info.precision == precision:
-        return path
-    (log_fn or log.info)(f"exporting the encoder to {path} ({precision})")
-    export_onnx(model, path, precision=precision)
-    return path
-
-
 def _start(c: Candidate, model, *, max_batch: int, cache_dir, onnx_path, threads,
            profile, rebuild: bool, use_trt_provider: bool, log_fn,
            quantize: str = "none") -> EncoderBackend:
     if c.kind == "torch":
         return TorchBackend(model, c.device, c.dtype, max_batch=max_batch, quantize=quantize)
     if c.kind == "onnxruntime":
+        from trt_builders.export import ensure_onnx
+
         path = ensure_onnx(model, cache_dir, "fp32", onnx_path, log_fn)
         return OnnxRuntimeBackend(path, c.device, max_batch=max_batch, threads=threads,
-                                  use_trt_provider=use_trt_provider, cache_dir=_default_cache(cache_dir))
+                                  use_trt_provider=use_trt_provider, cache_dir=cache_dir_or_default(cache_dir))
     from trt_builders.engines import prepare_engine
 
-    res = prepare_engine(model, cache_dir=_default_cache(cache_dir),
+    res = prepare_engine(model, cache_dir=cache_dir_or_default(cache_dir),
                          precision="fp16" if c.dtype == "float16" else "fp32",
                          profile=profile, max_batch=max_batch, onnx_path=onnx_path,
                          force=rebuild, log=log_fn)

@@ -45,9 +45,7 @@ def prepare_engine(model, *, cache_dir: str | Path, precision: str = "fp16",
                    strongly_typed: bool | None = None, workspace_gib: float = 4.0,
                    log: Callable[[str], None] | None = None):
     """Export (if needed) and build (if stale) the engine for `model`'s encoder on this GPU."""
-    from edge.encoder_backends import ensure_onnx
-
-    from .export import onnx_sha256, read_sidecar
+    from .export import ensure_onnx, onnx_sha256, read_sidecar
     from .tensorrt_engine import (
         TensorRTUnavailable,
         current_target,

@@ -27,22 +27,27 @@ the weak-typing FP16 flag); for TensorRT 10 the float32 graph plus per-layer pre
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
+import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edge.model.config import CLIP_SAMPLES, TOKENS_PER_CLIP
-from edge.model.htsat import HTSAT, PatchMerging, SwinBlock
+from edge.model.htsat import HTSAT, PatchMerging, SwinBlock, converted_copy
 from edge.model.mel import HOP, N_FFT
+
+from .metadata import cache_dir_or_default
+
+log = logging.getLogger(__name__)
 
 INPUT_NAME = "clips"
 OUTPUT_NAME = "tokens"
@@ -192,12 +197,12 @@ class ExportEncoder(nn.Module):
         mixed = precision == "fp16-mixed"
         self.front = _Front(enc)  # constants taken before any dtype change
         if mixed:
-            enc = _converted_copy(enc, torch.float16)
+            enc = converted_copy(enc, torch.float16)
             for m in enc.modules():
                 if isinstance(m, nn.LayerNorm):
                     m.float()
         elif enc.patch_embed.proj.weight.dtype != torch.float32:
-            enc = _converted_copy(enc, torch.float32)
+            enc = converted_copy(enc, torch.float32)
         self.d = enc.d
         self.mixed = mixed
         self.compute_dtype = torch.float16 if mixed else torch.float32
@@ -229,16 +234,6 @@ class ExportEncoder(nn.Module):
         x = x.reshape(-1, C, c_freq * d.freq_ratio * side)
         x = x.transpose(1, 2)  # (B, 64, C)
         return x.float() if self.mixed else x
-
-
-def _converted_copy(enc: HTSAT, dtype: torch.dtype, device: str | torch.device | None = None) -> HTSAT:
-    """A copy of `enc` in `dtype` (and on `device`) whose constant buffers are rebuilt in float32,
-    as `AF2.load` builds them."""
-    e = copy.deepcopy(enc).to(device=device, dtype=dtype)
-    for m in e.modules():
-        if hasattr(m, "init_buffers"):
-            m.init_buffers()
-    return e
 
 
 # ------------------------------------------------------------------------------------------
@@ -336,7 +331,7 @@ def export_onnx(model_or_encoder, path: str | Path, *, precision: str = "fp32",
         raise ValueError("opset must be >= 17 (LayerNormalization)")
     enc = _htsat_of(model_or_encoder)
     if enc.patch_embed.proj.weight.device.type != "cpu":
-        enc = _converted_copy(enc, torch.float32, "cpu")  # trace on the CPU, in float32
+        enc = converted_copy(enc, torch.float32, "cpu")  # trace on the CPU, in float32
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -382,6 +377,29 @@ def _set_output_shape(path: Path, num_features: int) -> None:
         else:
             d.dim_value = v
     onnx.save(model, str(path))
+
+
+def ensure_onnx(model, cache_dir: str | Path | None = None, precision: str = "fp32",
+                onnx_path: str | Path | None = None,
+                log_fn: Callable[[str], None] | None = None) -> Path:
+    """The ONNX for `model`'s encoder: `onnx_path` if given, else a cached export whose sidecar
+    fingerprint matches the weights (re-exported when the weights changed)."""
+    if onnx_path is not None:
+        p = Path(onnx_path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such ONNX file")
+        return p
+    enc = model.modules.encoder
+    fp = weights_fingerprint(enc)
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    path = cache_dir_or_default(cache_dir) / f"encoder-{fp[:16]}{suffix}.onnx"
+    info = read_sidecar(path)
+    if path.is_file() and info is not None and info.weights_fingerprint == fp \
+            and info.precision == precision:
+        return path
+    (log_fn or log.info)(f"exporting the encoder to {path} ({precision})")
+    export_onnx(model, path, precision=precision)
+    return path
 
 
 def check_onnx(path: str | Path, num_features: int | None = None) -> dict[str, int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 ENGINE_FORMAT = "flamingo-edge-trt/1"
+DEFAULT_CACHE_DIR = Path("var/engines")  # exported ONNX files and built engines (relative: the cwd)
 ENGINE_PRECISIONS = ("fp16", "fp32")
 MAX_PROFILE_BATCH = 256
 
@@ -27,6 +28,10 @@ FP32_LAYER_TYPES = frozenset({"NORMALIZATION", "SOFTMAX", "REDUCE"})
 FP32_NAME_FRAGMENTS = ("/front/", "LayerNormalization", "Softmax")
 FLOAT_TYPES = frozenset({"FLOAT", "HALF", "BF16"})
 NEVER_CONSTRAIN = frozenset({"CONSTANT", "SHAPE", "CAST", "ASSERTION", "IDENTITY"})
+
+
+def cache_dir_or_default(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
 
 
 @dataclass(frozen=True)

@@ -23,33 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from . import audio as audio_prep
-from .audio_transformer import AudioTransformer
 from .config import CLIP_SAMPLES, TOKENS_PER_CLIP, AF2Config
-from .decoder import CrossKV, Decoder
+from .decoder import CrossKV
 from .generate import DecoderPool, Sampling, decode, pick_token
+from .modules import AF2Modules, release_name
 from .progress import tick
-from .htsat import HTSAT
 from .tokenizer import AF2Tokenizer
-
-
-class AF2Modules(nn.Module):
-    """Every weight of AF2 that inference uses, under our own names."""
-
-    def __init__(self, c: AF2Config) -> None:
-        super().__init__()
-        self.encoder = HTSAT(c.htsat)
-        self.audio_transformer = AudioTransformer(c.audio_dim, c.audio_transformer)
-        self.decoder = Decoder(c.lm, c.audio_dim, c.xattn)
-
-    def init_buffers(self) -> None:
-        """Rebuild every constant buffer (after construction on the meta device + to_empty)."""
-        for m in self.modules():
-            init = getattr(m, "init_buffers", None)
-            if m is not self and init is not None:
-                init()
 
 
 @dataclass
@@ -124,11 +105,6 @@ def stack_cross(xkvs: list[CrossKV]) -> CrossKV:
     return CrossKV(ks, vs, mask)
 
 
-def _release_name(c: AF2Config) -> str:
-    names = {896: "0.5B", 1536: "1.5B", 2048: "3B"}
-    return names.get(c.lm.hidden_size, f"custom-h{c.lm.hidden_size}")
-
-
 class AF2:
     def __init__(self, modules: AF2Modules, tokenizer: AF2Tokenizer | None, config: AF2Config,
                  dtype: torch.dtype, device: torch.device, model_id: str | None = None) -> None:
@@ -137,7 +113,7 @@ class AF2:
         self.config = config
         self.dtype = dtype
         self.device = device
-        self.model_id = model_id or f"af2-{_release_name(config)}"
+        self.model_id = model_id or f"af2-{release_name(config)}"
         self.max_batch = 8  # rows per decoding batch; larger groups run in chunks
         self.quantize = "none"  # decoder weights: none | int8 | int4 (edge/model/quant.py)
         self.encoder_dtype: str | None = None  # the encoder backend's default (edge.daemon sets it)
@@ -162,8 +138,11 @@ class AF2:
         `verify` fast/full and `progress(done, total)`: edge/model/checkpoint.py."""
         from .checkpoint import load_model
 
-        return load_model(model_dir, dtype=dtype, device=device, encoder_only=encoder_only,
-                          quantize=quantize, verify=verify, progress=progress)
+        p = load_model(model_dir, dtype=dtype, device=device, encoder_only=encoder_only,
+                       quantize=quantize, verify=verify, progress=progress)
+        m = cls(p.modules, p.tokenizer, p.config, p.dtype, p.device, p.model_id)
+        m.quantize = p.quantize
+        return m
 
     @classmethod
     def random(cls, config: AF2Config, dtype: torch.dtype = torch.float32,
@@ -194,7 +173,7 @@ class AF2:
 
             quantize_model(mods.decoder, quantize)
         m = cls(mods, tokenizer, config, dtype, torch.device(device),
-                f"af2-random-{_release_name(config)}")
+                f"af2-random-{release_name(config)}")
         m.quantize = quantize
         return m
 

@@ -50,6 +50,7 @@ import torch
 from safetensors import safe_open
 
 from .config import AF2Config, lm_dims_from_hf_config
+from .modules import AF2Modules, release_name
 from .tokenizer import AF2Tokenizer
 
 COMPACT_FORMAT = "flamingo-edge/1"
@@ -328,10 +329,8 @@ def official_candidates(name: str) -> list[str]:
 
 # ---- building -----------------------------------------------------------------------------
 
-def meta_skeleton(config: AF2Config, dtype: torch.dtype = torch.float32):
+def meta_skeleton(config: AF2Config, dtype: torch.dtype = torch.float32) -> AF2Modules:
     """The module tree on the meta device: names and shapes, no memory."""
-    from .af2 import AF2Modules
-
     with torch.device("meta"):
         mods = AF2Modules(config)
     return mods.to(dtype)
@@ -432,17 +431,30 @@ def is_compact(model_dir: Path) -> bool:
     return (Path(model_dir) / COMPACT_META).is_file()
 
 
+@dataclass
+class LoadedModel:
+    """A loaded checkpoint: `AF2(modules, tokenizer, config, dtype, device, model_id)`."""
+
+    modules: AF2Modules
+    tokenizer: AF2Tokenizer | None
+    config: AF2Config
+    dtype: torch.dtype
+    device: torch.device
+    model_id: str
+    quantize: str  # none | int8 | int4: how the decoder's weights are stored
+
+
 def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
                device: str | torch.device = "cpu", encoder_only: bool = False,
                quantize: str = "none", verify: str = "fast",
-               progress: Callable[[int, int], None] | None = None):
-    """Load either layout into an `AF2` (`encoder_only`: just the AF-CLAP encoder, e.g. to
-    export or build engines without holding the language model in memory). `quantize`
-    int8/int4 stores the decoder's weights narrow (edge/model/quant.py), quantized as read.
+               progress: Callable[[int, int], None] | None = None) -> LoadedModel:
+    """Load either layout: the filled modules and what `AF2` needs around them (`AF2.load` is
+    the public entry). `encoder_only`: just the AF-CLAP encoder, e.g. to export or build engines
+    without holding the language model in memory. `quantize` int8/int4 stores the decoder's
+    weights narrow (edge/model/quant.py), quantized as read.
     `verify`: ``fast`` checks headers, sizes and NaN/Inf; ``full`` also the manifest's hashes
     (module doc). ``progress(done, total)`` follows the weights streaming in (elements)."""
     from . import quant
-    from .af2 import AF2
 
     if quantize not in quant.MODES:
         raise ValueError(f"unknown quantize mode {quantize!r}; use none, int8 or int4")
@@ -487,12 +499,10 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
         quant.swap_linears(skeleton.decoder, quantize, dtype, device)
     mods = _materialise(skeleton, device, sources, str(model_dir), encoder_only, progress)
     if content is not None:  # the checkpoint's identity: release + content hash
-        from .af2 import _release_name
-
-        model_id = f"af2-{_release_name(config)}@sha256:{content[:16]}"
-    m = AF2(mods, tokenizer, config, dtype, device, model_id)
-    m.quantize = quantize if not encoder_only else "none"
-    return m
+        model_id = f"af2-{release_name(config)}@sha256:{content[:16]}"
+    return LoadedModel(mods, tokenizer, config, dtype, device,
+                       model_id or f"af2-{release_name(config)}",
+                       quantize if not encoder_only else "none")
 
 
 def _official_sources(model_dir: Path, chunks: SafeChunks, names: list[str]) -> dict[str, TensorSource]:

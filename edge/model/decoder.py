@@ -21,16 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import LMDims, XAttnDims
-
-if TYPE_CHECKING:
-    from .quant import Int8Embedding
 
 
 class RMSNorm(nn.Module):
@@ -297,8 +294,6 @@ class StaticCache:
 
 
 class Decoder(nn.Module):
-    embed_tokens: TokenEmbedding | Int8Embedding  # int8 after edge.model.quant.swap_linears
-
     def __init__(self, d: LMDims, dim_audio: int, x: XAttnDims) -> None:
         super().__init__()
         self.d = d

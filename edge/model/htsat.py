@@ -7,6 +7,8 @@ whose fusion branch never runs, and no classifier head.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -223,3 +225,14 @@ class HTSAT(nn.Module):
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.forward_mel(self.mel(clips))
+
+
+def converted_copy(enc: HTSAT, dtype: torch.dtype, device: str | torch.device | None = None) -> HTSAT:
+    """A copy of `enc` in `dtype` (and on `device`) whose constant buffers are rebuilt in float32,
+    as `AF2.load` builds them."""
+    e = copy.deepcopy(enc).to(device=device, dtype=dtype)
+    for m in e.modules():
+        init = getattr(m, "init_buffers", None)
+        if init is not None:
+            init()
+    return e

@@ -248,7 +248,9 @@ def swap_linears(decoder: Decoder, mode: str, dtype: torch.dtype, device: torch.
         count += 1
     emb = decoder.embed_tokens
     with torch.device(emb.weight.device):
-        decoder.embed_tokens = Int8Embedding(emb.weight.shape[0], emb.weight.shape[1], dtype, reference)
+        # the same interface as TokenEmbedding (forward, project), int8 rows
+        decoder.register_module("embed_tokens", Int8Embedding(emb.weight.shape[0], emb.weight.shape[1],
+                                                              dtype, reference))
     return count + 1
 
 

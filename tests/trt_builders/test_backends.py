@@ -13,7 +13,6 @@ from edge.encoder_backends import (
     Environment,
     OnnxRuntimeBackend,
     TorchBackend,
-    ensure_onnx,
     fallback_chain,
     make_backend,
     ort_providers_for,
@@ -22,6 +21,7 @@ from edge.encoder_backends import (
     unavailable_reason,
 )
 from edge.model.audio import int16_roundtrip_torch
+from trt_builders.export import ensure_onnx
 
 from .conftest import rel_err
 
