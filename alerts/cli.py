@@ -10,7 +10,6 @@ so this is safe while the daemon runs. Imports stay cheap (no torch, no numpy).
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,11 +29,9 @@ def _data_dir(data_dir: str | None, config: str | None) -> Path:
             return load_settings(config).resolved_data_dir()
         except ConfigError as e:
             raise click.ClickException(str(e)) from None
-    env = os.environ.get("FLAMINGO_EDGE_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "flamingo-edge"
+    from edge.files import default_data_dir
+
+    return default_data_dir()
 
 
 def _open(data_dir: str | None, config: str | None):  # -> History

@@ -4,7 +4,7 @@
 (MQTT to ``localhost:1883``, Home Assistant discovery on, webhook off), so the daemon's
 settings class can embed it as a field and an empty ``alerts:`` section is valid.
 
-Secrets (`MqttConfig.password`, `MqttTlsConfig.key_password`, `WebhookConfig.secret`)
+Secrets (`MqttConfig.password`, `MqttTlsConfig.key_password` in edge/mqtt_client.py, `WebhookConfig.secret`)
 are `SecretStr`: their repr is ``'**********'`` and they are only unwrapped at the point
 of use. Each secret can also be read from a file (``*_file``), which suits systemd
 credentials and Docker secrets better than environment variables.
@@ -15,29 +15,16 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-_TOPIC_BAD = re.compile(r"[+#\x00]")
+from edge.config_base import StrictModel as _Base, read_secret_file
+from edge.mqtt_client import MqttConfig  # the broker (`alerts.mqtt`), shared with the audio source
 
 
 def default_node_id() -> str:
     """A stable id for this host, used in Home Assistant unique ids and the MQTT client id."""
     return re.sub(r"[^a-zA-Z0-9_-]", "_", socket.gethostname() or "flamingo-edge")
-
-
-def _read_secret_file(path: Path | None) -> SecretStr | None:
-    if path is None:
-        return None
-    try:
-        return SecretStr(Path(path).read_text(encoding="utf-8").strip())
-    except OSError as e:  # a ValueError, so that it becomes a config error naming the key
-        raise ValueError(f"cannot read secret file {path} ({e.strerror or type(e).__name__})") from None
-
-
-class _Base(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class RuleConfig(_Base):
@@ -64,69 +51,6 @@ class RuleOverride(_Base):
     max_not_heard_s: float | None = Field(None, gt=0)
     cooldown_s: float | None = Field(None, ge=0)
     dedupe_window_s: float | None = Field(None, ge=0)
-
-
-class MqttTlsConfig(_Base):
-    """TLS to the broker. The server certificate is always verified against `ca_file`
-    (or the system store when `ca_file` is unset); there is deliberately no switch to
-    turn verification off."""
-
-    enabled: bool = False
-    ca_file: Path | None = None
-    cert_file: Path | None = None  # client certificate (mutual TLS)
-    key_file: Path | None = None
-    key_password: SecretStr | None = None
-    key_password_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> MqttTlsConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("tls.cert_file and tls.key_file must be given together")
-        if self.key_password is None and self.key_password_file is not None:
-            self.key_password = _read_secret_file(self.key_password_file)
-        return self
-
-
-class MqttConfig(_Base):
-    enabled: bool = True
-    host: str = "localhost"
-    port: int = Field(1883, ge=1, le=65535)
-    client_id: str | None = None  # default: "flamingo-edge-<node_id>"
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig)
-    # MQTT 5 is the default because only MQTT 5 PUBACK/SUBACK reason codes let the
-    # daemon see that the broker's ACL refused a publish or subscription.
-    protocol: Literal["5", "3.1.1"] = "5"
-    keepalive_s: int = Field(30, ge=1, le=65535)
-    connect_timeout_s: float = Field(5.0, gt=0)
-    topic_prefix: str = "flamingo-edge"
-    max_inflight: int = Field(20, ge=1, le=1000)
-    backoff_initial_s: float = Field(1.0, gt=0)
-    backoff_max_s: float = Field(60.0, gt=0)
-    # a topic the broker refuses (MQTT 5 reason code >= 0x80, e.g. an ACL denial) is
-    # retried with backoff at most this many times per alert, then given up (logged,
-    # counted in fe_alerts_dropped{reason="refused"}); topics that acknowledged are never re-sent
-    max_refusals: int = Field(10, ge=1, le=1000)
-    live_queue_size: int = Field(1000, ge=10)
-    level_min_interval_s: float = Field(1.0, ge=0)
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix(cls, v: str) -> str:
-        v = v.strip("/")
-        if not v or _TOPIC_BAD.search(v):
-            raise ValueError("topic_prefix must be non-empty and must not contain + # or NUL")
-        return v
-
-    @model_validator(mode="after")
-    def _check(self) -> MqttConfig:
-        if self.password is None and self.password_file is not None:
-            self.password = _read_secret_file(self.password_file)
-        if self.password is not None and not self.username:
-            raise ValueError("mqtt.password needs mqtt.username")
-        return self
 
 
 class HomeAssistantConfig(_Base):
@@ -170,7 +94,7 @@ class WebhookConfig(_Base):
     @model_validator(mode="after")
     def _check(self) -> WebhookConfig:
         if self.secret is None and self.secret_file is not None:
-            self.secret = _read_secret_file(self.secret_file)
+            self.secret = read_secret_file(self.secret_file)
         if self.enabled and not self.url:
             raise ValueError("webhook.url is required when the webhook is enabled")
         if self.url and not re.match(r"^https?://", self.url):

@@ -57,11 +57,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from alerts.config import AlertsConfig, MqttConfig
+from alerts.config import AlertsConfig
 from alerts.discovery import discovery_entities
 from alerts.entities import Entity, EntityIds
 from alerts.models import as_replayed
@@ -69,6 +69,7 @@ from alerts.outbox import Outbox
 from alerts.topics import Topics
 from edge import __version__
 from edge.metrics import Metrics
+from edge.mqtt_client import MqttConfig, new_client as new_broker_client
 
 log = structlog.get_logger(__name__)
 
@@ -83,30 +84,11 @@ def _close_client(c: mqtt.Client) -> None:
 
 
 def new_client(cfg: MqttConfig, client_id: str, *, max_inflight: int = 64) -> mqtt.Client:
-    """A paho client with the configured protocol, credentials and TLS; not connected."""
-    v5 = cfg.protocol == "5"
-    c = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-        clean_session=None if v5 else True,
-    )
+    """The broker's client (edge.mqtt_client) with the alert sink's limits; not connected."""
+    c = new_broker_client(cfg, client_id)
     c.suppress_exceptions = False
-    c.connect_timeout = cfg.connect_timeout_s
     c.max_inflight_messages_set(max_inflight)
     c.max_queued_messages_set(0)
-    if cfg.username:
-        pw = cfg.password.get_secret_value() if cfg.password else None
-        c.username_pw_set(cfg.username, pw)
-    tls = cfg.tls
-    if tls.enabled:
-        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-        if tls.cert_file:
-            ctx.load_cert_chain(
-                str(tls.cert_file), str(tls.key_file),
-                password=tls.key_password.get_secret_value() if tls.key_password else None,
-            )
-        c.tls_set_context(ctx)
     return c
 
 

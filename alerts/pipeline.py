@@ -58,6 +58,7 @@ from alerts.mqtt_sink import MqttSink
 from alerts.outbox import Outbox
 from alerts.rules import RuleEngine, Transition
 from alerts.webhook import WebhookSink
+from edge.constants import SAMPLE_RATE
 from edge.log import register_secret
 from edge.metrics import Metrics
 from edge.results import AudioSpan, MonitorResult
@@ -211,7 +212,7 @@ class AlertPipeline:
 
     # ------------------------------------------------------------------ caller API (non-blocking)
     def submit(self, result: MonitorResult, audio: AudioSpan | np.ndarray | None = None,
-               sample_rate: int = 16000) -> bool:
+               sample_rate: int = SAMPLE_RATE) -> bool:
         """Queue one result (and the audio of its span, for the evidence clip: an `AudioSpan`
         reference is read only when an alert is raised, so the queue holds no copy). Never blocks."""
         if not self._accepting:

@@ -210,7 +210,7 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
     """One soak: ``n_streams`` publishers for ``audio_s`` of audio into a fresh daemon on
     ``broker``. ``settle_s``: after the last frame, wait up to this long for the worker to
     finish what is queued before stopping it (what is left then counts as abandoned)."""
-    from alerts.config import MqttConfig
+    from edge.mqtt_client import MqttConfig
     from edge.config import load_settings
     from edge.daemon import Daemon
     from edge.metrics import Metrics

@@ -21,7 +21,6 @@ import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -35,8 +34,11 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from alerts.config import AlertsConfig, MqttConfig
+from alerts.config import AlertsConfig
+from edge.mqtt_client import MqttConfig
 
+from .config_base import StrictModel as _Base
+from .files import default_data_dir
 from .monitors import TEMPLATE_FIELDS, parse_answer_spec, parse_condition
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -63,10 +65,6 @@ def _identifier(v: str, what: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
         raise ValueError(f"{what}: 1-64 letters, digits, '_', '.' or '-'")
     return v
-
-
-class _Base(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class EncoderConfig(_Base):
@@ -129,7 +127,8 @@ class AudioConfig(_Base):
             raise ValueError("memory must hold at least one clip")
         if self.window > self.memory:
             raise ValueError("window must not exceed memory")
-        from .windows import MAX_CLIPS, clips_for
+        from .constants import MAX_CLIPS
+        from .windows import clips_for
 
         n = clips_for(self.memory, self.clip, self.hop)
         if self.max_gap < 0:
@@ -455,14 +454,6 @@ class Settings(BaseSettings):
                 cred = st.url_credentials.get_secret_value()
                 out.extend([cred, cred.partition(":")[2]])
         return [s for s in out if s]
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("FLAMINGO_EDGE_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "flamingo-edge"
 
 
 class ConfigError(Exception):

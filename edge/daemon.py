@@ -400,15 +400,13 @@ def load_model(model_dir: str | Path | None, dtype: str = "auto", device: str = 
                progress: Callable[[int, int], None] | None = None) -> Any:
     if model_dir is None:
         return None
-    import torch
-
     from .model import AF2
     from .model.precision import resolve
 
     t0 = time.monotonic()
     choice = resolve(dtype, device)
     log.info("loading the AF2 model", dir=str(model_dir), dtype=choice.dtype, verify=verify)
-    m = AF2.load(model_dir, dtype=getattr(torch, choice.dtype), device=device, quantize=quantize,
+    m = AF2.load(model_dir, dtype=choice.dtype, device=device, quantize=quantize,
                  verify=verify, progress=progress)
     m.encoder_dtype = choice.encoder  # the encoder backend's default (daemon._encoder_backend)
     log.info("model loaded", model=getattr(m, "model_id", "af2"), dir=str(model_dir),

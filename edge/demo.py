@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-SR = 16000
+from .constants import SAMPLE_RATE as SR
+
 DEMO_VERSION = 1
 DEMO_SECONDS = 240.0
 DEMO_SEED = 20240611

@@ -34,6 +34,7 @@ from collections.abc import Callable
 import structlog
 import torch
 
+from edge.dtypes import DTYPES, dtype_name
 from edge.model.audio import int16_roundtrip_torch
 from edge.model.config import CLIP_SAMPLES, TOKENS_PER_CLIP
 from edge.model.htsat import converted_copy
@@ -43,20 +44,6 @@ log = structlog.get_logger(__name__)
 
 KINDS = ("torch", "onnxruntime", "tensorrt")
 ENCODER_QUANTIZE = ("none", "int8")  # model.encoder.quantize (torch backend on CPUs)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-
-
-def dtype_name(dtype: str | torch.dtype) -> str:
-    if isinstance(dtype, torch.dtype):
-        for k, v in DTYPES.items():
-            if v == dtype:
-                return k
-        raise ValueError(f"unsupported encoder dtype {dtype}")
-    name = DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
-    if name not in DTYPES:
-        raise ValueError(f"unsupported encoder dtype {dtype!r}; use float32, bfloat16 or float16")
-    return name
 
 
 # ------------------------------------------------------------------------------------------
@@ -116,7 +103,7 @@ class TorchBackend(EncoderBackend):
         dev = torch.device(device) if device is not None else cur_dev
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
-        dt = DTYPES[dtype_name(dtype)] if dtype is not None else cur_dt
+        dt = DTYPES[dtype_name(dtype, "encoder dtype")] if dtype is not None else cur_dt
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("torch.cuda.is_available() is False")
         if (dev, dt) != (cur_dev, cur_dt):
@@ -338,7 +325,7 @@ def fallback_chain(kind: str, device: str = "cuda", dtype: str = "float16") -> l
         raise ValueError(f"unknown encoder backend {kind!r}; expected one of {', '.join(KINDS)}")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    dtype = dtype_name(dtype)
+    dtype = dtype_name(dtype, "encoder dtype")
     cpu_torch = Candidate("torch", "cpu", "float32")
     if kind == "tensorrt":
         trt_prec = "float32" if dtype == "float32" else "float16"
@@ -452,7 +439,7 @@ def select_backend(kind: str, model, *, device: str | None = None,
         device = "cuda" if kind == "tensorrt" else model_dev
     if dtype is None:
         dtype = "float16" if kind == "tensorrt" else dtype_name(model.dtype)
-    chain = fallback_chain(kind, device, dtype_name(dtype))
+    chain = fallback_chain(kind, device, dtype_name(dtype, "encoder dtype"))
     env = env or Environment.probe()
     skipped: list[tuple[Candidate, str]] = []
     for c in chain:

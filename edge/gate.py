@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .constants import SAMPLE_RATE
+
 LEVEL_FLOOR_DBFS = -120.0
 
 
@@ -65,7 +67,7 @@ class GateReading:
 class Gate:
     def __init__(
         self,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         warmup_clips: int = 3,
         segment_s: float = 0.25,
         adapt: float = 0.05,

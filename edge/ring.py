@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .constants import SAMPLE_RATE
+
 
 @dataclass(frozen=True)
 class AppendResult:
@@ -32,7 +34,7 @@ class AppendResult:
 
 
 class Ring:
-    def __init__(self, capacity: int, sample_rate: int = 16000, max_gaps: int = 4096) -> None:
+    def __init__(self, capacity: int, sample_rate: int = SAMPLE_RATE, max_gaps: int = 4096) -> None:
         if capacity <= 0:
             raise ValueError("capacity must be positive")
         self.capacity = int(capacity)

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import click
 
+from .constants import SAMPLE_RATE
+
 
 def _settings(config: str | None, data: dict | None = None, **overrides: Any):
     from .config import ConfigError, load_settings
@@ -227,7 +229,7 @@ def replay(file, config, model_dir, stream, as_json, progress, start_iso, data_d
         while not d.finished():
             time.sleep(0.1)
             if bar is not None:
-                bar.n = round(min(src.samples_emitted / 16000, src.duration_s), 1)
+                bar.n = round(min(src.samples_emitted / SAMPLE_RATE, src.duration_s), 1)
                 bar.refresh()
     except KeyboardInterrupt:
         pass

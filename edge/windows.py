@@ -28,9 +28,7 @@ import numpy as np
 from edge.pcm import int16_roundtrip
 from streams.timeline import Piece
 
-CLIP_SAMPLES = 160000
-SR = 16000
-MAX_CLIPS = 30  # AF2 was trained on windows of at most 30 clips (docs/AF2_REFERENCE.md)
+from .constants import CLIP_SAMPLES, SAMPLE_RATE as SR
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .timeline import Piece
+from edge.constants import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
+from .timeline import Piece
 
 
 @dataclass(frozen=True)

@@ -27,16 +27,16 @@ Nothing in a message can raise out of `handle`: the paho network thread must sur
 
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import structlog
+
+from edge.mqtt_client import MqttConfig, new_client
 
 from .base import SAMPLE_RATE, Converter, Emit, Frame, Source
 from .protocol import MAX_FRAME_BYTES, AudioFrame, FrameError, decode_frame
@@ -95,7 +95,7 @@ class MqttAudioSource(Source):
     def __init__(
         self,
         streams: list[str] | tuple[str, ...],
-        mqtt,  # alerts.config.MqttConfig (host, port, credentials, tls, topic_prefix...)
+        mqtt: MqttConfig,  # the broker (the `alerts.mqtt` settings): credentials, tls, topic_prefix
         metrics=None,
         max_bytes: int = MAX_FRAME_BYTES,
         late_window: int = 1024,
@@ -225,24 +225,8 @@ class MqttAudioSource(Source):
 
     # ------------------------------------------------------------ paho plumbing
     def _make_client(self):
-        import paho.mqtt.client as mqtt
-
         cfg = self.cfg
-        proto = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
-        cid = f"{cfg.client_id or 'flamingo-edge'}-audio-{uuid.uuid4().hex[:8]}"
-        kw: dict[str, Any] = {"clean_session": True} if proto == mqtt.MQTTv311 else {}
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=proto, **kw)
-        if cfg.username:
-            pw = cfg.password.get_secret_value() if cfg.password is not None else None
-            client.username_pw_set(cfg.username, pw)
-        if cfg.tls.enabled:
-            kp = cfg.tls.key_password.get_secret_value() if cfg.tls.key_password else None
-            client.tls_set(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                keyfile_password=kp, cert_reqs=ssl.CERT_REQUIRED,
-            )
+        client = new_client(cfg, f"{cfg.client_id or 'flamingo-edge'}-audio-{uuid.uuid4().hex[:8]}")
         client.reconnect_delay_set(int(max(1, cfg.backoff_initial_s)), int(max(1, cfg.backoff_max_s)))
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail

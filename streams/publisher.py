@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from edge.constants import SAMPLE_RATE
+
 from .protocol import MAX_CHANNELS, SAMPLE_RATES, encode_frame
 
 
@@ -30,7 +32,7 @@ def file_blocks(path: str | Path, frame_ms: float = 100.0, loop: bool = False
                 ) -> Iterator[tuple[np.ndarray, int]]:
     import soundfile as sf
 
-    from .base import SAMPLE_RATE, Converter
+    from .base import Converter
 
     while True:
         with sf.SoundFile(str(path)) as f:
@@ -53,7 +55,7 @@ def file_blocks(path: str | Path, frame_ms: float = 100.0, loop: bool = False
             return
 
 
-def mic_blocks(device=None, samplerate: int = 16000, channels: int = 1, frame_ms: float = 100.0,
+def mic_blocks(device=None, samplerate: int = SAMPLE_RATE, channels: int = 1, frame_ms: float = 100.0,
                stop: threading.Event | None = None, queue_blocks: int = 100
                ) -> Iterator[tuple[np.ndarray, int, int]]:
     """Blocks of a microphone as ``(pcm, rate, lost)``; ``lost`` counts the device frames

@@ -44,7 +44,8 @@ from collections import deque
 from dataclasses import dataclass
 from collections.abc import Callable
 
-SAMPLE_RATE = 16000
+from edge.constants import SAMPLE_RATE
+
 STEP_STEADY_S = 0.1  # readings of a clock step agree this well with each other
 
 #: piece causes (log/metric label values)

@@ -9,6 +9,8 @@ import time
 
 import click
 
+from edge.constants import CLIP_SAMPLES
+
 DEFAULT_CACHE_HELP = "<data_dir>/engines, where the daemon looks"
 CACHE_HELP = "Engines, ONNX exports and the timing cache live here."
 
@@ -17,7 +19,7 @@ def _cache_dir(value: str | None) -> str:
     """--cache-dir, or the daemon's default: <data_dir>/engines (edge.daemon._encoder_backend)."""
     if value:
         return value
-    from edge.config import default_data_dir
+    from edge.files import default_data_dir
 
     return str(default_data_dir() / "engines")
 
@@ -91,7 +93,7 @@ def verify_onnx(model, onnx_path, n: int = 2, seed: int = 0) -> float:
     from edge.encoder_backends import OnnxRuntimeBackend
 
     g = torch.Generator().manual_seed(seed)
-    clips = (torch.rand(n, 160000, generator=g) * 2 - 1) * 0.8
+    clips = (torch.rand(n, CLIP_SAMPLES, generator=g) * 2 - 1) * 0.8
     ref = model.encode(clips).float().cpu()
     ort = OnnxRuntimeBackend(onnx_path, "cpu", max_batch=n)
     worst = 0.0
@@ -210,7 +212,7 @@ def check_cmd(model_dir, random_released, dtype, kind, device, backend_dtype, ca
                          cache_dir=cache_dir, log_fn=lambda s: click.echo(s, err=True))
     b = sel.backend
     g = torch.Generator().manual_seed(0)
-    clips = (torch.rand(n, 160000, generator=g) * 2 - 1) * 0.8
+    clips = (torch.rand(n, CLIP_SAMPLES, generator=g) * 2 - 1) * 0.8
     ref = model.encode(clips).float().cpu()
     t = time.perf_counter()
     out = b.encode(clips).float().cpu()

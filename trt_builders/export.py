@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge.files import sha256_file
 from edge.model.config import CLIP_SAMPLES, TOKENS_PER_CLIP
 from edge.model.htsat import HTSAT, PatchMerging, SwinBlock, converted_copy
 from edge.model.mel import HOP, N_FFT
@@ -239,14 +240,6 @@ class ExportEncoder(nn.Module):
 # ------------------------------------------------------------------------------------------
 # hashing / fingerprints
 # ------------------------------------------------------------------------------------------
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def onnx_sha256(path: str | Path) -> str:
     """Hash of an exported model: the .onnx file plus its external-data file, if any."""
     path = Path(path)

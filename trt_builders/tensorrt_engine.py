@@ -37,6 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from collections.abc import Callable
 
+from edge.constants import CLIP_SAMPLES
+
 from .metadata import (
     ENGINE_FORMAT,
     BuildTarget,
@@ -49,7 +51,6 @@ from .metadata import (
     timing_cache_name,
 )
 
-CLIP_SAMPLES = 160000
 DEFAULT_WORKSPACE_GIB = 4.0
 
 
@@ -291,7 +292,7 @@ def ensure_engine(onnx_path: str | Path, engine_path: str | Path, target: BuildT
                   workspace_gib: float = DEFAULT_WORKSPACE_GIB,
                   log: Callable[[str], None] = print) -> EnsureResult:
     """Reuse `engine_path` if its metadata and bytes match `target`, otherwise (re)build it."""
-    from .export import sha256_file
+    from edge.files import sha256_file
 
     engine_path = Path(engine_path)
     reasons = ["rebuild requested"] if force else engine_problems(

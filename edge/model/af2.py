@@ -26,6 +26,7 @@ import torch
 
 from . import audio as audio_prep
 from .config import CLIP_SAMPLES, TOKENS_PER_CLIP, AF2Config
+from edge.constants import MAX_CLIPS
 from .decoder import CrossKV
 from .generate import DecoderPool, Sampling, decode, pick_token
 from .modules import AF2Modules, release_name
@@ -44,7 +45,7 @@ class Answer:
 
 __all__ = ["AF2", "AF2Modules", "Answer", "Sampling", "Scores", "pick_token"]
 
-MAX_MEMORY_TOKENS = 30 * TOKENS_PER_CLIP  # 5 minutes: the static cross K/V capacity with graphs
+MAX_MEMORY_TOKENS = MAX_CLIPS * TOKENS_PER_CLIP  # 5 minutes: the static cross K/V capacity with graphs
 
 
 @dataclass
@@ -179,7 +180,7 @@ class AF2:
 
     # ---- audio ------------------------------------------------------------------------
     @staticmethod
-    def prepare_file(path: str | Path, max_windows: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare_file(path: str | Path, max_windows: int = MAX_CLIPS) -> tuple[torch.Tensor, torch.Tensor]:
         """Official file preparation: -> clips (L, 160000) float32, window mask (L,)."""
         return audio_prep.prepare_file(path, max_windows)
 

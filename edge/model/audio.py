@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge.constants import MAX_CLIPS
 from edge.pcm import int16_roundtrip, peak_normalise
 
 from .config import CLIP_SAMPLES, SAMPLE_RATE
@@ -56,7 +57,7 @@ def num_windows_for(n_samples: int, max_windows: int) -> int:
     return min(max_windows, 1 + math.ceil((n_samples - CLIP_SAMPLES) / CLIP_SAMPLES))
 
 
-def prepare_file(path: str | Path, max_windows: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_file(path: str | Path, max_windows: int = MAX_CLIPS) -> tuple[torch.Tensor, torch.Tensor]:
     """-> clips (L, 160000) float32, window mask (L,) of ones. The official `load_audio`."""
     if max_windows < 1:
         raise ValueError(f"max_windows must be >= 1, got {max_windows}")

@@ -49,6 +49,9 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from edge.dtypes import dtype_name, parse_dtype
+from edge.files import sha256_file
+
 from .config import AF2Config, lm_dims_from_hf_config
 from .modules import AF2Modules, release_name
 from .tokenizer import AF2Tokenizer
@@ -61,13 +64,6 @@ VERIFY_MODES = ("fast", "full")
 
 _ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
                 "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
-
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
@@ -146,17 +142,6 @@ def check_finite(t: torch.Tensor, path: Path | str, key: str) -> None:
     if bad:
         raise CheckpointError(f"{path}: tensor {key} holds {bad} NaN/Inf value(s): a corrupted "
                               f"file? (`flamingo-edge model verify` compares it with its hashes)")
-
-
-def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
-        return dtype
-    try:
-        return DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16") from None
 
 
 def parse_device(device: str | torch.device) -> torch.device:
@@ -543,14 +528,14 @@ def convert(src: str | Path, dst: str | Path, dtype: torch.dtype | str = torch.f
     for f in (src / "lm").iterdir():
         if f.is_file():
             shutil.copy2(f, dst / "lm" / f.name)
-    dtype_name = str(dtype).replace("torch.", "")
+    name = dtype_name(dtype)
     meta = {
         "format": COMPACT_FORMAT,
         "config": model.config.to_dict(),
-        "dtype": dtype_name,
-        "model_id": f"{model.model_id}-{dtype_name}",
+        "dtype": name,
+        "model_id": f"{model.model_id}-{name}",
         "source": str(src.resolve()),
-        "sha256": _sha256(dst / COMPACT_WEIGHTS),
+        "sha256": sha256_file(dst / COMPACT_WEIGHTS),
     }
     (dst / COMPACT_META).write_text(json.dumps(meta, indent=1))
     write_manifest(dst)
@@ -598,7 +583,7 @@ def write_manifest(model_dir: str | Path) -> str:
     """Hash every file of ``model_dir`` into ``flamingo_edge.sha256.json``; returns the
     content hash (SHA-256 over the sorted ``<sha256>  <path>`` lines)."""
     model_dir = Path(model_dir)
-    files = {p.relative_to(model_dir).as_posix(): {"sha256": _sha256(p), "size": p.stat().st_size}
+    files = {p.relative_to(model_dir).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
              for p in _checkpoint_files(model_dir)}
     content = _content_hash(files)
     (model_dir / MANIFEST).write_text(json.dumps({"content_sha256": content, "files": files},
@@ -629,18 +614,10 @@ def verify_manifest(model_dir: str | Path, full: bool = False) -> str | None:
         if p.stat().st_size != info["size"]:
             raise CheckpointError(f"{p}: {p.stat().st_size} bytes, {MANIFEST} says "
                                   f"{info['size']}: truncated or replaced")
-        if full and _sha256(p) != info["sha256"]:
+        if full and sha256_file(p) != info["sha256"]:
             raise CheckpointError(f"{p}: content differs from its SHA-256 in {MANIFEST}: "
                                   f"the file is corrupted (download it again)")
     return str(content)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- writing the official layout (synthetic checkpoints for tests and benchmarks) -----------

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+# the audio constants shared by every release, defined in edge/constants.py (re-exported)
+from edge.constants import CLIP_SAMPLES, SAMPLE_RATE, TOKENS_PER_CLIP  # noqa: F401
+
 
 @dataclass(frozen=True)
 class HTSATDims:
@@ -70,10 +73,6 @@ class LMDims:
         return self.hidden_size // self.num_attention_heads
 
 
-# Audio preparation constants shared by every release.
-SAMPLE_RATE = 16000
-CLIP_SAMPLES = 160000  # 10 s
-TOKENS_PER_CLIP = 64
 
 _RELEASED_LM = {
     "0.5B": LMDims(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,

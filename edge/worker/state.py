@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from streams.timeline import PieceLog
 
+from ..constants import SAMPLE_RATE as SR
 from ..gate import Gate, GateReading
 from ..memory import StreamMemory
 from ..monitors import MonitorState
@@ -22,7 +23,6 @@ from ..windows import ClipScheduler, ClipSpec, clips_for
 if TYPE_CHECKING:
     from ..config import Settings, StreamConfig
 
-SR = 16000
 HEARD_CLIPS = 360  # clips of level/novelty history kept per stream (an hour at a 10-s hop)
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alerts.config import MqttConfig
+from edge.mqtt_client import MqttConfig
 from edge.metrics import Metrics
 from edge.ring import Ring
 from streams.mqtt import MqttAudioSource

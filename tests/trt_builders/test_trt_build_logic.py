@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from trt_builders import tensorrt_engine as te
-from trt_builders.export import onnx_sha256, sha256_file
+from edge.files import sha256_file
+from trt_builders.export import onnx_sha256
 from trt_builders.metadata import EngineMeta, Profile, engine_problems, meta_path
 
 
