@@ -7,17 +7,18 @@ The graph holds the whole encoder, mel front end included, with a dynamic batch 
 The int16 round trip of the official pipeline is *not* in the graph (TensorRT has no int16);
 every backend applies it on the host side before running the graph (edge/encoder_backends.py).
 
-`ExportEncoder` wraps a loaded `HTSAT` and re-expresses its forward for export only; the PyTorch
-model in edge/model/ is not touched. The rewrites keep the arithmetic op for op, so the wrapper
-matches `HTSAT` to float rounding (tests/trt_builders/test_export.py checks it):
+`ExportEncoder` traces the model's own `HTSAT` (edge/model/htsat.py, edge/model/mel.py): one
+implementation, whose graph-friendly spelling is the model's too, so the graph matches `HTSAT` to
+float rounding (tests/trt_builders/test_export.py checks it):
 
 * STFT: a strided Conv with the windowed DFT basis; the reflect padding is two constant-index
   Gathers + Concat (no Pad op, whose reflect mode differs across TensorRT versions);
 * bicubic time resize 1001 -> 1024: a MatMul with a constant (1001, 1024) matrix;
 * Swin window shift / partition / reverse: Slice+Concat (roll) and Reshape/Transpose with static
   spatial sizes and -1 only on the batch axis, so the batch stays dynamic and no Shape ops remain;
-* relative position bias: precomputed per block as a constant (nH, N, N) tensor (no Gather
-  from the bias table), the shifted-window masks are constants too.
+* attention: traced with `Numerics(explicit_attention=True)`, softmax(q k^T + bias) v spelled out
+  instead of the fused kernel; the relative position bias and the shifted-window masks fold into
+  constants.
 
 `precision="fp16-mixed"` exports a graph whose matmuls/convolutions run in float16 while the mel
 front end, every LayerNorm, every softmax (and its bias/mask add) and the output stay float32,
@@ -38,13 +39,11 @@ from typing import Any
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edge.files import sha256_file
 from edge.model.config import CLIP_SAMPLES, TOKENS_PER_CLIP
-from edge.model.htsat import HTSAT, PatchMerging, SwinBlock, converted_copy
-from edge.model.mel import HOP, N_FFT
+from edge.model.htsat import HTSAT, Numerics, converted_copy
 
 from .metadata import cache_dir_or_default
 
@@ -81,113 +80,23 @@ class ExportError(RuntimeError):
 # export wrapper
 # ------------------------------------------------------------------------------------------
 class _Front(nn.Module):
-    """Mel front end + bn0 + resize + fold: (B, 160000) -> (B, 1, 256, 256), always float32."""
+    """The model's mel front end and Swin image step (LogMel, bn0, resize, fold) in float32, traced
+    under the ONNX scope /front/ (FRONT_SCOPE), which every TensorRT build keeps in float32."""
 
     def __init__(self, enc: HTSAT) -> None:
         super().__init__()
-        d, bn, mel = enc.d, enc.bn0, enc.mel
-        self.d, self.n_freqs = d, mel.n_freqs
-        pad = N_FFT // 2
-        # F.pad(reflect) as index gathers: left = x[pad..1], right = x[N-2..N-1-pad]
-        self.register_buffer("left", torch.arange(pad, 0, -1))
-        self.register_buffer("right", torch.arange(CLIP_SAMPLES - 2, CLIP_SAMPLES - 2 - pad, -1))
-        self.register_buffer("basis", mel.basis.detach().float().clone())
-        self.register_buffer("melW", mel.melW.detach().float().clone())
-        self.register_buffer("bn_mean", bn.running_mean.detach().float().clone())
-        self.register_buffer("bn_inv", torch.rsqrt(bn.running_var.detach().float() + bn.eps))
-        self.register_buffer("bn_w", bn.weight.detach().float().clone())
-        self.register_buffer("bn_b", bn.bias.detach().float().clone())
-        self.register_buffer("resize_t", enc.time_resize.detach().float().T.contiguous())
+        self.enc = enc
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        d = self.d
-        x = wav.float().unsqueeze(1)  # (B, 1, N)
-        x = torch.cat([x.index_select(2, self.left), x, x.index_select(2, self.right)], 2)
-        spec = F.conv1d(x, self.basis, stride=HOP)  # (B, 2*513, 1001)
-        re, im = spec[:, : self.n_freqs], spec[:, self.n_freqs:]
-        power = re * re + im * im
-        mel = torch.matmul(power.transpose(1, 2), self.melW)  # (B, 1001, 64)
-        mel = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
-        x = (mel - self.bn_mean) * self.bn_inv
-        x = x * self.bn_w + self.bn_b
-        x = torch.matmul(x.transpose(1, 2), self.resize_t)  # (B, 64, 1024)
-        x = x.reshape(-1, 1, d.mel_bins, d.freq_ratio, d.spec_size).permute(0, 1, 3, 2, 4)
-        return x.reshape(-1, 1, d.spec_size, d.spec_size)
-
-
-def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor, mixed: bool) -> torch.Tensor:
-    if not mixed:
-        return norm(x)
-    y = F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(),
-                     norm.eps)
-    return y.to(x.dtype)
-
-
-class _Block(nn.Module):
-    """One Swin block with static spatial sizes and a precomputed position bias."""
-
-    def __init__(self, blk: SwinBlock, mixed: bool) -> None:
-        super().__init__()
-        self.blk, self.mixed = blk, mixed
-        self.res, self.w, self.shift = blk.res, blk.window, blk.shift
-        self.C = blk.norm1.normalized_shape[0]
-        self.n_head = blk.attn.n_head
-        self.N = self.w * self.w
-        self.nW = (self.res // self.w) ** 2
-        bias = blk.attn.position_bias().detach().clone()  # (nH, N, N)
-        self.register_buffer("bias", bias.float() if mixed else bias)
-        self.register_buffer("mask", None if blk.attn_mask is None else blk.attn_mask.detach().clone())
-
-    def attention(self, x: torch.Tensor) -> torch.Tensor:  # (B*nW, N, C)
-        a, N, C, nH = self.blk.attn, self.N, self.C, self.n_head
-        qkv = a.qkv(x).reshape(-1, N, 3, nH, C // nH).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0] * a.scale, qkv[1], qkv[2]
-        attn = q @ k.transpose(-2, -1)
-        if self.mixed:
-            attn = attn.float()
-        attn = attn + self.bias.unsqueeze(0)
-        if self.mask is not None:
-            attn = attn.view(-1, self.nW, nH, N, N) + self.mask.unsqueeze(1).unsqueeze(0)
-            attn = attn.view(-1, nH, N, N)
-        attn = attn.softmax(dim=-1)
-        if self.mixed:
-            attn = attn.to(v.dtype)
-        return a.proj((attn @ v).transpose(1, 2).reshape(-1, N, C))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H*W, C)
-        H = W = self.res
-        w, C, s = self.w, self.C, self.shift
-        h = _layer_norm(self.blk.norm1, x, self.mixed).reshape(-1, H, W, C)
-        if s:
-            h = torch.roll(h, shifts=(-s, -s), dims=(1, 2))
-        h = h.reshape(-1, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, C)
-        h = self.attention(h)
-        h = h.reshape(-1, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
-        if s:
-            h = torch.roll(h, shifts=(s, s), dims=(1, 2))
-        x = x + h.reshape(-1, H * W, C)
-        return x + self.blk.mlp(_layer_norm(self.blk.norm2, x, self.mixed))
-
-
-class _Merge(nn.Module):
-    def __init__(self, pm: PatchMerging, dim: int, mixed: bool) -> None:
-        super().__init__()
-        self.pm, self.C, self.mixed = pm, dim, mixed
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H = W = self.pm.res
-        C = self.C
-        x = x.reshape(-1, H, W, C)
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
-        x = x.reshape(-1, (H // 2) * (W // 2), 4 * C)
-        return self.pm.reduction(_layer_norm(self.pm.norm, x, self.mixed))
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.enc.image(self.enc.mel(clips))
 
 
 class ExportEncoder(nn.Module):
-    """Export-only view of an `HTSAT`: same numbers, graph-friendly ops (see module docstring).
+    """The model's own `HTSAT`, traced with graph numerics (`edge.model.htsat.Numerics`).
 
     With precision="fp32" the parameters are shared with `enc` when it is float32 (a float32 copy
-    otherwise); "fp16-mixed" works on a float16 copy whose LayerNorm parameters stay float32.
+    otherwise); "fp16-mixed" works on a float16 copy whose LayerNorm and BatchNorm parameters
+    stay float32 (the mel front end and the norms run in float32, the output is float32).
     """
 
     def __init__(self, enc: HTSAT, precision: str = "fp32") -> None:
@@ -195,45 +104,22 @@ class ExportEncoder(nn.Module):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
-        mixed = precision == "fp16-mixed"
-        self.front = _Front(enc)  # constants taken before any dtype change
-        if mixed:
+        self.mixed = precision == "fp16-mixed"
+        if self.mixed:
+            front = converted_copy(enc, torch.float32)  # the front end's constants, unrounded
             enc = converted_copy(enc, torch.float16)
             for m in enc.modules():
                 if isinstance(m, nn.LayerNorm):
                     m.float()
+            enc.bn0 = front.bn0
         elif enc.patch_embed.proj.weight.dtype != torch.float32:
             enc = converted_copy(enc, torch.float32)
-        self.d = enc.d
-        self.mixed = mixed
-        self.compute_dtype = torch.float16 if mixed else torch.float32
-        self.patch_proj, self.patch_norm = enc.patch_embed.proj, enc.patch_embed.norm
-        stages = []
-        for i, stage in enumerate(enc.layers):
-            mods: list[nn.Module] = [_Block(b, mixed) for b in stage.blocks]
-            if stage.downsample is not None:
-                mods.append(_Merge(stage.downsample, enc.d.embed_dim * 2**i, mixed))
-            stages.append(nn.Sequential(*mods))
-        self.stages = nn.ModuleList(stages)
-        self.norm = enc.norm
-        self.num_features = enc.d.num_features
+        self.encoder = enc
+        self.front = _Front(enc)
+        self.numerics = Numerics(explicit_attention=True, fp32_islands=self.mixed)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        d = self.d
-        x = self.front(clips).to(self.compute_dtype)
-        res = d.spec_size // d.patch_size
-        x = self.patch_proj(x).reshape(-1, d.embed_dim, res * res).transpose(1, 2)  # no Shape op
-        x = _layer_norm(self.patch_norm, x, self.mixed)
-        for stage in self.stages:
-            x = stage(x)
-        x = _layer_norm(self.norm, x, self.mixed)  # (B, 8*8, C)
-        C = self.num_features
-        side = d.spec_size // d.patch_size // 2 ** (len(d.depths) - 1)
-        x = x.transpose(1, 2).reshape(-1, C, side, side)
-        c_freq = side // d.freq_ratio
-        x = x.reshape(-1, C, d.freq_ratio, c_freq, side).permute(0, 1, 3, 2, 4)
-        x = x.reshape(-1, C, c_freq * d.freq_ratio * side)
-        x = x.transpose(1, 2)  # (B, 64, C)
+        x = self.encoder.forward_image(self.front(clips), self.numerics)
         return x.float() if self.mixed else x
 
 
@@ -409,10 +295,16 @@ def check_onnx(path: str | Path, num_features: int | None = None) -> dict[str, i
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{path}: onnx.checker failed: {str(e).splitlines()[0]}") from None
     model = onnx.load(str(path), load_external_data=False)
-    g = model.graph
     opsets = {o.domain: o.version for o in model.opset_import}
     if opsets.get("", opsets.get("ai.onnx", 0)) < 17:
         raise ExportError(f"{path}: opset {opsets} < 17")
+    hist = _check_nodes(path, model.graph)
+    _check_signature(path, model.graph, num_features)
+    return dict(sorted(hist.items()))
+
+
+def _check_nodes(path: Path, g) -> dict[str, int]:
+    """Every op on the allow-list, every Cast and initializer of a type TensorRT has."""
     hist: dict[str, int] = {}
     for node in g.node:
         if node.domain not in ("", "ai.onnx"):
@@ -421,13 +313,17 @@ def check_onnx(path: str | Path, num_features: int | None = None) -> dict[str, i
         if node.op_type not in ALLOWED_OPS:
             raise ExportError(f"{path}: op {node.op_type} ({node.name}) is not on the TensorRT 10.3 "
                               "allow-list of this exporter")
-        if node.op_type == "Cast":
-            to = next(a.i for a in node.attribute if a.name == "to")
-            if to not in ALLOWED_ELEM_TYPES:
-                raise ExportError(f"{path}: Cast to element type {to} ({node.name}) that TensorRT lacks")
-    for init in g.initializer:
-        if init.data_type not in ALLOWED_ELEM_TYPES:
-            raise ExportError(f"{path}: initializer {init.name} has element type {init.data_type}")
+        to = next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+        if to is not None and to not in ALLOWED_ELEM_TYPES:
+            raise ExportError(f"{path}: Cast to element type {to} ({node.name}) that TensorRT lacks")
+    bad = next((i for i in g.initializer if i.data_type not in ALLOWED_ELEM_TYPES), None)
+    if bad is not None:
+        raise ExportError(f"{path}: initializer {bad.name} has element type {bad.data_type}")
+    return hist
+
+
+def _check_signature(path: Path, g, num_features: int | None) -> None:
+    """One float32 input (batch, 160000) and one float32 output (batch, 64, D)."""
     if [i.name for i in g.input] != [INPUT_NAME] or [o.name for o in g.output] != [OUTPUT_NAME]:
         raise ExportError(f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, got "
                           f"{[i.name for i in g.input]} -> {[o.name for o in g.output]}")
@@ -440,4 +336,3 @@ def check_onnx(path: str | Path, num_features: int | None = None) -> dict[str, i
         raise ExportError(f"{path}: output shape {osh}, expected {want or [BATCH_DIM, '...']}")
     if g.input[0].type.tensor_type.elem_type != 1 or g.output[0].type.tensor_type.elem_type != 1:
         raise ExportError(f"{path}: input and output must be float32")
-    return dict(sorted(hist.items()))

@@ -8,6 +8,7 @@ whose fusion branch never runs, and no classifier head.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,16 +18,41 @@ from .config import HTSATDims
 from .mel import LogMel, bicubic_resize_matrix, constant
 
 
-def window_partition(x: torch.Tensor, w: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class Numerics:
+    """How the encoder's forward is spelled; the modules and their weights are the same.
+
+    The default (`EAGER`) is the PyTorch path, with fused attention. The ONNX export
+    (trt_builders/export.py) traces these same modules with `explicit_attention`:
+    softmax(q k^T * scale + bias [+ window mask]) v written out, the window mask broadcast over a
+    (batch, windows) view, so the graph keeps a dynamic batch and has no Shape op; and, for its
+    fp16-mixed graph, `fp32_islands`: LayerNorm and the softmax (with its bias/mask add) in
+    float32 around float16 matmuls, as a TensorRT strongly typed network needs. Every shape in
+    the forward is static except the batch (-1), in both spellings.
+    """
+
+    explicit_attention: bool = False
+    fp32_islands: bool = False
+
+
+EAGER = Numerics()
+
+
+def layer_norm(norm: nn.LayerNorm, x: torch.Tensor, nx: Numerics) -> torch.Tensor:
+    if not nx.fp32_islands:
+        return norm(x)
+    y = F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
+    return y.to(x.dtype)
+
+
+def window_partition(x: torch.Tensor, w: int, H: int, W: int, C: int) -> torch.Tensor:
     """(B, H, W, C) -> (B*nW, w*w, C), batch kept dynamic."""
-    _, H, W, C = x.shape
     x = x.reshape(-1, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, w * w, C)
 
 
-def window_reverse(windows: torch.Tensor, w: int, H: int, W: int) -> torch.Tensor:
+def window_reverse(windows: torch.Tensor, w: int, H: int, W: int, C: int) -> torch.Tensor:
     """(B*nW, w*w, C) -> (B, H, W, C)."""
-    C = windows.shape[-1]
     x = windows.reshape(-1, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, H, W, C)
 
@@ -48,15 +74,15 @@ def shifted_window_mask(H: int, W: int, w: int, shift: int) -> torch.Tensor:
         for v in (slice(0, -w), slice(-w, -shift), slice(-shift, None)):
             img[:, h, v, :] = cnt
             cnt += 1
-    mw = window_partition(img, w).squeeze(-1)  # (nW, w*w)
+    mw = window_partition(img, w, H, W, 1).squeeze(-1)  # (nW, w*w)
     diff = mw.unsqueeze(1) - mw.unsqueeze(2)
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
 
 class WindowAttention(nn.Module):
-    def __init__(self, dim: int, w: int, n_head: int) -> None:
+    def __init__(self, dim: int, w: int, n_head: int, n_windows: int = 1) -> None:
         super().__init__()
-        self.n_head, self.w = n_head, w
+        self.dim, self.n_head, self.w, self.n_windows = dim, n_head, w, n_windows
         self.scale = (dim // n_head) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * w - 1) ** 2, n_head))
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -72,17 +98,36 @@ class WindowAttention(nn.Module):
         table = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return table.view(n, n, -1).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        Bw, N, C = x.shape  # Bw = B * windows
-        qkv = self.qkv(x).reshape(Bw, N, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, nx: Numerics = EAGER) -> torch.Tensor:
+        """x (B*nW, N, C) windows, batch-major; mask (nW, N, N) 0/-100 for shifted windows."""
+        N, C, nH = self.w * self.w, self.dim, self.n_head
+        qkv = self.qkv(x).reshape(-1, N, 3, nH, C // nH).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (Bw, nH, N, hd)
-        bias = self.position_bias().to(x.dtype).unsqueeze(0)  # (1, nH, N, N)
-        if mask is not None:  # shifted windows: (nW, N, N) 0/-100 per window, batch-major order
-            nW = mask.shape[0]
-            bias = (bias + mask.to(x.dtype).unsqueeze(1)).repeat(Bw // nW, 1, 1, 1)
-        # softmax(q*scale @ k^T + bias) @ v, fused (3-6x faster than the explicit form on CPU)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(Bw, N, C))
+        if nx.explicit_attention:
+            out = self._explicit(q, k, v, mask, nx)
+        else:
+            bias = self.position_bias().to(x.dtype).unsqueeze(0)  # (1, nH, N, N)
+            if mask is not None:
+                bias = (bias + mask.to(x.dtype).unsqueeze(1)).repeat(x.shape[0] // self.n_windows, 1, 1, 1)
+            # softmax(q*scale @ k^T + bias) @ v, fused (3-6x faster than the explicit form on CPU)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(-1, N, C))
+
+    def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                  nx: Numerics) -> torch.Tensor:
+        N, nH, nW = self.w * self.w, self.n_head, self.n_windows
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        bias = self.position_bias()
+        if nx.fp32_islands:
+            attn, bias = attn.float(), bias.float()
+        attn = attn + bias.unsqueeze(0)
+        if mask is not None:
+            attn = attn.view(-1, nW, nH, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, nH, N, N)
+        attn = attn.softmax(dim=-1)
+        if nx.fp32_islands:
+            attn = attn.to(v.dtype)
+        return attn @ v
 
 
 class Mlp(nn.Module):
@@ -101,9 +146,9 @@ class SwinBlock(nn.Module):
         super().__init__()
         if resolution <= window:  # one window covers the map: no partition, no shift
             window, shift = resolution, 0
-        self.res, self.window, self.shift = resolution, window, shift
+        self.dim, self.res, self.window, self.shift = dim, resolution, window, shift
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, window, n_head)
+        self.attn = WindowAttention(dim, window, n_head, (resolution // window) ** 2)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.register_buffer("attn_mask", None, persistent=False)
@@ -114,33 +159,33 @@ class SwinBlock(nn.Module):
         self.attn_mask = (constant(shifted_window_mask, self.norm1.weight, self.res, self.res,
                                    self.window, self.shift) if self.shift else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, H*W, C)
+    def forward(self, x: torch.Tensor, nx: Numerics = EAGER) -> torch.Tensor:  # x: (B, H*W, C)
         H = W = self.res
-        C = x.shape[-1]
-        h = self.norm1(x).reshape(-1, H, W, C)
+        C, w = self.dim, self.window
+        h = layer_norm(self.norm1, x, nx).reshape(-1, H, W, C)
         if self.shift:
             h = torch.roll(h, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        h = self.attn(window_partition(h, self.window), self.attn_mask)
-        h = window_reverse(h, self.window, H, W)
+        h = self.attn(window_partition(h, w, H, W, C), self.attn_mask, nx)
+        h = window_reverse(h, w, H, W, C)
         if self.shift:
             h = torch.roll(h, shifts=(self.shift, self.shift), dims=(1, 2))
         x = x + h.reshape(-1, H * W, C)
-        return x + self.mlp(self.norm2(x))
+        return x + self.mlp(layer_norm(self.norm2, x, nx))
 
 
 class PatchMerging(nn.Module):
     def __init__(self, resolution: int, dim: int) -> None:
         super().__init__()
-        self.res = resolution
+        self.res, self.dim = resolution, dim
         self.norm = nn.LayerNorm(4 * dim)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H*W, C) -> (B, H/2*W/2, 2C)
+    def forward(self, x: torch.Tensor, nx: Numerics = EAGER) -> torch.Tensor:  # (B, H*W, C) -> (B, H/2*W/2, 2C)
         H = W = self.res
-        C = x.shape[-1]
+        C = self.dim
         x = x.reshape(-1, H, W, C)
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
-        return self.reduction(self.norm(x.reshape(-1, (H // 2) * (W // 2), 4 * C)))
+        return self.reduction(layer_norm(self.norm, x.reshape(-1, (H // 2) * (W // 2), 4 * C), nx))
 
 
 class SwinStage(nn.Module):
@@ -153,20 +198,22 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(resolution, dim) if downsample else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, nx: Numerics = EAGER) -> torch.Tensor:
         for blk in self.blocks:
-            x = blk(x)
-        return self.downsample(x) if self.downsample is not None else x
+            x = blk(x, nx)
+        return self.downsample(x, nx) if self.downsample is not None else x
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch: int, dim: int) -> None:
+    def __init__(self, patch: int, dim: int, resolution: int) -> None:
         super().__init__()
+        self.dim, self.res = dim, resolution  # patches per side
         self.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B,1,256,256) -> (B, 64*64, dim)
-        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+    def forward(self, x: torch.Tensor, nx: Numerics = EAGER) -> torch.Tensor:  # (B,1,256,256) -> (B, 64*64, dim)
+        x = self.proj(x).reshape(-1, self.dim, self.res * self.res).transpose(1, 2)
+        return layer_norm(self.norm, x, nx)
 
 
 class HTSAT(nn.Module):
@@ -180,8 +227,8 @@ class HTSAT(nn.Module):
         self.frames = frames
         self.register_buffer("time_resize", None, persistent=False)  # (1024, 1001)
         self.bn0 = nn.BatchNorm2d(d.mel_bins)
-        self.patch_embed = PatchEmbed(d.patch_size, d.embed_dim)
         res = d.spec_size // d.patch_size
+        self.patch_embed = PatchEmbed(d.patch_size, d.embed_dim, res)
         n = len(d.depths)
         self.layers = nn.ModuleList(
             SwinStage(d.embed_dim * 2**i, res // 2**i, d.depths[i], d.num_heads[i], d.window_size,
@@ -207,15 +254,17 @@ class HTSAT(nn.Module):
         x = x.reshape(-1, 1, d.mel_bins, d.freq_ratio, d.spec_size).permute(0, 1, 3, 2, 4)
         return x.reshape(-1, 1, d.spec_size, d.spec_size)
 
-    def forward_mel(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward_mel(self, mel: torch.Tensor, nx: Numerics = EAGER) -> torch.Tensor:
+        return self.forward_image(self.image(mel), nx)
+
+    def forward_image(self, image: torch.Tensor, nx: Numerics = EAGER) -> torch.Tensor:
+        """(B, 1, 256, 256) float32 Swin input -> (B, 64, C) tokens in the model dtype."""
         d = self.d
-        dtype = self.patch_embed.proj.weight.dtype
-        x = self.image(mel).to(dtype)
-        x = self.patch_embed(x)
+        x = self.patch_embed(image.to(self.patch_embed.proj.weight.dtype), nx)
         for stage in self.layers:
-            x = stage(x)
-        x = self.norm(x)  # (B, 8*8, C)
-        C = x.shape[-1]
+            x = stage(x, nx)
+        x = layer_norm(self.norm, x, nx)  # (B, 8*8, C)
+        C = d.num_features
         side = d.spec_size // d.patch_size // 2 ** (len(d.depths) - 1)  # 8
         x = x.transpose(1, 2).reshape(-1, C, side, side)  # (B, C, F=8, T=8)
         c_freq = side // d.freq_ratio  # 2
@@ -223,8 +272,8 @@ class HTSAT(nn.Module):
         x = x.reshape(-1, C, c_freq * d.freq_ratio * side)  # (B, C, 64)
         return x.transpose(1, 2)  # (B, 64, C)
 
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        return self.forward_mel(self.mel(clips))
+    def forward(self, clips: torch.Tensor, nx: Numerics = EAGER) -> torch.Tensor:
+        return self.forward_mel(self.mel(clips), nx)
 
 
 def converted_copy(enc: HTSAT, dtype: torch.dtype, device: str | torch.device | None = None) -> HTSAT:

@@ -64,28 +64,41 @@ def constant(fn, like: torch.Tensor, *args) -> torch.Tensor:
     return t if like.device.type == "meta" else t.to(like.device)
 
 
+def reflect_indices(n: int, pad: int, side: str) -> torch.Tensor:
+    """Indices of one margin of `F.pad(x, (pad, pad), mode="reflect")` in an `n`-sample signal:
+    x[pad..1] on the left, x[n-2..n-1-pad] on the right. Gathers of these replace the Pad op,
+    whose reflect mode differs across TensorRT versions."""
+    return torch.arange(pad, 0, -1) if side == "left" else torch.arange(n - 2, n - 2 - pad, -1)
+
+
 class LogMel(nn.Module):
     """(B, 160000) waveform -> (B, 1001, 64) log-mel in dB, always computed in float32."""
 
     basis: torch.Tensor  # buffers, built by init_buffers
     melW: torch.Tensor
+    pad_left: torch.Tensor
+    pad_right: torch.Tensor
 
-    def __init__(self, n_mels: int = 64, sample_rate: int = 16000) -> None:
+    def __init__(self, n_mels: int = 64, sample_rate: int = 16000, samples: int = 160000) -> None:
         super().__init__()
-        self.n_mels, self.sample_rate = n_mels, sample_rate
+        self.n_mels, self.sample_rate, self.samples = n_mels, sample_rate, samples
         self.n_freqs = N_FFT // 2 + 1
-        self.register_buffer("basis", None, persistent=False)
-        self.register_buffer("melW", None, persistent=False)
+        for name in ("basis", "melW", "pad_left", "pad_right"):
+            self.register_buffer(name, None, persistent=False)
         self.init_buffers()
 
     def init_buffers(self) -> None:
         like = self.basis if self.basis is not None else torch.empty(0, device="cpu")
         self.basis = constant(dft_basis, like)
         self.melW = constant(mel_filterbank, like, self.n_mels, self.sample_rate)
+        self.pad_left = constant(reflect_indices, like, self.samples, N_FFT // 2, "left")
+        self.pad_right = constant(reflect_indices, like, self.samples, N_FFT // 2, "right")
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """`wav` (B, samples): the clip length the module was built for."""
         x = wav.float().unsqueeze(1)  # (B, 1, N)
-        x = F.pad(x, (N_FFT // 2, N_FFT // 2), mode="reflect")
+        # reflect padding (centred frames) as two index gathers: a graph without a Pad op
+        x = torch.cat([x.index_select(2, self.pad_left), x, x.index_select(2, self.pad_right)], 2)
         spec = F.conv1d(x, self.basis.float(), stride=HOP)  # (B, 2*513, frames)
         re, im = spec[:, : self.n_freqs], spec[:, self.n_freqs:]
         power = re * re + im * im  # (B, 513, frames)

@@ -38,7 +38,7 @@ def test_wrapper_matches_pytorch_encoder(tiny, expected):
 def test_wrapper_shares_parameters_in_float32(tiny):
     enc = tiny.modules.encoder
     w = ExportEncoder(enc)
-    assert w.patch_proj.weight.data_ptr() == enc.patch_embed.proj.weight.data_ptr()
+    assert w.encoder.patch_embed.proj.weight.data_ptr() == enc.patch_embed.proj.weight.data_ptr()
 
 
 def test_graph_is_trt_friendly(tiny_onnx):
