@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge.constants import SAMPLE_RATE
+from edge.mqtt_client import MqttConfig, MqttTlsConfig, new_client
 
 from .protocol import MAX_CHANNELS, SAMPLE_RATES, encode_frame
 
@@ -126,20 +127,10 @@ def connect_client(host: str, port: int, username: str | None, password: str | N
     closed: why, e.g. it wants a client certificate). OSError: no TCP, or a TLS handshake
     that failed (an untrusted broker certificate). ``tls``: the daemon's `MqttTlsConfig`
     (used when ``tls.enabled``)."""
-    import ssl
-
-    import paho.mqtt.client as mqtt
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                         client_id=f"flamingo-edge-pub-{uuid.uuid4().hex[:8]}")
-    if username:
-        client.username_pw_set(username, password)
-    if tls is not None and tls.enabled:  # as the daemon's MQTT clients do
-        kp = tls.key_password.get_secret_value() if tls.key_password else None
-        client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                       certfile=str(tls.cert_file) if tls.cert_file else None,
-                       keyfile=str(tls.key_file) if tls.key_file else None,
-                       keyfile_password=kp, cert_reqs=ssl.CERT_REQUIRED)
+    cfg = MqttConfig(host=host, port=port, username=username or None,
+                     password=password if username else None, protocol="3.1.1",
+                     tls=tls if tls is not None else MqttTlsConfig())
+    client = new_client(cfg, f"flamingo-edge-pub-{uuid.uuid4().hex[:8]}")
     done = threading.Event()
     result: list = []
     closed: list = []  # the connection ended before any CONNACK
