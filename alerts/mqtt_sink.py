@@ -307,7 +307,7 @@ class MqttSink:
         except ssl.SSLCertVerificationError as e:
             self._fail("tls_verify", f"TLS certificate verification failed: {e.verify_message}")
         except ssl.SSLError as e:
-            from alerts.tls_check import client_cert_hint, is_client_cert_alert
+            from edge.mqtt_tls import client_cert_hint, is_client_cert_alert
 
             if not self._cfg.tls.cert_file and is_client_cert_alert(f"{e.reason} {e}"):
                 self._fail("tls_client_cert", client_cert_hint("alerts.mqtt"))
@@ -345,7 +345,7 @@ class MqttSink:
         reason = self._dropped or mqtt.error_string(rc)
         if not was_connected:
             if self._cfg.tls.enabled:  # paho only says "connection lost": ask TLS why
-                from alerts.tls_check import CLIENT_CERT_REQUIRED, client_cert_hint, diagnose_tls_close
+                from edge.mqtt_tls import CLIENT_CERT_REQUIRED, client_cert_hint, diagnose_tls_close
 
                 why = diagnose_tls_close(self._cfg.host, self._cfg.port, self._cfg.tls)
                 if why == CLIENT_CERT_REQUIRED:

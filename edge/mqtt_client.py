@@ -103,13 +103,18 @@ def new_client(cfg: MqttConfig, client_id: str) -> mqtt.Client:
     if cfg.username:
         pw = cfg.password.get_secret_value() if cfg.password else None
         c.username_pw_set(cfg.username, pw)
-    tls = cfg.tls
-    if tls.enabled:
-        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-        if tls.cert_file:
-            ctx.load_cert_chain(
-                str(tls.cert_file), str(tls.key_file),
-                password=tls.key_password.get_secret_value() if tls.key_password else None,
-            )
-        c.tls_set_context(ctx)
+    if cfg.tls.enabled:
+        c.tls_set_context(tls_context(cfg.tls))
     return c
+
+
+def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
+    """The broker is always verified (against `ca_file`, else the system store); a client
+    certificate when configured. Unreadable files raise OSError / ssl.SSLError."""
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file:
+        ctx.load_cert_chain(
+            str(tls.cert_file), str(tls.key_file) if tls.key_file else None,
+            password=tls.key_password.get_secret_value() if tls.key_password else None,
+        )
+    return ctx

@@ -298,7 +298,7 @@ class MqttAudioSource(Source):
         """One error line per distinct cause (paho retries with backoff meanwhile)."""
         error, hint = what, None
         if self.cfg.tls.enabled:
-            from alerts.tls_check import CLIENT_CERT_REQUIRED, client_cert_hint, diagnose_tls_close
+            from edge.mqtt_tls import CLIENT_CERT_REQUIRED, client_cert_hint, diagnose_tls_close
 
             why = diagnose_tls_close(self.cfg.host, self.cfg.port, self.cfg.tls)
             if why == CLIENT_CERT_REQUIRED:

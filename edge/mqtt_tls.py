@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Any
+
+from .mqtt_client import MqttTlsConfig, tls_context
 
 CLIENT_CERT_REQUIRED = "client_cert_required"
 
@@ -28,15 +29,12 @@ def is_client_cert_alert(text: str) -> bool:
     return "certificate required" in t or "peer did not return a certificate" in t
 
 
-def diagnose_tls_close(host: str, port: int, tls: Any, timeout: float = 3.0) -> str | None:
+def diagnose_tls_close(host: str, port: int, tls: MqttTlsConfig, timeout: float = 3.0) -> str | None:
     """`CLIENT_CERT_REQUIRED` when the broker ends the session for lack of a client
     certificate, else the TLS error (a failed verification of the broker's certificate, an
     alert the broker sent), or None when nothing TLS-specific shows."""
     try:
-        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-        if tls.cert_file:
-            kp = tls.key_password.get_secret_value() if tls.key_password else None
-            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None, kp)
+        ctx = tls_context(tls)
         with socket.create_connection((host, port), timeout=timeout) as raw:
             with ctx.wrap_socket(raw, server_hostname=host) as s:
                 # TLS 1.3: the broker checks the client certificate after the handshake and
