@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
+import structlog
 import torch
 from torch import nn
 
@@ -47,7 +47,7 @@ from edge.model.htsat import HTSAT, Numerics, converted_copy
 
 from .metadata import cache_dir_or_default
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 INPUT_NAME = "clips"
 OUTPUT_NAME = "tokens"
