@@ -155,7 +155,7 @@ def connect_client(host: str, port: int, username: str | None, password: str | N
     rc = result[0]
     if closed and tls is not None and tls.enabled:
         _stop(client)
-        from alerts.tls_check import CLIENT_CERT_REQUIRED, client_cert_hint, diagnose_tls_close
+        from edge.mqtt_tls import CLIENT_CERT_REQUIRED, client_cert_hint, diagnose_tls_close
 
         why = diagnose_tls_close(host, port, tls)
         if why == CLIENT_CERT_REQUIRED:
