@@ -168,6 +168,10 @@ def test_ask_now_answers_from_memory_through_the_worker_queue(served):
     assert code == 200 and isinstance(r["answer"], str) and r["score"] is None
     assert len(got) == before  # a question asked by hand goes to the asker, not the sinks
     assert all(a["monitor"] != "ask-now" for a in get_json(port, "/api/alerts")["alerts"])
+    # counted by the worker just after it hands the answer back (the reply comes first)
+    end = time.monotonic() + 5
+    while d.metrics.queries.labels("s", "ask-now")._value.get() < 2 and time.monotonic() < end:
+        time.sleep(0.01)
     assert d.metrics.queries.labels("s", "ask-now")._value.get() == 2
 
 
