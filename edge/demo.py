@@ -15,6 +15,7 @@ under the data dir, so the project ships no audio and no weights:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -62,7 +63,13 @@ def _knock(rng: np.random.Generator, amp: float) -> np.ndarray:
 
 
 def generate_demo(seconds: float = DEMO_SECONDS, seed: int = DEMO_SEED) -> np.ndarray:
-    """The demo recording as float32 mono at 16 kHz (deterministic for a given seed)."""
+    """The demo recording as float32 mono at 16 kHz (deterministic for a given seed; the last
+    two are kept, so a process that needs it twice synthesises it once: ~3 s)."""
+    return _generate_demo(float(seconds), int(seed)).copy()
+
+
+@functools.lru_cache(maxsize=2)
+def _generate_demo(seconds: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n = int(seconds * SR)
     t = np.arange(n) / SR

@@ -6,7 +6,7 @@ Per stream the source keeps the sequence number and a `streams.timeline.Timeline
 - the source subscribes to ``<prefix>/audio/+``: a frame for a stream id that is not
   configured is counted (``fe_frames_dropped{stream="_unknown", reason="unknown_stream"}``);
 - a frame that fails validation is dropped and counted by reason (``fe_frames_dropped``);
-  every rejection is also logged (``audio frame rejected``, warning, naming the stream or
+  every such rejection is also logged (``audio frame rejected``, warning, naming the stream or
   topic and the reason), at most once per ``REJECT_LOG_INTERVAL_S`` per (topic, reason) with
   the number of rejections since the last line;
 - the next sequence number is accepted; a jump forward of ``n+1`` means ``n`` frames were lost:
@@ -46,6 +46,8 @@ log = structlog.get_logger(__name__)
 
 UNKNOWN_STREAM = "_unknown"
 REJECT_LOG_INTERVAL_S = 60.0
+#: dropped by sequence number, not invalid: a QoS 1 redelivery is a duplicate; counted, not logged
+QUIET_REASONS = frozenset({"duplicate", "late"})
 
 
 class RejectLog:
@@ -142,6 +144,8 @@ class MqttAudioSource(Source):
         self.rejects[reason] = self.rejects.get(reason, 0) + 1
         if self.metrics is not None:
             self.metrics.frames_dropped.labels(stream, reason).inc()
+        if reason in QUIET_REASONS:  # sequence bookkeeping (QoS 1 redelivery): counted only
+            return
         known = stream if stream != UNKNOWN_STREAM else None
         self.log_reject(known, topic or (self.topic(stream) if known else "?"), reason, detail)
 
