@@ -499,8 +499,12 @@ def test_rejected_and_unknown_stream_frames_are_logged_rate_limited(broker, capl
     counted (only configured topics were subscribed)."""
     import paho.mqtt.client as mqtt
 
+    import logging
+
     from streams.mqtt import RejectLog
     from tests.conftest import log_events
+
+    caplog.set_level(logging.INFO)  # whatever level an earlier CLI test left on the root logger
 
     m = Metrics()
     src = MqttAudioSource(["press"], MqttConfig(port=broker.port, topic_prefix="fe"), metrics=m)
@@ -550,7 +554,11 @@ def test_rejected_and_unknown_stream_frames_are_logged_rate_limited(broker, capl
 def test_audio_source_logs_a_refusal_once_and_a_clean_stop_quietly(tmp_path, caplog):
     """A wrong password used to log "connection refused" and then "disconnected (Protocol
     error)" at every retry; a clean SIGTERM logged a warning about reconnecting."""
+    import logging
+
     from tests.conftest import log_events
+
+    caplog.set_level(logging.INFO)  # whatever level an earlier CLI test left on the root logger
 
     b = Mosquitto(tmp_path, users={"alice": "right-pw"}).start()
     try:
