@@ -207,7 +207,9 @@ class AF2:
         L, n, D = tokens.shape
         key_mask = self._token_mask(mask, L)
         x = tokens.to(self.device, self.dtype).reshape(1, L * n, D)
-        return self.modules.audio_transformer(x, key_mask[None])[0]
+        out = self.modules.audio_transformer(x, key_mask[None])[0]
+        tick()  # a query turn builds several streams' memories before its first token
+        return out
 
     def _token_mask(self, mask: torch.Tensor, L: int) -> torch.Tensor:
         mask = torch.as_tensor(mask, device=self.device)
@@ -221,7 +223,9 @@ class AF2:
         """Every decoder layer's cross-attention K/V for this memory: computed once per query."""
         L = memory.shape[0] // TOKENS_PER_CLIP
         key_mask = self._token_mask(mask, L) != 0
-        return self.modules.decoder.cross_kv(memory.to(self.device, self.dtype)[None], key_mask[None])
+        kv = self.modules.decoder.cross_kv(memory.to(self.device, self.dtype)[None], key_mask[None])
+        tick()
+        return kv
 
     @torch.inference_mode()
     def cross_memory(self, memory: torch.Tensor, mask: torch.Tensor) -> CrossKV:

@@ -20,8 +20,11 @@ def test_every_loop_of_a_model_call_ticks_and_only_for_its_own_thread(fixture_di
     with reporting(lambda: ticks.append(1)):
         tokens = m.encode(clips)
         assert len(ticks) == 3  # one per encoded clip
+        ticks.clear()
         memory = m.memory(tokens, mask)
+        assert len(ticks) == 1  # a memory (one query turn builds one per stream before decoding)
         xkv = m.cross_kv(memory, mask)
+        assert len(ticks) == 2  # and its cross K/V
         ticks.clear()
         (ids, _, _), = [m.generate(tok.encode_prompt("q"), xkv, Sampling(max_new_tokens=20), -1)]
         assert len(ids) == 20 and len(ticks) == 19  # one per decode step (static path)
