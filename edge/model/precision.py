@@ -22,12 +22,13 @@ The choice and the numbers behind it are logged once at load (logger `edge.model
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from dataclasses import dataclass, field
 
 import structlog
 import torch
+
+from .quant import calls_per_second
 
 log = structlog.get_logger(__name__)
 
@@ -52,17 +53,6 @@ def cpu_flags() -> list[str]:
     return []
 
 
-def _rate(fn, min_s: float) -> float:
-    fn()  # warm-up (allocations, kernel selection)
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        dt = time.perf_counter() - t0
-        if dt >= min_s:
-            return n / dt
-
-
 @torch.inference_mode()
 def measure_cpu(min_s: float = 0.05) -> dict[str, float]:
     """bfloat16 / float32 speed ratios of a matrix-matrix product (prefill/encoder-like) and a
@@ -73,10 +63,10 @@ def measure_cpu(min_s: float = 0.05) -> dict[str, float]:
     w = torch.randn(4096, 4096, generator=g)  # 64 MiB float32: read from memory, not cache
     x = torch.randn(1, 4096, generator=g)
     ab, bb, wb, xb = a.bfloat16(), b.bfloat16(), w.bfloat16(), x.bfloat16()
-    mm32 = _rate(lambda: a @ b, min_s)
-    mm16 = _rate(lambda: ab @ bb, min_s)
-    mv32 = _rate(lambda: torch.nn.functional.linear(x, w), min_s)
-    mv16 = _rate(lambda: torch.nn.functional.linear(xb, wb), min_s)
+    mm32 = calls_per_second(lambda: a @ b, min_s)
+    mm16 = calls_per_second(lambda: ab @ bb, min_s)
+    mv32 = calls_per_second(lambda: torch.nn.functional.linear(x, w), min_s)
+    mv16 = calls_per_second(lambda: torch.nn.functional.linear(xb, wb), min_s)
     out = {"bf16_matmul_speedup": mm16 / mm32, "bf16_matvec_speedup": mv16 / mv32}
     try:  # what model.encoder.quantize: int8 would buy over a float32 encoder (a hint only)
         from .quant import encoder_int8_speedup

@@ -33,6 +33,22 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+
+def calls_per_second(fn: Callable[[], object], min_s: float) -> float:
+    """How often ``fn`` runs per second, after one warm-up call (allocations, kernel
+    choice), timed for at least ``min_s``: the start-up measurements' one timer."""
+    import time
+
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_s:
+            return n / dt
+
+
 MODES = ("none", "int8", "int4")
 ROW_BLOCK_BYTES = 64 << 20  # float32 rows read at a time while quantizing
 
@@ -333,7 +349,6 @@ def encoder_int8(enc: nn.Module) -> nn.Module:
 def encoder_int8_speedup(dtype: torch.dtype = torch.float32, min_s: float = 0.05) -> float:
     """How much faster a dynamic int8 Linear is than one in `dtype` on this CPU, measured on an
     encoder-like shape (256 tokens x 512 -> 2048, both ways warmed up). > 1: int8 is faster."""
-    import time
     import warnings
 
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -350,19 +365,9 @@ def encoder_int8_speedup(dtype: torch.dtype = torch.float32, min_s: float = 0.05
     ref = nn.Linear(512, 2048).to(dtype).requires_grad_(False)
     xr = x.to(dtype)
 
-    def rate(fn) -> float:
-        fn()
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= min_s:
-                return n / dt
-
     # interleaved, best of 3: another process taking the CPU slows one side less often
     q_rate = f_rate = 0.0
     for _ in range(3):
-        q_rate = max(q_rate, rate(lambda: q(x)))
-        f_rate = max(f_rate, rate(lambda: ref(xr)))
+        q_rate = max(q_rate, calls_per_second(lambda: q(x), min_s))
+        f_rate = max(f_rate, calls_per_second(lambda: ref(xr), min_s))
     return q_rate / f_rate

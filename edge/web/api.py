@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from ..constants import SAMPLE_RATE
 from ..metrics import Metrics
 from .live import compact
 
@@ -99,7 +100,7 @@ class Api:
             "level_dbfs": _num(last.level_dbfs) if last else None,
             "novelty": _num(last.novelty) if last else None,
             "memory_clips": len(s.memory), "memory_capacity": s.memory_clips,
-            "clip_s": s.clip_len / 16000, "hop_s": s.hop / 16000,
+            "clip_s": s.clip_len / SAMPLE_RATE, "hop_s": s.hop / SAMPLE_RATE,
             "readings": readings, "strip": self.strip(sid),
         }
 
