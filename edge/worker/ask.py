@@ -8,13 +8,19 @@ blocks ingest nor jumps the queue ahead of a more urgent trigger. The answer com
 query missed its deadline or the worker shut down); it is not passed to the result sinks (a
 question asked by hand raises no alert and is not published).
 
+An answer that comes too late for its asker is counted in ``fe_queries_missed{monitor="ask-now"}``
+(not in ``fe_queries``) and logged, like a monitor's late answer: one finished after the
+shutdown drain deadline (it still reaches an asker who waits: counted by the worker's
+`abandon`), and one finished after the asker stopped waiting (the web API gives up after
+``http.ask_deadline`` + 120 s, answers 504 and cancels the future: the answer has nobody to go to).
+
 The question is taken literally (no ``{field}`` templating). ``answer``: ``text`` (generated),
 ``yes_no`` or ``choice`` (scored: the probability of every option, like a scored monitor).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING
 
 from ..monitors import Due
@@ -56,13 +62,17 @@ def ask_group(s: StreamState, cfg: MonitorConfig, now: float, deadline_s: float,
         raise AskError("no_audio", f"no audio of {s.id} in memory yet")
     last = clips[-1]
 
-    def reply(result: MonitorResult | None, reason: str = "deadline") -> None:
-        if future.done():
-            return
-        if result is not None:
-            future.set_result(result)
-        else:
-            future.set_exception(AskError(reason, f"not answered: {reason}"))
+    def reply(result: MonitorResult | None, reason: str = "deadline") -> bool:
+        """Hand the outcome to the asker; False when nobody takes it any more (answered
+        already, or the asker stopped waiting: the HTTP request timed out and cancelled it)."""
+        try:
+            if result is not None:
+                future.set_result(result)
+            else:
+                future.set_exception(AskError(reason, f"not answered: {reason}"))
+        except InvalidStateError:  # done or cancelled, even between a check and the set
+            return False
+        return True
 
     return QueryGroup(s.id, last.index, [(cfg, Due("ask"))], now, last.reading,
                       (last.start, last.end), {cfg.name: now + deadline_s}, reply=reply)

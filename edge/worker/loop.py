@@ -305,8 +305,13 @@ class InferenceWorker:
                     self._in_flight_left.discard((res.stream, res.monitor))
             q = by_stream[res.stream]
             if q.reply is not None:  # "ask now": to the asker, not the sinks (who still waits)
-                q.reply(res)
-                return not closed
+                taken = q.reply(res)
+                if not taken and not closed:  # the asker stopped waiting: too late for anyone
+                    self.metrics.queries_missed.labels(res.stream, res.monitor).inc()
+                    log.warning("answer came after its asker stopped waiting",
+                                stream=res.stream, monitor=res.monitor,
+                                latency_s=round(res.latency_s, 3))
+                return taken and not closed
             if closed:
                 return False
             return self.emit(res, audio)  # closed meanwhile: counted as a dropped result

@@ -46,7 +46,7 @@ class QueryGroup:
     clip_span: tuple[int, int]
     deadlines: dict[str, float] = field(default_factory=dict)  # monitor -> worker-clock deadline
     # "ask now" (edge.worker.ask): its answer goes here, not to the sinks; None = expired/abandoned
-    reply: Callable[..., None] | None = None
+    reply: Callable[..., bool] | None = None  # "ask now": True when the asker took it
 
     @property
     def deadline(self) -> float:

@@ -94,6 +94,42 @@ def test_waiting_questions_are_bounded_and_abandoned_at_shutdown(played):
         assert e.value.reason == "shutdown"
     model.gate.set()
     assert busy.result(5).monitor == "ask-now"  # the one in the model still reaches its asker
+    d._worker_thread.join(5)  # the worker finished that answer's bookkeeping
+    # too late for the drain deadline: counted once, as missed, never also as run
+    assert d.metrics.queries_missed.labels("s", "ask-now")._value.get() == 3
+    assert d.metrics.queries.labels("s", "ask-now")._value.get() == 0
+
+
+def test_an_answer_after_the_asker_stopped_waiting_is_counted_missed_and_logged(played, caplog):
+    """The web API waits ``ask_deadline`` + 120 s (asyncio.wait_for on the wrapped future); when
+    it gives up it answers 504 and the timeout cancels the worker's future. The answer that
+    comes later has nobody to go to: fe_queries_missed{monitor="ask-now"} and a log line, not
+    fe_queries as if someone had been answered."""
+    import asyncio
+
+    from tests.conftest import log_events
+
+    d, model, _ = played
+    model.gate.clear()
+    fut = d.worker.ask("s", "slow?", answer="yes_no")
+    assert model.entered.wait(10)
+
+    async def asker() -> None:  # what edge/web/api.py does, with a shorter patience
+        await asyncio.wait_for(asyncio.wrap_future(fut), 0.1)
+
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(asker())
+    assert fut.cancelled()
+    model.gate.set()
+    m = d.metrics
+    deadline = time.monotonic() + 10
+    while m.queries_missed.labels("s", "ask-now")._value.get() < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    d.stop(timeout=5)  # joins the worker: its bookkeeping of the answer is done
+    assert m.queries_missed.labels("s", "ask-now")._value.get() == 1
+    assert m.queries.labels("s", "ask-now")._value.get() == 0
+    late = log_events(caplog.records, "answer came after its asker stopped waiting")
+    assert len(late) == 1 and late[0]["monitor"] == "ask-now" and late[0]["stream"] == "s"
 
 
 def test_no_model_or_no_audio_is_said_at_once(tmp_path):
