@@ -29,12 +29,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .running import RunningDaemon
 
 log = structlog.get_logger(__name__)
 
@@ -93,7 +92,7 @@ def classify(*, age_s: float | None, since_start_s: float, silent_after_s: float
     return "silent"
 
 
-def source_states(d: Daemon) -> dict[str, dict[str, Any]]:
+def source_states(d: RunningDaemon) -> dict[str, dict[str, Any]]:
     """stream -> what its source reports about itself (network sources; URLs redacted)."""
     out: dict[str, dict[str, Any]] = {}
     for src in d.sources:
@@ -106,7 +105,7 @@ def source_states(d: Daemon) -> dict[str, dict[str, Any]]:
     return out
 
 
-def stream_health(d: Daemon, now: float | None = None) -> dict[str, StreamHealth]:
+def stream_health(d: RunningDaemon, now: float | None = None) -> dict[str, StreamHealth]:
     """The state of every configured stream of daemon ``d`` (``now``: time.monotonic())."""
     now = time.monotonic() if now is None else now
     started = d.started_at if d.started_at is not None else now
@@ -123,7 +122,7 @@ def stream_health(d: Daemon, now: float | None = None) -> dict[str, StreamHealth
     return out
 
 
-def health_report(d: Daemon, now: float | None = None) -> dict[str, Any]:
+def health_report(d: RunningDaemon, now: float | None = None) -> dict[str, Any]:
     """What ``/healthz`` answers: ``status`` ok / degraded / failing, ``reasons``, per-stream
     health and pipeline details, and ``http_status`` (200, or 503 when failing)."""
     alive = d.worker_alive()
@@ -177,7 +176,7 @@ class HealthWatcher:
     """Turns changes of stream state into one log line each and an ``on_change(health)``
     call (the daemon publishes the MQTT availability from it); checks every ``interval_s``."""
 
-    def __init__(self, d: Daemon, on_change: Callable[[StreamHealth], None] | None = None,
+    def __init__(self, d: RunningDaemon, on_change: Callable[[StreamHealth], None] | None = None,
                  interval_s: float = 1.0) -> None:
         self._d = d
         self._on_change = on_change

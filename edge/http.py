@@ -51,7 +51,7 @@ from .metrics import Metrics
 if TYPE_CHECKING:
     import uvicorn
 
-    from .daemon import Daemon
+    from .running import RunningDaemon
 
 log = structlog.get_logger(__name__)
 
@@ -221,7 +221,7 @@ async def _plain(send: Send, code: int, text: str,
 
 
 # ---------------------------------------------------------------------------------- the app
-def build_app(metrics: Metrics, health: HealthFn, daemon: Daemon | None = None,
+def build_app(metrics: Metrics, health: HealthFn, daemon: RunningDaemon | None = None,
               cfg: HttpConfig | None = None) -> Any:
     """The Starlette app: /metrics, /healthz, and (with a daemon) the page and /api/."""
     from starlette.applications import Starlette
@@ -295,7 +295,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def start_http_server(
     port: int, metrics: Metrics, health: HealthFn | None = None, host: str = "127.0.0.1",
-    *, daemon: Daemon | None = None, config: HttpConfig | None = None,
+    *, daemon: RunningDaemon | None = None, config: HttpConfig | None = None,
 ) -> HttpEndpoint:
     """Serve on ``host:port`` in a thread; raises `OSError` (address in use...) or
     `ValueError` (bound beyond loopback with no credential) in the caller."""

@@ -16,14 +16,14 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from ..config import HttpConfig
-    from ..daemon import Daemon
     from ..metrics import Metrics
+    from ..running import RunningDaemon
     from .api import Api
 
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def page_routes(daemon: Daemon, metrics: Metrics, health: Callable[[], dict[str, Any]],
+def page_routes(daemon: RunningDaemon, metrics: Metrics, health: Callable[[], dict[str, Any]],
                 cfg: HttpConfig) -> tuple[list[BaseRoute], Api]:
     from starlette.requests import Request
     from starlette.responses import FileResponse, Response

@@ -28,11 +28,11 @@ from starlette.routing import BaseRoute, Route
 
 from ..constants import SAMPLE_RATE
 from ..metrics import Metrics
+from ..running import RunningDaemon
 from .live import compact
 
 if TYPE_CHECKING:
     from ..config import HttpConfig
-    from ..daemon import Daemon
 
 STRIP = 30  # clips in a stream's memory strip
 MAX_SUBSCRIBERS = 16  # live feeds open at once
@@ -54,7 +54,7 @@ def _num(v: float | None, nd: int = 2) -> float | None:
 
 
 class Api:
-    def __init__(self, daemon: Daemon, metrics: Metrics, health: Callable[[], dict[str, Any]],
+    def __init__(self, daemon: RunningDaemon, metrics: Metrics, health: Callable[[], dict[str, Any]],
                  cfg: HttpConfig) -> None:
         self.d = daemon
         self.metrics = metrics
