@@ -38,7 +38,7 @@ from alerts.config import AlertsConfig
 from edge.mqtt_client import MqttConfig
 
 from .config_base import StrictModel as _Base
-from .files import default_data_dir
+from .files import default_data_dir, engine_cache_dir
 from .monitors import TEMPLATE_FIELDS, parse_answer_spec, parse_condition
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -442,6 +442,12 @@ class Settings(BaseSettings):
     def resolved_data_dir(self) -> Path:
         return default_data_dir() if self.data_dir is None else Path(self.data_dir).expanduser()
 
+    def engine_cache_dir(self) -> Path:
+        """Where the daemon looks for (and the ``engines`` commands put) ONNX exports and
+        engines: ``model.encoder.cache_dir``, else <data_dir>/engines."""
+        own = self.model.encoder.cache_dir
+        return Path(own).expanduser() if own is not None else engine_cache_dir(self.resolved_data_dir())
+
     def monitors_for(self, stream: str) -> list[MonitorConfig]:
         return [m for m in self.monitors if m.streams is None or stream in m.streams]
 
@@ -567,6 +573,17 @@ def load_settings(path: str | Path | None = None, data: dict[str, Any] | None = 
                                     f"its __ sub-keys) is not valid JSON")]) from None
     finally:
         _YAML_DATA.reset(token)
+
+
+def command_settings(config: str | Path | None, data_dir: str | Path | None = None,
+                     data: dict[str, Any] | None = None) -> Settings:
+    """The settings a command acts on, by the daemon's rule: the config file given (else the
+    built-in defaults, or ``data``), the ``FLAMINGO_EDGE_*`` environment, and ``--data-dir``
+    over both. Every command that takes ``--data-dir`` / ``--config`` resolves its data
+    directory (`Settings.resolved_data_dir`) and engine cache (`Settings.engine_cache_dir`)
+    through this, so each finds what the daemon wrote. Raises `ConfigError`."""
+    overrides = {"data_dir": Path(data_dir).expanduser()} if data_dir else {}
+    return load_settings(config, data=data, **overrides)
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -319,7 +319,7 @@ class Daemon:
         dtype = ec.dtype or getattr(self.model, "encoder_dtype", None)  # None: the model's
         backend = make_backend(ec.backend, self.model, device=ec.device, dtype=dtype,
                                max_batch=ec.max_batch,
-                               cache_dir=ec.cache_dir or Path(self.data_dir) / "engines",
+                               cache_dir=self.settings.engine_cache_dir(),
                                log_fn=lambda msg: log.info(msg), quantize=ec.quantize)
         log.info("encoder backend", backend=backend.describe(), fallback=backend.fallback_reason)
         return backend

@@ -1,6 +1,6 @@
 """Encoder backends: the AF-CLAP encoder behind one interface, chosen per deployment.
 
-    backend = make_backend("tensorrt", model, max_batch=8, cache_dir="var/engines")
+    backend = make_backend("tensorrt", model, max_batch=8, cache_dir=settings.engine_cache_dir())
     tokens = backend.encode(clips)        # (B, 160000) float -> (B, 64, D) float32
 
 Kinds (see docs/ENGINES.md):

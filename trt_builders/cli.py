@@ -11,17 +11,34 @@ import click
 
 from edge.constants import CLIP_SAMPLES
 
-DEFAULT_CACHE_HELP = "<data_dir>/engines, where the daemon looks"
+DEFAULT_CACHE_HELP = "where the daemon looks: model.encoder.cache_dir, else <data_dir>/engines"
 CACHE_HELP = "Engines, ONNX exports and the timing cache live here."
 
 
-def _cache_dir(value: str | None) -> str:
-    """--cache-dir, or the daemon's default: <data_dir>/engines (edge.daemon._encoder_backend)."""
+def _cache_options(f):
+    """--cache-dir, and the daemon's --config / --data-dir it defaults from."""
+    f = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     show_default="data_dir of the config, else $XDG_DATA_HOME/flamingo-edge",
+                     help="The daemon's data directory (the cache is <data_dir>/engines).")(f)
+    f = click.option("--config", "config", type=click.Path(dir_okay=False, exists=True), default=None,
+                     show_default="none: the built-in defaults and the environment",
+                     help="The daemon's config: its data_dir and model.encoder.cache_dir.")(f)
+    f = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     show_default=DEFAULT_CACHE_HELP, help=CACHE_HELP)(f)
+    return f
+
+
+def _cache_dir(value: str | None, config: str | None, data_dir: str | None) -> str:
+    """--cache-dir, or where the daemon run with this --config / --data-dir looks
+    (`edge.config.Settings.engine_cache_dir`, the one rule both use)."""
     if value:
         return value
-    from edge.files import default_data_dir
+    from edge.config import ConfigError, command_settings
 
-    return str(default_data_dir() / "engines")
+    try:
+        return str(command_settings(config, data_dir).engine_cache_dir())
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _model_options(f):
@@ -105,8 +122,7 @@ def verify_onnx(model, onnx_path, n: int = 2, seed: int = 0) -> float:
 
 @engines.command("build")
 @_model_options
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              show_default=DEFAULT_CACHE_HELP, help=CACHE_HELP)
+@_cache_options
 @click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
               help="Engine precision.")
 @click.option("--max-batch", type=click.IntRange(1, 256), default=8, show_default=True,
@@ -121,8 +137,8 @@ def verify_onnx(model, onnx_path, n: int = 2, seed: int = 0) -> float:
 @click.option("--workspace-gib", type=click.FloatRange(0.25), default=4.0, show_default=True,
               help="TensorRT builder workspace.")
 @click.option("--force", is_flag=True, help="Rebuild even if the cached engine is current.")
-def build_cmd(model_dir, random_released, dtype, cache_dir, precision, max_batch, profile,
-              onnx_path, strongly_typed, workspace_gib, force):
+def build_cmd(model_dir, random_released, dtype, cache_dir, config, data_dir, precision, max_batch,
+              profile, onnx_path, strongly_typed, workspace_gib, force):
     """Build (or reuse, if current) the TensorRT engine of the encoder for this GPU."""
     from trt_builders.metadata import Profile, one_line
     from trt_builders.tensorrt_engine import trt_status
@@ -131,6 +147,7 @@ def build_cmd(model_dir, random_released, dtype, cache_dir, precision, max_batch
         prof = Profile.parse(profile) if profile else Profile.for_max(max_batch)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--profile") from None
+    cache_dir = _cache_dir(cache_dir, config, data_dir)
     reason = trt_status()
     if reason:
         click.echo(f"TensorRT unavailable: {reason}. {_next_best()}", err=True)
@@ -138,7 +155,6 @@ def build_cmd(model_dir, random_released, dtype, cache_dir, precision, max_batch
     model = _load(model_dir, random_released, dtype)
     from trt_builders.engines import prepare_engine
 
-    cache_dir = _cache_dir(cache_dir)
     try:
         res = prepare_engine(model, cache_dir=cache_dir, precision=precision, profile=prof,
                              onnx_path=onnx_path, force=force, strongly_typed=strongly_typed,
@@ -160,16 +176,15 @@ def _next_best() -> str:
 
 
 @engines.command("info")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              show_default=DEFAULT_CACHE_HELP, help=CACHE_HELP)
+@_cache_options
 @click.option("--json", "as_json", is_flag=True, help="The cache entries as JSON.")
-def info_cmd(cache_dir, as_json):
+def info_cmd(cache_dir, config, data_dir, as_json):
     """Show the backends available here and the exports / engines in the cache directory."""
     from edge.encoder_backends import Candidate, Environment, unavailable_reason
     from trt_builders.engines import describe_cache, entries_json
 
     env = Environment.probe()
-    cache_dir = _cache_dir(cache_dir)
+    cache_dir = _cache_dir(cache_dir, config, data_dir)
     entries = describe_cache(cache_dir)
     if as_json:
         click.echo(entries_json(entries))
@@ -195,19 +210,19 @@ def info_cmd(cache_dir, as_json):
               show_default="the backend's (tensorrt: cuda)", help="Where the backend runs.")
 @click.option("--backend-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="torch compute dtype / tensorrt precision (float16 default for tensorrt).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              show_default=DEFAULT_CACHE_HELP, help=CACHE_HELP)
+@_cache_options
 @click.option("--clips", "n", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Random clips compared.")
 @click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
-def check_cmd(model_dir, random_released, dtype, kind, device, backend_dtype, cache_dir, n, as_json):
+def check_cmd(model_dir, random_released, dtype, kind, device, backend_dtype, cache_dir, config,
+              data_dir, n, as_json):
     """Start a backend (with fallback) and compare it with the PyTorch float32 encoder."""
     import torch
 
     from edge.encoder_backends import select_backend
 
     model = _load(model_dir, random_released, dtype)
-    cache_dir = _cache_dir(cache_dir)
+    cache_dir = _cache_dir(cache_dir, config, data_dir)
     sel = select_backend(kind, model, device=device, dtype=backend_dtype, max_batch=n,
                          cache_dir=cache_dir, log_fn=lambda s: click.echo(s, err=True))
     b = sel.backend

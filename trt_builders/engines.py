@@ -1,6 +1,6 @@
 """High-level engine management: model -> ONNX -> (cached, validated) TensorRT engine.
 
-    res = prepare_engine(model, cache_dir="var/engines", precision="fp16", max_batch=8)
+    res = prepare_engine(model, cache_dir=settings.engine_cache_dir(), precision="fp16", max_batch=8)
     res.engine_path, res.built, res.reasons
 
 Cache directory layout::

@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.files import default_data_dir, engine_cache_dir
+
 ENGINE_FORMAT = "flamingo-edge-trt/1"
-DEFAULT_CACHE_DIR = Path("var/engines")  # exported ONNX files and built engines (relative: the cwd)
 ENGINE_PRECISIONS = ("fp16", "fp32")
 MAX_PROFILE_BATCH = 256
 
@@ -31,7 +32,9 @@ NEVER_CONSTRAIN = frozenset({"CONSTANT", "SHAPE", "CAST", "ASSERTION", "IDENTITY
 
 
 def cache_dir_or_default(cache_dir: str | Path | None) -> Path:
-    return Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    """``cache_dir``, or the daemon's engine cache without a config: <default data dir>/engines
+    (the daemon and the ``engines`` commands pass `edge.config.Settings.engine_cache_dir`)."""
+    return Path(cache_dir) if cache_dir is not None else engine_cache_dir(default_data_dir())
 
 
 @dataclass(frozen=True)

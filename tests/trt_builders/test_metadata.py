@@ -161,3 +161,16 @@ def test_keep_fp32(name, ltype, outs, want):
 def test_one_line():
     assert one_line(RuntimeError("first\nsecond")) == "RuntimeError: first"
     assert one_line(ValueError()) == "ValueError"
+
+
+def test_no_cache_dir_means_the_daemons_default_not_the_cwd(tmp_path, monkeypatch):
+    """A backend or export started without a cache directory uses the daemon's default
+    engine cache (<default data dir>/engines), never a directory relative to the cwd."""
+    from edge.config import load_settings
+    from trt_builders.metadata import cache_dir_or_default
+
+    monkeypatch.setenv("FLAMINGO_EDGE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    assert cache_dir_or_default(None) == tmp_path / "data" / "engines"
+    assert cache_dir_or_default(None) == load_settings().engine_cache_dir()
+    assert cache_dir_or_default(tmp_path / "x") == tmp_path / "x"

@@ -549,3 +549,30 @@ def test_engine_inspector_checks_float32_layers(fake_trt, tiny_onnx, tmp_path, m
         with pytest.raises(te.EngineBuildError, match="/front/Conv"):
             te.build_engine(tiny_onnx, tmp_path / "e.engine", target, log=lambda s: None)
         assert not (tmp_path / "e.engine").exists()  # a bad engine is never written
+
+
+def test_engines_build_puts_the_engine_where_the_daemon_looks(fake_trt, fixture_dir, tmp_path,
+                                                              monkeypatch):
+    """`engines build --config daemon.yaml` builds in the cache the daemon run with that config
+    loads from (<its data_dir>/engines), not in the default data directory; --data-dir wins."""
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+    from edge.config import load_settings
+
+    monkeypatch.delenv("FLAMINGO_EDGE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # the default data directory
+    cfg = tmp_path / "daemon.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'node'}\n")
+    fake_trt()
+    r = CliRunner().invoke(cli, ["engines", "build", "--model", str(fixture_dir / "checkpoint"),
+                                 "--config", str(cfg), "--max-batch", "2"])
+    assert r.exit_code == 0, r.output
+    daemon_cache = load_settings(cfg).engine_cache_dir()  # what Daemon._encoder_backend uses
+    assert daemon_cache == tmp_path / "node" / "engines"
+    assert (daemon_cache / "encoder-fp16-b2.engine").is_file()
+    assert f"{daemon_cache / 'encoder-fp16-b2.engine'}: built" in r.output
+    assert not (tmp_path / "xdg").exists()
+    r = CliRunner().invoke(cli, ["engines", "info", "--config", str(cfg),
+                                 "--data-dir", str(tmp_path / "other")])
+    assert r.exit_code == 0 and f"cache {tmp_path / 'other' / 'engines'}: (empty)" in r.output
