@@ -1,9 +1,9 @@
 """``flamingo-edge alerts list|show|prune``: read the alert history the daemon writes;
 remove Home Assistant entities that are no longer configured.
 
-The history is ``<data_dir>/history.sqlite3``. The data directory is, in order:
-``--data-dir``, ``$FLAMINGO_EDGE_DATA_DIR``, the ``data_dir`` of ``--config``, or the
-daemon's default (``$XDG_DATA_HOME/flamingo-edge``). The database is opened read-only,
+The history is ``<data_dir>/history.sqlite3``. The data directory is the daemon's
+(`edge.config.command_settings`), in order: ``--data-dir``, ``$FLAMINGO_EDGE_DATA_DIR``, the
+``data_dir`` of ``--config``, or ``$XDG_DATA_HOME/flamingo-edge``. The database is opened read-only,
 so this is safe while the daemon runs. Imports stay cheap (no torch, no numpy).
 """
 
@@ -19,25 +19,23 @@ import click
 from edge.results import printable
 
 
+def _settings(config: str | None, data_dir: str | None):  # -> edge.config.Settings
+    from edge.config import ConfigError, command_settings
+
+    try:
+        return command_settings(config, data_dir)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
 def _data_dir(data_dir: str | None, config: str | None) -> Path:
-    if data_dir:
-        return Path(data_dir).expanduser()
-    if config:
-        from edge.config import ConfigError, load_settings
-
-        try:
-            return load_settings(config).resolved_data_dir()
-        except ConfigError as e:
-            raise click.ClickException(str(e)) from None
-    from edge.files import default_data_dir
-
-    return default_data_dir()
+    return _settings(config, data_dir).resolved_data_dir()
 
 
-def _open(data_dir: str | None, config: str | None):  # -> History
+def _open(dd: Path):  # -> History
     from alerts.history import History
 
-    path = _data_dir(data_dir, config) / "history.sqlite3"
+    path = dd / "history.sqlite3"
     if not path.exists():
         raise click.ClickException(f"no alert history at {path} (has the daemon run with this data dir?)")
     return History(path, readonly=True)
@@ -87,7 +85,7 @@ def alerts() -> None:
 def list_cmd(data_dir: str | None, config: str | None, stream: str | None, monitor: str | None,
              since: str | None, limit: int, as_json: bool) -> None:
     """List alerts, newest first."""
-    h = _open(data_dir, config)
+    h = _open(_data_dir(data_dir, config))
     try:
         rows = h.list_alerts(stream=stream, monitor=monitor, since=_since(since), limit=limit)
     finally:
@@ -116,7 +114,7 @@ def list_cmd(data_dir: str | None, config: str | None, stream: str | None, monit
 def show_cmd(data_dir: str | None, config: str | None, alert_id: str, as_json: bool) -> None:
     """Show one alert; ALERT_ID may be a unique prefix (as printed by `list`)."""
     dd = _data_dir(data_dir, config)
-    h = _open(data_dir, config)
+    h = _open(dd)
     try:
         a = h.get_alert(alert_id)
     finally:
@@ -150,13 +148,9 @@ def prune_cmd(config: str, data_dir: str | None, remove_all: bool, dry_run: bool
     Publishes an empty retained discovery config for each (the daemon does the same at
     start). Safe while the daemon runs."""
     from alerts.prune import PruneError, prune
-    from edge.config import ConfigError, load_settings
 
-    try:
-        st = load_settings(config)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-    dd = Path(data_dir).expanduser() if data_dir else st.resolved_data_dir()
+    st = _settings(config, data_dir)
+    dd = st.resolved_data_dir()
     if not (dd / "history.sqlite3").exists():
         raise click.ClickException(f"no history at {dd / 'history.sqlite3'} (has the daemon run with this data dir?)")
     configured = {} if remove_all else {s.id: [m.name for m in st.monitors_for(s.id)] for s in st.streams}

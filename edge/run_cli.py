@@ -6,18 +6,19 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import click
 
 from .constants import SAMPLE_RATE
 
 
-def _settings(config: str | None, data: dict | None = None, **overrides: Any):
-    from .config import ConfigError, load_settings
+def _settings(config: str | None, data: dict | None = None, data_dir: str | None = None):
+    """The settings of a command (`edge.config.command_settings`: config, env, --data-dir)."""
+    from .config import ConfigError, command_settings
 
     try:
-        return load_settings(config, data=data, **overrides)
+        return command_settings(config, data_dir, data=data)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -84,8 +85,7 @@ def run(config, model_dir, speed, loop, data_dir, log_level, log_format) -> None
 
     from .demo import demo_config
 
-    overrides = {"data_dir": data_dir} if data_dir else {}
-    settings = _settings(config, None if config else demo_config(speed), **overrides)
+    settings = _settings(config, None if config else demo_config(speed), data_dir)
     _logging(settings, log_level, log_format)
     log = structlog.get_logger(__name__)
     if config is None:
@@ -153,8 +153,7 @@ def _replay_settings(config: str | None, path: Path, stream: str | None, data_di
             m["streams"] = None
             mons.append(m)
     data["monitors"] = mons
-    overrides = {"data_dir": data_dir} if data_dir else {}
-    return _settings(None, data, **overrides), sid
+    return _settings(None, data, data_dir), sid
 
 
 def _fmt_offset(s: float) -> str:
