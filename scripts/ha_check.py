@@ -20,7 +20,10 @@ Assistant's state machine, entity/device registries and events over its websocke
    alert, the daemon is SIGKILLed, the next run replays: each alert must fire the event
    entity once, and the documented automation must run once per alert;
 3. colliding names (a.b / a_b, x + y_z / x_y + z): distinct entities and devices;
-4. removal: monitors and streams dropped from the config disappear from Home Assistant.
+4. removal: monitors and streams dropped from the config disappear from Home Assistant;
+5. score sensor: a scored monitor (``answer: yes_no``) gets a ``sensor`` next to its binary
+   sensor, in %, ``state_class: measurement``, whose state follows every score; turned
+   back into an unscored monitor, the sensor leaves the entity registry.
 
 Prints one line per check and exits 1 if any failed.
 """
@@ -56,6 +59,7 @@ NODE = "hacheck"
 PREFIX = "fe-ha"
 BIN = f"binary_sensor.s1_{NODE}_knock"
 EVENT = f"event.s1_{NODE}_alert"
+INPUT = f"sensor.s1_{NODE}_input"  # per stream: why audio is (not) arriving
 
 # The automation examples of docs/MQTT.md ("Automations that stay correct across restarts"),
 # with a test event as the action; plus the naive trigger the docs used to suggest.
@@ -277,6 +281,12 @@ class HomeAssistant:
                 return s["state"]
         return None
 
+    def full_state(self, entity_id: str) -> dict[str, Any] | None:
+        for s in self.ws({"type": "get_states"}):
+            if s["entity_id"] == entity_id:
+                return s
+        return None
+
     def entities(self) -> list[dict[str, Any]]:
         return [e for e in self.ws({"type": "config/entity_registry/list"})
                 if e.get("platform") == "mqtt" and str(e.get("unique_id", "")).startswith(NODE + "_")]
@@ -325,8 +335,11 @@ def main() -> int:
     children: list[Child] = []
     rep = Report()
 
-    def daemon(boot: str, configured: dict[str, list[str]]) -> Child:
-        c = Child(cfg_path, work / "data", boot, env={"FE_CONFIGURED": json.dumps(configured)})
+    def daemon(boot: str, configured: dict[str, list[str]], scored: dict[str, list[str]] | None = None) -> Child:
+        env = {"FE_CONFIGURED": json.dumps(configured)}
+        if scored is not None:
+            env["FE_SCORED"] = json.dumps(scored)
+        c = Child(cfg_path, work / "data", boot, env=env)
         children.append(c)
         c.send("wait_connected")
         c.expect("connected", 30)
@@ -410,12 +423,12 @@ def main() -> int:
         c4.proc.wait(30)
         colliding = {"s1": ["knock"], "a.b": ["m"], "a_b": ["m"], "x": ["y_z"], "x_y": ["z"]}
         c5 = daemon("boot-5", colliding)
-        wait(lambda: len(ha.entities()) >= 15, 60, "15 entities")
+        wait(lambda: len(ha.entities()) >= 20, 60, "20 entities")
         time.sleep(2.0)
         ents = ha.entities()
         devs = ha.devices()
-        rep.check(len(ents) == 15 and len({e["unique_id"] for e in ents}) == 15,
-                  "3 colliding names: 15 announcements -> 15 distinct entities", len(ents))
+        rep.check(len(ents) == 20 and len({e["unique_id"] for e in ents}) == 20,
+                  "3 colliding names: 20 announcements (4 per stream) -> 20 distinct entities", len(ents))
         rep.check(len(devs) == 5, "3 colliding names: 5 streams -> 5 devices", len(devs))
         bins = sorted(e["entity_id"] for e in ents if e["entity_id"].startswith("binary_sensor."))
         rep.check(len(bins) == 5, "3 five binary sensors", ", ".join(bins))
@@ -424,13 +437,50 @@ def main() -> int:
         c5.proc.send_signal(signal.SIGTERM)
         c5.proc.wait(30)
         daemon("boot-6", {"s1": ["knock"]})
-        wait(lambda: len(ha.entities()) <= 3, 60, "entities removed")
+        wait(lambda: len(ha.entities()) <= 4, 60, "entities removed")
         time.sleep(2.0)
         ents = ha.entities()
-        rep.check(sorted(e["entity_id"] for e in ents) == sorted([BIN, EVENT, f"sensor.s1_{NODE}_level"]),
+        rep.check(sorted(e["entity_id"] for e in ents) == sorted([BIN, EVENT, f"sensor.s1_{NODE}_level", INPUT]),
                   "4 removed streams/monitors are gone from the entity registry", [e["entity_id"] for e in ents])
         rep.check(len(ha.devices()) == 1, "4 their devices are gone too", len(ha.devices()))
         rep.check(ha.state("binary_sensor.x_hacheck_y_z") is None, "4 and from the state machine")
+
+        # ---------------------------------------------------------- 5. score sensor
+        children[-1].proc.send_signal(signal.SIGTERM)
+        children[-1].proc.wait(30)
+        c7 = daemon("boot-7", {"s1": ["knock"]}, scored={"s1": ["knock"]})
+        score_id = f"sensor.s1_{NODE}_knock_score"
+        wait(lambda: any(e["entity_id"] == score_id for e in ha.entities()), 60, "score sensor discovered")
+        rep.check(len(ha.entities()) == 5, "5 a scored monitor adds one sensor (5 entities)",
+                  [e["entity_id"] for e in ha.entities()])
+        seen = []
+        mark5 = ha.mark()
+        for p in (0.12, 0.87, 0.31, 0.2):
+            c7.send(f"score s1 knock {p}")
+            want = f"{100 * p:.2f}"
+            wait(lambda w=want: ha.state(score_id) == w, 20, f"score sensor at {want}")  # type: ignore[misc]
+            seen.append(ha.state(score_id))
+        rep.check(seen == ["12.00", "87.00", "31.00", "20.00"], "5 the score sensor follows every score, in %", seen)
+        st = ha.full_state(score_id) or {}
+        attrs = st.get("attributes", {})
+        rep.check(attrs.get("unit_of_measurement") == "%" and attrs.get("state_class") == "measurement",
+                  "5 the score sensor is a % measurement (graphable in HA's history)", attrs)
+        wait(lambda: ha.state(BIN) == "off", 20, "binary sensor off after two scores below 0.5")
+        # the states it went through (an attribute update fires state_changed with the same state)
+        went: list[str | None] = []
+        for _f, t, _a in ha.changes(BIN, mark5):
+            if t in ("on", "off") and (not went or went[-1] != t):
+                went.append(t)
+        rep.check(went in (["on", "off"], ["off", "on", "off"]),
+                  "5 the binary sensor follows the scores' verdicts (ON at 0.87, OFF after 2 below 0.5)",
+                  [t for _f, t, _a in ha.changes(BIN, mark5)])
+        c7.proc.send_signal(signal.SIGTERM)
+        c7.proc.wait(30)
+        daemon("boot-8", {"s1": ["knock"]}, scored={"s1": []})
+        wait(lambda: not any(e["entity_id"] == score_id for e in ha.entities()), 60, "score sensor removed")
+        rep.check(ha.state(BIN) is not None and len(ha.entities()) == 4,
+                  "5 unscored again: the score sensor leaves, the binary sensor stays",
+                  [e["entity_id"] for e in ha.entities()])
     finally:
         for c in children:
             if c.proc.poll() is None:

@@ -11,9 +11,11 @@ exit 0. Tests drive it through stdin, one command per line:
     wait_queued N print {"event":"queued"} once N alerts wait in the outbox
     wait_connected
     positive|negative STREAM MONITOR   submit one result of that verdict
+    score STREAM MONITOR P              submit one scored result (probability P, threshold 0.5)
 
 and read JSON lines from stdout. Logs go to stderr as JSON. Environment:
-``FE_CONFIGURED`` (JSON stream -> monitors) is passed to `AlertPipeline.start`;
+``FE_CONFIGURED`` (JSON stream -> monitors) is passed to `AlertPipeline.start`, and
+``FE_SCORED`` (JSON stream -> the scored ones among them) with it;
 ``FE_KILL_BEFORE_COMMIT`` / ``FE_KILL_AFTER_COMMIT`` (seconds) make the process SIGKILL
 itself that long after an alert reached `Outbox.add`, before / after its commit: a
 crash at an exact point of the alert's path.
@@ -22,6 +24,7 @@ Usage: child_pipeline.py CONFIG_JSON DATA_DIR BOOT_ID [STOP_TIMEOUT]
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -76,8 +79,9 @@ def main() -> int:
     notifier = Notifier()
     _install_kill_points()
     configured = json.loads(os.environ["FE_CONFIGURED"]) if os.environ.get("FE_CONFIGURED") else None
+    scored = json.loads(os.environ["FE_SCORED"]) if os.environ.get("FE_SCORED") else None
     pipeline = AlertPipeline(config, Metrics(), boot_id, data_dir)
-    pipeline.start(configured=configured) if configured is not None else pipeline.start()
+    pipeline.start(configured=configured, scored=scored) if configured is not None else pipeline.start()
     audio = {"on": True}
 
     def progress() -> bool:
@@ -102,6 +106,13 @@ def main() -> int:
                 say("submitted", n=n)
             elif cmd[0] in ("positive", "negative"):
                 pipeline.submit(result(cmd[0], stream=cmd[1], monitor=cmd[2], i=made["n"]))
+                made["n"] += 1
+                say("submitted", n=1)
+            elif cmd[0] == "score":
+                p = float(cmd[3])
+                r = result("positive" if p >= 0.5 else "negative", stream=cmd[1], monitor=cmd[2], i=made["n"])
+                pipeline.submit(dataclasses.replace(r, score=p, threshold=0.5, hysteresis=0.0,
+                                                    probs={"yes": p, "no": 1.0 - p}, coverage=0.99))
                 made["n"] += 1
                 say("submitted", n=1)
             elif cmd[0] == "audio":
