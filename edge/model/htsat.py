@@ -1,8 +1,8 @@
 """HTS-AT (Swin transformer) audio encoder of AF-CLAP: 10-s clip -> 64 tokens.
 
 Parameter names follow the official checkpoint (`clap.nvclap.*` minus the prefix) so loading is a
-rename-free copy. Only the path AF2 uses is built: a clip of exactly 160000 samples ("not longer"),
-whose fusion branch never runs, and no classifier head.
+rename-free copy. Only the path AF2 uses is built: a clip of exactly CLIP_SAMPLES samples
+("not longer"), whose fusion branch never runs, and no classifier head.
 """
 
 from __future__ import annotations
@@ -217,15 +217,14 @@ class PatchEmbed(nn.Module):
 
 
 class HTSAT(nn.Module):
-    """(B, 160000) clips in [-1, 1] -> (B, 64, num_features) tokens."""
+    """(B, CLIP_SAMPLES) clips in [-1, 1] -> (B, 64, num_features) tokens."""
 
     def __init__(self, d: HTSATDims) -> None:
         super().__init__()
         self.d = d
         self.mel = LogMel(d.mel_bins)
-        frames = 1001  # 160000 / 160 + 1 with centre padding
-        self.frames = frames
-        self.register_buffer("time_resize", None, persistent=False)  # (1024, 1001)
+        self.frames = self.mel.frames  # CLIP_SAMPLES / HOP + 1 with centre padding: 1001
+        self.register_buffer("time_resize", None, persistent=False)  # (1024, frames)
         self.bn0 = nn.BatchNorm2d(d.mel_bins)
         res = d.spec_size // d.patch_size
         self.patch_embed = PatchEmbed(d.patch_size, d.embed_dim, res)
@@ -243,13 +242,13 @@ class HTSAT(nn.Module):
                                     self.d.spec_size * self.d.freq_ratio)
 
     def image(self, mel: torch.Tensor) -> torch.Tensor:
-        """(B, 1001, 64) log-mel -> (B, 1, 256, 256) Swin input (bn0, resize, fold time onto freq)."""
+        """(B, frames, 64) log-mel -> (B, 1, 256, 256) Swin input (bn0, resize, fold time onto freq)."""
         d, bn = self.d, self.bn0
         mel = mel.float()
         assert bn.running_mean is not None and bn.running_var is not None  # tracked statistics
         x = (mel - bn.running_mean.float()) * torch.rsqrt(bn.running_var.float() + bn.eps)
         x = x * bn.weight.float() + bn.bias.float()  # eval BatchNorm over mel bins
-        # bicubic resize of time 1001 -> 1024 (align_corners) as a constant matrix product
+        # bicubic resize of time frames -> 1024 (align_corners) as a constant matrix product
         x = torch.matmul(x.transpose(1, 2), self.time_resize.float().T)  # (B, 64, 1024)
         x = x.reshape(-1, 1, d.mel_bins, d.freq_ratio, d.spec_size).permute(0, 1, 3, 2, 4)
         return x.reshape(-1, 1, d.spec_size, d.spec_size)

@@ -1,9 +1,10 @@
 """Log-mel front end of AF-CLAP, in plain torch ops that export to ONNX.
 
-Equal to torchaudio's `MelSpectrogram(16000, n_fft=1024, hop=160, center=True, reflect,
+Equal to torchaudio's `MelSpectrogram(SAMPLE_RATE, n_fft=1024, hop=160, center=True, reflect,
 power=2, htk mel, f_min=50, f_max=8000, n_mels=64)` + `AmplitudeToDB(top_db=None)`, but the STFT
 is a strided convolution with a windowed DFT basis, so the same graph runs in PyTorch, ONNX Runtime
-and TensorRT. Also holds the bicubic time resize 1001 -> 1024 frames as a constant matrix.
+and TensorRT. Also holds the bicubic time resize n_frames(CLIP_SAMPLES) = 1001 -> 1024 frames as a
+constant matrix.
 """
 
 from __future__ import annotations
@@ -14,17 +15,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge.constants import CLIP_SAMPLES, SAMPLE_RATE
+
 N_FFT = 1024
 HOP = 160
 F_MIN = 50.0
 F_MAX = 8000.0
 
 
+def n_frames(samples: int) -> int:
+    """Centred STFT frames of a `samples`-long signal: one every HOP samples, plus the last
+    (1001 for a clip of CLIP_SAMPLES)."""
+    return samples // HOP + 1
+
+
 def _hz_to_mel(f: float) -> float:
     return 2595.0 * math.log10(1.0 + f / 700.0)
 
 
-def mel_filterbank(n_mels: int = 64, sample_rate: int = 16000, n_fft: int = N_FFT,
+def mel_filterbank(n_mels: int = 64, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT,
                    f_min: float = F_MIN, f_max: float = F_MAX) -> torch.Tensor:
     """(n_fft//2+1, n_mels) triangular HTK filters without area normalisation (torchaudio's rule)."""
     n_freqs = n_fft // 2 + 1
@@ -72,17 +81,20 @@ def reflect_indices(n: int, pad: int, side: str) -> torch.Tensor:
 
 
 class LogMel(nn.Module):
-    """(B, 160000) waveform -> (B, 1001, 64) log-mel in dB, always computed in float32."""
+    """(B, samples) waveform -> (B, n_frames(samples), 64) log-mel in dB, always computed in
+    float32; `samples` is CLIP_SAMPLES unless built for another length."""
 
     basis: torch.Tensor  # buffers, built by init_buffers
     melW: torch.Tensor
     pad_left: torch.Tensor
     pad_right: torch.Tensor
 
-    def __init__(self, n_mels: int = 64, sample_rate: int = 16000, samples: int = 160000) -> None:
+    def __init__(self, n_mels: int = 64, sample_rate: int = SAMPLE_RATE,
+                 samples: int = CLIP_SAMPLES) -> None:
         super().__init__()
         self.n_mels, self.sample_rate, self.samples = n_mels, sample_rate, samples
         self.n_freqs = N_FFT // 2 + 1
+        self.frames = n_frames(samples)  # output frames per input
         for name in ("basis", "melW", "pad_left", "pad_right"):
             self.register_buffer(name, None, persistent=False)
         self.init_buffers()
