@@ -69,7 +69,7 @@ from alerts.outbox import Outbox
 from alerts.topics import Topics
 from edge import __version__
 from edge.metrics import Metrics
-from edge.mqtt_client import MqttConfig, new_client as new_broker_client
+from edge.mqtt_client import MqttConfig, new_client
 
 log = structlog.get_logger(__name__)
 
@@ -83,9 +83,11 @@ def _close_client(c: mqtt.Client) -> None:
         pass
 
 
-def new_client(cfg: MqttConfig, client_id: str, *, max_inflight: int = 64) -> mqtt.Client:
-    """The broker's client (edge.mqtt_client) with the alert sink's limits; not connected."""
-    c = new_broker_client(cfg, client_id)
+def new_alert_client(cfg: MqttConfig, client_id: str, *, max_inflight: int = 64) -> mqtt.Client:
+    """The broker's client (edge.mqtt_client.new_client) with what alert publishing adds:
+    exceptions in callbacks raised instead of swallowed, `max_inflight` QoS 1 messages in
+    flight, no cap on queued ones; not connected. The sink and `alerts prune` use it."""
+    c = new_client(cfg, client_id)
     c.suppress_exceptions = False
     c.max_inflight_messages_set(max_inflight)
     c.max_queued_messages_set(0)
@@ -282,7 +284,7 @@ class MqttSink:
         self._metrics.mqtt_connected.set(0)
 
     def _make_client(self) -> mqtt.Client:
-        c = new_client(self._cfg, self.client_id, max_inflight=2 * self._cfg.max_inflight + 64)
+        c = new_alert_client(self._cfg, self.client_id, max_inflight=2 * self._cfg.max_inflight + 64)
         c.will_set(self.topics.status, "offline", qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect

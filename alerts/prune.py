@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from alerts.config import AlertsConfig
 from alerts.entities import Entity, reconcile
 from alerts.history import History
-from alerts.mqtt_sink import new_client, removal_topics
+from alerts.mqtt_sink import new_alert_client, removal_topics
 from alerts.topics import Topics
 
 
@@ -58,7 +58,7 @@ def _publish_removals(config: AlertsConfig, history: History, stale: list[tuple[
                       timeout: float) -> None:
     cfg = config.mqtt
     topics = Topics(cfg.topic_prefix)
-    client = new_client(cfg, f"{cfg.client_id or 'flamingo-edge-' + config.node_id}-prune")
+    client = new_alert_client(cfg, f"{cfg.client_id or 'flamingo-edge-' + config.node_id}-prune")
     connected = threading.Event()
     refused: list[str] = []
     acks: dict[int, str] = {}
