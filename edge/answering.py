@@ -32,20 +32,43 @@ queries about several memories (streams due in the same cycle) share the batches
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import structlog
 
 from .monitors import _norm, parse_answer
-from .results import Verdict, verdict_of_score
+from .results import MonitorResult, Verdict, verdict_of_score
+
+if TYPE_CHECKING:  # torch and the model only with a model; types only here
+    import torch
+
+    from alerts.config import AlertsConfig
+
+    from .config import MonitorConfig
+    from .model import Answer, Sampling, Scores
+    from .model.decoder import CrossKV
 
 log = structlog.get_logger(__name__)
 
 
+class QueryModel(Protocol):
+    """What answering (and the worker's query stage) needs of `edge.model.AF2`."""
+
+    def memory(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...
+
+    def cross_kv(self, memory: torch.Tensor, mask: torch.Tensor) -> CrossKV: ...
+
+    def ask_batch(self, queries: list[tuple[CrossKV, str]], sampling: Sampling,
+                  max_new_tokens: list[int] | None = None) -> list[Answer]: ...
+
+    def score_batch_kv(self, queries: list[tuple[CrossKV, str, list[str]]]) -> list[Scores]: ...
+
+
 @dataclass(frozen=True)
 class Query:
-    cfg: Any  # edge.config.MonitorConfig
+    cfg: MonitorConfig
     question: str  # rendered
 
 
@@ -62,7 +85,7 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def is_scored(cfg: Any) -> bool:
+def is_scored(cfg: MonitorConfig) -> bool:
     return cfg.answer in ("yes_no", "choice") and bool(getattr(cfg, "scored", True))
 
 
@@ -75,7 +98,7 @@ def variants(option: str) -> list[str]:
     return out
 
 
-def options_of(cfg: Any) -> tuple[list[str], set[str]]:
+def options_of(cfg: MonitorConfig) -> tuple[list[str], set[str]]:
     """(options, the positive ones) of a scored monitor."""
     if cfg.answer == "yes_no":
         return ["yes", "no"], {cfg.positive}
@@ -91,26 +114,27 @@ FOLD_MAX = 4
 class MemoryQueries:
     """Every question about one memory: the cross-attention K/V is computed once, lazily."""
 
-    def __init__(self, model: Any, memory: Any, mask: Any) -> None:
+    def __init__(self, model: QueryModel, memory: torch.Tensor, mask: torch.Tensor) -> None:
         self.model, self.memory, self.mask = model, memory, mask
-        self._xkv: Any = None
-        self._folded: Any = None
+        self._xkv: CrossKV | None = None
+        self._folded: CrossKV | None = None
         self.cross_kv_s = 0.0
 
     @property
-    def xkv(self) -> Any:
+    def xkv(self) -> CrossKV:
         if self._xkv is None:
             t0 = time.perf_counter()
             self._xkv = self.model.cross_kv(self.memory, self.mask)
             self.cross_kv_s = time.perf_counter() - t0
         return self._xkv
 
-    def scoring_kv(self, n_scored: int, n_text: int) -> Any:
+    def scoring_kv(self, n_scored: int, n_text: int) -> CrossKV:
         """What the scored questions attend through: the cross K/V when they are computed
         anyway (text questions) or there are many scored questions, else the memory with the
         projections folded into the queries (`AF2.cross_memory`: about 4x cheaper for a few
         short prompts, nothing to compute up front)."""
-        fold = getattr(self.model, "cross_memory", None)
+        fold: Callable[[torch.Tensor, torch.Tensor], CrossKV] | None = getattr(
+            self.model, "cross_memory", None)  # AF2 has it; a model without it: the K/V
         if self._xkv is None and n_text == 0 and n_scored <= FOLD_MAX and fold is not None:
             if self._folded is None:
                 self._folded = fold(self.memory, self.mask)
@@ -132,10 +156,11 @@ class MemoryQueries:
                        explained=True)
 
 
-Row = tuple[Any, Query]  # (what the question attends through: `CrossKV`, the question)
+Row: TypeAlias = "tuple[CrossKV, Query]"  # (what the question attends through, the question)
+MakeResult = Callable[[Query, Outcome], MonitorResult]
 
 
-def answer_memories(model: Any, items: list[tuple[MemoryQueries, list[Query]]]
+def answer_memories(model: QueryModel, items: list[tuple[MemoryQueries, list[Query]]]
                     ) -> list[list[Outcome | None]]:
     """The queries of several memories (several streams due at once, or several windows of
     one stream) -> per memory, one `Outcome` per query (None where the model failed on it).
@@ -150,7 +175,7 @@ def answer_memories(model: Any, items: list[tuple[MemoryQueries, list[Query]]]
 
     out: list[list[Outcome | None]] = [[None] * len(qs) for _, qs in items]
     ok: list[tuple[int, int]] = []
-    kvs: dict[int, Any] = {}  # memory -> what its scored questions attend through
+    kvs: dict[int, CrossKV] = {}  # memory -> what its scored questions attend through
     for j, (mq, qs) in enumerate(items):
         if not qs:
             continue
@@ -164,7 +189,7 @@ def answer_memories(model: Any, items: list[tuple[MemoryQueries, list[Query]]]
             continue
         ok += [(j, i) for i in range(len(qs))]
     scored = [(j, i) for j, i in ok if is_scored(items[j][1][i].cfg)]
-    by_dec: dict[Any, list[tuple[int, int]]] = {}
+    by_dec: dict[Sampling, list[tuple[int, int]]] = {}
     for j, i in ok:
         cfg = items[j][1][i].cfg
         if not is_scored(cfg):
@@ -181,7 +206,8 @@ def answer_memories(model: Any, items: list[tuple[MemoryQueries, list[Query]]]
     return out
 
 
-def _isolated(fn: Any, model: Any, rows: list[Row], what: str) -> list[Outcome | None]:
+def _isolated(fn: Callable[[QueryModel, list[Row]], list[Outcome]], model: QueryModel,
+              rows: list[Row], what: str) -> list[Outcome | None]:
     """``fn(model, rows)`` as one call; if it fails, each row alone (None where it fails)."""
     try:
         return list(fn(model, rows))
@@ -201,7 +227,7 @@ def _isolated(fn: Any, model: Any, rows: list[Row], what: str) -> list[Outcome |
     return out
 
 
-def _score(model: Any, rows: list[Row]) -> list[Outcome]:
+def _score(model: QueryModel, rows: list[Row]) -> list[Outcome]:
     asked = []
     for _, q in rows:
         options, positive = options_of(q.cfg)
@@ -224,7 +250,7 @@ def _score(model: Any, rows: list[Row]) -> list[Outcome]:
     return out
 
 
-def _generate(model: Any, rows: list[Row]) -> list[Outcome]:
+def _generate(model: QueryModel, rows: list[Row]) -> list[Outcome]:
     """Text queries whose decoding settings differ at most in length, as one batch, each on
     its memory's K/V, parsed by its monitor."""
     samplings = [q.cfg.decoding.sampling() for _, q in rows]
@@ -247,25 +273,28 @@ class TurnOnWatch:
     the same results, so it follows the same ON/OFF semantics (hysteresis, off_after_negatives,
     max_not_heard_s)."""
 
-    def __init__(self, alerts_config: Any) -> None:
+    def __init__(self, alerts_config: AlertsConfig) -> None:
         from alerts.rules import RuleEngine
 
         self.rules = RuleEngine(alerts_config)
 
-    def turns_on(self, result: Any) -> bool:
+    def turns_on(self, result: MonitorResult) -> bool:
         d = self.rules.observe(result)
         return d.transition is not None and d.transition.state == "ON"
 
 
-def answer_due(model: Any, memory: Any, mask: Any, queries: list[Query],
-               make_result: Any, watch: TurnOnWatch | None = None) -> list[Any]:
+def answer_due(model: QueryModel, memory: torch.Tensor, mask: torch.Tensor, queries: list[Query],
+               make_result: MakeResult, watch: TurnOnWatch | None = None) -> list[MonitorResult]:
     """Answer the due monitors about one memory -> one `MonitorResult` per query (see
     `answer_due_many`)."""
     return answer_due_many(model, [(memory, mask, queries, make_result)], watch)[0]
 
 
-def answer_due_many(model: Any, jobs: list[tuple[Any, Any, list[Query], Any]],
-                    watch: TurnOnWatch | None = None) -> list[list[Any]]:
+Job: TypeAlias = "tuple[torch.Tensor, torch.Tensor, list[Query], MakeResult]"  # memory, mask, ...
+
+
+def answer_due_many(model: QueryModel, jobs: list[Job],
+                    watch: TurnOnWatch | None = None) -> list[list[MonitorResult]]:
     """Answer the due monitors of several memories (``(memory, mask, queries, make_result)``
     per memory: one stream's window, or several streams due in the same cycle) as shared
     batches (`answer_memories`) -> per job, one `MonitorResult` per answered query.

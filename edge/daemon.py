@@ -46,11 +46,13 @@ from .sinks import FanoutSink, LogSink, ResultSink
 from .sources import SourceRunner, build_sources
 from .worker import InferenceWorker, StreamState
 from .worker.encode import ClipEncoder
-from .worker.execute import MemoryHook, QueryModel
+from .worker.execute import MemoryHook
+from .worker.loop import WorkerModel
 
 if TYPE_CHECKING:
     from alerts.pipeline import AlertPipeline
 
+    from .model import AF2
     from .web.live import LiveResults
 
 log = structlog.get_logger(__name__)
@@ -68,7 +70,7 @@ class Daemon:
         self,
         settings: Settings,
         *,
-        model: QueryModel | None = None,
+        model: WorkerModel | None = None,
         sources: list[Source] | None = None,
         sinks: list[ResultSink] | None = None,
         metrics: Metrics | None = None,
@@ -265,13 +267,15 @@ class Daemon:
     def _export_silence(self) -> None:
         from .health import STATES
 
-        cache: list[Any] = [0.0, {}]  # one computation serves every gauge of a scrape
+        at = 0.0  # one computation serves every gauge of a scrape
+        cached: dict[str, StreamHealth] = {}
 
         def one(sid: str) -> StreamHealth:
+            nonlocal at, cached
             now = time.monotonic()
-            if now - cache[0] > 0.2 or sid not in cache[1]:
-                cache[0], cache[1] = now, stream_health(self, now)
-            return cache[1][sid]
+            if now - at > 0.2 or sid not in cached:
+                at, cached = now, stream_health(self, now)
+            return cached[sid]
 
         def silent(sid: str) -> Callable[[], float]:
             return lambda: 1.0 if self.started_at is not None and one(sid).state == "silent" else 0.0
@@ -397,7 +401,7 @@ class Daemon:
 
 def load_model(model_dir: str | Path | None, dtype: str = "auto", device: str = "cpu",
                quantize: str = "none", verify: str = "fast",
-               progress: Callable[[int, int], None] | None = None) -> Any:
+               progress: Callable[[int, int], None] | None = None) -> AF2 | None:
     if model_dir is None:
         return None
     from .model import AF2

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .gate import GateReading
+
+if TYPE_CHECKING:  # torch only once clips are encoded
+    import torch
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class ClipEncoding:
     end: int  # sample index (exclusive)
     t_start: float | None  # UNIX seconds (UTC)
     t_end: float | None
-    tokens: Any  # torch.Tensor (64, D)
+    tokens: torch.Tensor  # (64, D)
     valid: bool  # False when the clip is (almost) only gap silence: masked out of queries
     reading: GateReading | None = None
     held_end: int | None = None  # end of its real samples when cut (a break, a stalled tail)
@@ -35,8 +38,8 @@ class ClipEncoding:
 
 @dataclass(frozen=True)
 class MemoryView:
-    tokens: Any  # torch.Tensor (L, 64, D): zeros in masked slots that hold no clip
-    mask: Any  # torch.Tensor (L,): 1 for a slot with a real clip, 0 otherwise
+    tokens: torch.Tensor  # (L, 64, D): zeros in masked slots that hold no clip
+    mask: torch.Tensor  # (L,): 1 for a slot with a real clip, 0 otherwise
     clips: tuple[ClipEncoding, ...]  # the clips present in the window (oldest first)
     first: int = 0  # slot of tokens[0]; the window is slots first..first+L-1
 
@@ -101,7 +104,7 @@ class StreamMemory:
             out = out[-n:]
         return out
 
-    def build(self, upto: int, n: int, mask_dtype: Any = None) -> MemoryView | None:
+    def build(self, upto: int, n: int, mask_dtype: torch.dtype | None = None) -> MemoryView | None:
         """Window of slots ``upto-n+1..upto`` (from the first slot on); None if no slot in it
         holds real audio."""
         import torch

@@ -13,7 +13,7 @@ import operator
 import re
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, Protocol, TypeVar
 from collections.abc import Callable
 
 from .results import Verdict
@@ -196,8 +196,31 @@ def parse_text(answer: str, alert_if: str | None) -> Parsed:
     return Parsed("negative")
 
 
-def parse_answer(cfg: Any, answer: str) -> Parsed:
-    """``cfg`` is a `edge.config.MonitorConfig`."""
+class MonitorSpec(Protocol):
+    """What answer parsing and due-time bookkeeping read of a monitor's settings: an
+    `edge.config.MonitorConfig` (the settings layer above, which validates against this module)."""
+
+    @property
+    def kind(self) -> str: ...  # "af2" or "gate"
+    @property
+    def answer(self) -> str: ...  # "yes_no", "choice" or "text"
+    @property
+    def positive(self) -> str: ...
+    @property
+    def choices(self) -> list[str]: ...
+    @property
+    def alert_on(self) -> list[str]: ...
+    @property
+    def alert_if(self) -> str | None: ...
+    @property
+    def every(self) -> float | None: ...  # seconds
+    @property
+    def cooldown(self) -> float: ...
+    @property
+    def triggers(self) -> list[str]: ...
+
+
+def parse_answer(cfg: MonitorSpec, answer: str) -> Parsed:
     if cfg.answer == "yes_no":
         return parse_yes_no(answer, cfg.positive)
     if cfg.answer == "choice":
@@ -232,10 +255,14 @@ class Due:
     positive: bool | None = None  # gate monitors: whether the condition holds
 
 
-class MonitorState:
-    """Due-time bookkeeping of one (stream, monitor) pair, on the stream's audio clock."""
+M = TypeVar("M", bound=MonitorSpec)
 
-    def __init__(self, cfg: Any) -> None:
+
+class MonitorState(Generic[M]):
+    """Due-time bookkeeping of one (stream, monitor) pair, on the stream's audio clock;
+    ``cfg`` is the monitor's settings as given (an `edge.config.MonitorConfig`)."""
+
+    def __init__(self, cfg: M) -> None:
         self.cfg = cfg
         self.conditions = [parse_condition(t) for t in cfg.triggers]
         self.next_due: float | None = cfg.every
@@ -250,6 +277,7 @@ class MonitorState:
         if self.next_due is not None and t + 1e-9 >= self.next_due:
             scheduled = True
             every = self.cfg.every
+            assert every is not None  # next_due is only ever set from `every`
             while self.next_due <= t + 1e-9:  # missed periods collapse into one run
                 self.next_due += every
         triggered = False

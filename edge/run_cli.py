@@ -6,11 +6,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import click
 
 from .constants import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .model import AF2
 
 
 def _settings(config: str | None, data: dict | None = None, data_dir: str | None = None):
@@ -29,7 +33,7 @@ def _logging(settings, level: str | None, fmt: Literal["auto", "json", "console"
     configure_logging(level or settings.log.level, fmt or "auto", secrets=settings.secrets())
 
 
-def _load_model(model_dir, settings, progress: bool = True):
+def _load_model(model_dir: str | Path | None, settings: Settings, progress: bool = True) -> AF2 | None:
     """The AF2 model of --model / model.dir (None: model-free), with a progress bar on a
     terminal's stderr while the weights stream in; one line on failure."""
     from .daemon import load_model

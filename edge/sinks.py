@@ -10,7 +10,7 @@ A sink that raises is logged and the others still get the result.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import structlog
@@ -23,7 +23,8 @@ Audio = AudioSpan | np.ndarray  # what a sink gets for a result's span (tests ma
 
 
 class ResultSink(Protocol):
-    def submit(self, result: MonitorResult, audio: Audio | None, sample_rate: int) -> Any: ...
+    def submit(self, result: MonitorResult, audio: Audio | None, sample_rate: int) -> object:
+        """Never blocks; what it returns is ignored (the alert pipeline: whether it queued)."""
 
     def publish_level(self, stream: str, dbfs: float) -> None: ...
 
@@ -37,11 +38,11 @@ def mmss(seconds: float) -> str:
 class LogSink:
     """Logs every result (one line each)."""
 
-    def __init__(self, logger: Any = None) -> None:
+    def __init__(self, logger: structlog.stdlib.BoundLogger | None = None) -> None:
         self.log = logger or structlog.get_logger(f"{__name__}.results")
 
     def submit(self, r: MonitorResult, audio: Audio | None, sample_rate: int) -> None:
-        kw: dict[str, Any] = {"stream": r.stream, "monitor": r.monitor, "verdict": r.verdict,
+        kw: dict[str, object] = {"stream": r.stream, "monitor": r.monitor, "verdict": r.verdict,
                               "start": r.start.isoformat(timespec="seconds"),
                               "end": r.end.isoformat(timespec="seconds")}
         off = r.extra.get("offset_s")  # position in the stream's audio (a file's offset)

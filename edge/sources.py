@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -20,10 +20,13 @@ from streams.base import Emit, Source
 from .config import Settings
 from .metrics import Metrics
 
+if TYPE_CHECKING:
+    from streams.mic import StreamFactory
+
 log = structlog.get_logger(__name__)
 
 
-def check_sources(settings: Settings, mic_factory: Any = None) -> None:
+def check_sources(settings: Settings, mic_factory: StreamFactory | None = None) -> None:
     """Refuse at start, in one line, what no retry can fix (an unreadable file, a mic
     stream without the `mic` extra or PortAudio). Raises `SourceUnavailable`."""
     from streams.file import AudioFileError, check_audio_file
@@ -49,7 +52,7 @@ class SourceUnavailable(RuntimeError):
 
 def build_sources(settings: Settings, metrics: Metrics, data_dir: Path,
                   speed: float | None = None, loop: bool | None = None,
-                  mic_factory: Any = None) -> list[Source]:
+                  mic_factory: StreamFactory | None = None) -> list[Source]:
     """One source per file/mic/url stream, one MQTT client for all MQTT streams."""
     from streams.file import FileSource
 

@@ -14,9 +14,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..results import MonitorResult
+
+if TYPE_CHECKING:
+    from alerts.config import AlertsConfig
+
+    from ..sinks import Audio
 
 PER_MONITOR = 360  # results kept per (stream, monitor)
 RECENT = 500  # results kept for the live feed
@@ -35,7 +40,7 @@ def compact(r: MonitorResult) -> dict[str, Any]:
 
 
 class LiveResults:
-    def __init__(self, alerts_config: Any) -> None:
+    def __init__(self, alerts_config: AlertsConfig) -> None:
         from alerts.rules import RuleEngine
 
         self._lock = threading.Lock()
@@ -46,7 +51,7 @@ class LiveResults:
         self.seq = 0
 
     # ------------------------------------------------------------ ResultSink
-    def submit(self, r: MonitorResult, audio: Any, sample_rate: int) -> None:
+    def submit(self, r: MonitorResult, audio: Audio | None, sample_rate: int) -> None:
         d = compact(r)
         with self._lock:
             self.seq += 1

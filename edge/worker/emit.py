@@ -6,7 +6,7 @@ worker carries on.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
@@ -21,11 +21,14 @@ from .encode import HeardClip
 from .queries import QueryGroup
 from .state import SR, StreamState, utc
 
+if TYPE_CHECKING:
+    from ..config import MonitorConfig
+
 log = structlog.get_logger(__name__)
 GATE_MODEL_ID = "level-gate"
 
 
-def gate_result(h: HeardClip, cfg: Any, due: Due) -> MonitorResult:
+def gate_result(h: HeardClip, cfg: MonitorConfig, due: Due) -> MonitorResult:
     s, spec, reading = h.stream, h.spec, h.reading
     return MonitorResult(
         stream=s.id, monitor=cfg.name,
@@ -40,7 +43,7 @@ def gate_result(h: HeardClip, cfg: Any, due: Due) -> MonitorResult:
     )
 
 
-def answer_result(s: StreamState, q: QueryGroup, view: MemoryView, cfg: Any, due: Due,
+def answer_result(s: StreamState, q: QueryGroup, view: MemoryView, cfg: MonitorConfig, due: Due,
                   question: str, o: Outcome, latency_s: float, model_id: str) -> MonitorResult:
     """A model monitor's result; ``o`` is its answer (`edge.answering.Outcome`: scored, or
     generated and parsed)."""

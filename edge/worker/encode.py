@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import structlog
@@ -32,6 +32,8 @@ from .failures import BurstLog
 from .state import StreamState
 
 if TYPE_CHECKING:
+    import torch
+
     from ..config import LoudnessConfig
 
 log = structlog.get_logger(__name__)
@@ -39,8 +41,10 @@ ALL_GAP = 0.99  # a clip with at least this share of gap silence is not encoded 
 
 
 class ClipEncoder(Protocol):
-    def encode(self, clips: Any) -> Any:
-        """(B, 160000) float32 tensor -> (B, 64, D) tokens."""
+    """An encoder backend (`edge.encoder_backends.EncoderBackend`) or the model's own encoder."""
+
+    def encode(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, CLIP_SAMPLES) float32 tensor -> (B, 64, D) tokens."""
         ...
 
 
@@ -52,7 +56,7 @@ class HeardClip:
     spec: ClipSpec
     audio: np.ndarray  # (clip_len,) float32, as read from the ring
     reading: GateReading
-    tokens: Any = None  # torch.Tensor (64, D), or None without a model / after an error
+    tokens: torch.Tensor | None = None  # (64, D); None without a model / after an error
     encode_failed: bool = False
 
 
@@ -136,7 +140,7 @@ class Encoding:
                 log.exception("sink.publish_level failed")
         return HeardClip(s, spec, x, reading)
 
-    def _encode(self, audio: list[np.ndarray]) -> Any:
+    def _encode(self, audio: list[np.ndarray]) -> torch.Tensor:
         import torch
 
         assert self.encoder is not None

@@ -25,15 +25,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
 
-from ..answering import Outcome, Query, TurnOnWatch, answer_due_many
+from ..answering import Job, Outcome, Query, QueryModel, TurnOnWatch, answer_due_many
 from ..memory import MemoryView
 from ..metrics import Metrics
-from ..monitors import render_question
+from ..monitors import Due, render_question
 from ..results import AudioSpan, MonitorResult
 from .emit import answer_result
 from .failures import BurstLog
@@ -42,26 +42,16 @@ from .remember import window
 from .state import SR, StreamState, clips_for
 
 if TYPE_CHECKING:
+    import torch
+
     from ..config import AudioConfig
 
 log = structlog.get_logger(__name__)
 
 # -> whether the result was passed on (False: shut down meanwhile; the caller counted it)
 EmitFn = Callable[[MonitorResult, "AudioSpan | np.ndarray | None"], bool]
-MemoryHook = Callable[[str, int, Any, Any], None]  # (stream, clip_index, view, memory)
-
-
-class QueryModel(Protocol):
-    """What query execution needs of `edge.model.AF2`."""
-
-    def memory(self, tokens: Any, mask: Any) -> Any: ...
-
-    def cross_kv(self, memory: Any, mask: Any) -> Any: ...
-
-    def ask_batch(self, queries: list[tuple[Any, str]], sampling: Any,
-                  max_new_tokens: list[int] | None = None) -> Any: ...
-
-    def score_batch_kv(self, queries: list[tuple[Any, str, list[str]]]) -> Any: ...
+# (stream, clip_index, view, memory)
+MemoryHook = Callable[[str, int, MemoryView, "torch.Tensor"], None]
 
 
 Work = tuple[StreamState, QueryGroup, list[DueMonitor]]
@@ -74,7 +64,7 @@ class _Job:
     s: StreamState
     q: QueryGroup
     view: MemoryView
-    memory: Any
+    memory: torch.Tensor  # AF2.memory of the view
     items: list[DueMonitor]
     audio: AudioSpan
 
@@ -106,16 +96,17 @@ class QueryExecution:
         for s, q, monitors in work:
             for n, group in sorted(self._by_window(s, monitors).items()):
                 try:
-                    view, memory = self._memory(s, q, n)
+                    got = self._memory(s, q, n)
                 except Exception:  # noqa: BLE001 - a failed memory fails its queries; the worker goes on
                     self._failed(s, q, group)
                     continue
-                if view is None:
+                if got is None:
                     for cfg, _ in group:
                         self.metrics.queries_missed.labels(s.id, cfg.name).inc()
                     log.warning("no valid audio in memory: queries skipped", stream=s.id,
                                 queries=len(group))
                     continue
+                view, memory = got
                 jobs.append(_Job(s, q, view, memory, group, AudioSpan(view.start, view.held_end, SR,
                                                                        s.ring.read)))
         if not jobs:
@@ -144,13 +135,14 @@ class QueryExecution:
             by_window.setdefault(n, []).append((cfg, due))
         return by_window
 
-    def _memory(self, s: StreamState, q: QueryGroup, n: int) -> tuple[MemoryView | None, Any]:
-        """The window of ``n`` clips up to the group's clip, and its `AF2.memory`."""
+    def _memory(self, s: StreamState, q: QueryGroup, n: int) -> tuple[MemoryView, torch.Tensor] | None:
+        """The window of ``n`` clips up to the group's clip, and its `AF2.memory`; None when no
+        clip in the window holds real audio."""
         import torch
 
         view = window(s, q.clip_index, n)
         if view is None:
-            return None, None
+            return None
         with torch.inference_mode():
             memory = self.model.memory(view.tokens, view.mask)
         if self.on_memory is not None:
@@ -162,7 +154,7 @@ class QueryExecution:
         K/V per memory whatever their decoding settings, shared batches across memories;
         yes_no/choice scored, text generated, a scored monitor turning ON explained in words."""
         m = self.metrics
-        calls = []
+        calls: list[Job] = []
         for job in jobs:
             s, q, view = job.s, job.q, job.view
             window_s = (view.end - view.start) / SR
@@ -171,7 +163,7 @@ class QueryExecution:
             dues = {cfg.name: due for cfg, due in job.items}
 
             def make_result(query: Query, o: Outcome, s: StreamState = s, q: QueryGroup = q,
-                            view: MemoryView = view, dues: dict = dues) -> MonitorResult:
+                            view: MemoryView = view, dues: dict[str, Due] = dues) -> MonitorResult:
                 return answer_result(s, q, view, query.cfg, dues[query.cfg.name], query.question, o,
                                      self.clock() - q.due_wall, self.model_id)
 

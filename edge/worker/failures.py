@@ -8,11 +8,12 @@ first success after a burst logs how many failed.
 from __future__ import annotations
 
 import sys
-from typing import Any
+
+import structlog
 
 
 class BurstLog:
-    def __init__(self, logger: Any, what: str) -> None:
+    def __init__(self, logger: structlog.stdlib.BoundLogger, what: str) -> None:
         self.log = logger
         self.what = what
         self.failures = 0  # in the current burst

@@ -32,17 +32,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from ..answering import TurnOnWatch
+from ..answering import QueryModel, TurnOnWatch
 from ..metrics import Metrics
 from ..sinks import ResultSink
 from .collect import Collector
 from .emit import Emitter, clip_audio, gate_result
 from .encode import ClipEncoder, Encoding, HeardClip, take_batch
-from .execute import MemoryHook, QueryExecution, QueryModel
+from .execute import MemoryHook, QueryExecution
 from .failures import BurstLog
 from .queries import DueMonitor, QueryGroup, QueryQueue, due_monitors, make_group
 from .remember import remember
@@ -55,12 +55,17 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
+class WorkerModel(QueryModel, ClipEncoder, Protocol):
+    """The model the worker owns (`edge.model.AF2`): it answers the queries and, without an
+    encoder backend, encodes the clips."""
+
+
 class InferenceWorker:
     def __init__(
         self,
         streams: dict[str, StreamState],
         settings: Settings,
-        model: QueryModel | None = None,
+        model: WorkerModel | None = None,
         sink: ResultSink | None = None,
         metrics: Metrics | None = None,
         lossless: bool = False,
@@ -76,7 +81,7 @@ class InferenceWorker:
         self.clock = clock  # deadlines and latencies (tests drive it)
         a, w = settings.audio, settings.worker
         # the encoder backend (edge.encoder_backends); default: the model's own `encode`
-        self.encoder: ClipEncoder | None = encoder if encoder is not None else model  # type: ignore[assignment]
+        self.encoder: ClipEncoder | None = encoder if encoder is not None else model
         self.collector = Collector(a, self.metrics, lossless, clock=clock)
         self.encoding = Encoding(self.encoder if model is not None else None, a.loudness,
                                  self.metrics, sink)

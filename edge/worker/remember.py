@@ -17,6 +17,7 @@ from .state import StreamState
 
 def remember(h: HeardClip, metrics: Metrics) -> None:
     s, spec = h.stream, h.spec
+    assert h.tokens is not None, "only an encoded clip is remembered"
     gap = s.gap_in(spec)
     t_start, t_end = s.clip_utc(spec)
     s.memory.add(ClipEncoding(
