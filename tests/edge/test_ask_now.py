@@ -12,7 +12,7 @@ from edge.daemon import Daemon
 from edge.sinks import CallbackSink
 from edge.worker.ask import AskError
 from streams.file import FileSource
-from tests.web.helpers import GATE, recording, settings
+from .web.helpers import GATE, recording, settings
 
 from .fakes import FakeModel
 

@@ -1,4 +1,4 @@
-"""The inference worker, driven step by step (no threads)."""
+"""The inference worker (edge/worker/loop.py: InferenceWorker), driven step by step (no threads)."""
 
 import math
 import time
