@@ -392,7 +392,12 @@ class Daemon:
         w.notify()
         if t is not None:
             t.join(max(0.1, drain_until - time.monotonic()))
-        return w.abandon("shutdown")
+        left = w.abandon("shutdown")
+        if t is not None:  # a model call still running ends at its next token (worker.Abandoned)
+            t.join(2.0)
+            if t.is_alive():
+                log.warning("worker still inside a model call after the shutdown deadline")
+        return left
 
     def health(self) -> dict[str, Any]:
         """The ``/healthz`` report (`edge.health.health_report`)."""

@@ -60,6 +60,12 @@ class WorkerModel(QueryModel, ClipEncoder, Protocol):
     encoder backend, encodes the clips."""
 
 
+class Abandoned(BaseException):
+    """Raised from the worker's progress hook once `InferenceWorker.abandon` has run, so that
+    a model call still running at the shutdown deadline ends at its next unit of work. A
+    BaseException: the stages' ``except Exception`` (which count failures) let it through."""
+
+
 class InferenceWorker:
     def __init__(
         self,
@@ -87,6 +93,7 @@ class InferenceWorker:
                                  self.metrics, sink)
         self.queries = QueryQueue(self.metrics, lossless)
         self.on_progress: Callable[[], None] | None = None
+        self._asker_waiting = False  # a query turn answers an "ask now" asker (_model_tick)
         self.execution = (QueryExecution(model, a, self.metrics, on_memory,
                                          on_progress=self._progress, clock=clock,
                                          watch=TurnOnWatch(settings.alerts))
@@ -144,14 +151,17 @@ class InferenceWorker:
         longer than the watchdog interval still shows the worker turning."""
         self.on_progress = on_turn
         with self._model_progress():
-            self._run(stop)
+            try:
+                self._run(stop)
+            except Abandoned:  # past the shutdown deadline: the model call was cut short
+                log.info("worker stopped inside a model call after the shutdown deadline")
 
     def _model_progress(self) -> AbstractContextManager[None]:
         if self.model is None or self.on_progress is None:
             return nullcontext()
         from ..model.progress import reporting  # torch: only with a model
 
-        return reporting(self._progress)
+        return reporting(self._model_tick)
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -193,6 +203,16 @@ class InferenceWorker:
             log.warning("work abandoned", at=reason, clips_not_encoded=clips,
                         queries_queued=queued, queries_running=running)
         return left
+
+    def _model_tick(self) -> None:
+        """The model's progress hook: a watchdog beat, and the end of a model call that runs
+        past the shutdown deadline. `abandon` has then counted its queries as missed, so the
+        call stops at its next token or clip instead of finishing minutes of work nobody
+        receives (and a thread still inside torch when the interpreter exits aborts the
+        process). An "ask now" asker still waiting for this call keeps it running."""
+        if self.emit.closed and not self._asker_waiting:
+            raise Abandoned
+        self._progress()
 
     def _progress(self) -> None:
         if self.on_progress is not None:
@@ -322,7 +342,11 @@ class InferenceWorker:
             return self.emit(res, audio)  # closed meanwhile: counted as a dropped result
 
         by_stream = {q.stream: q for q in qs}  # one group per stream in a cycle (pop_cycle)
-        self.execution.run_many([w for w in work if w[2]], emit)
+        self._asker_waiting = any(q.reply is not None for q in qs)
+        try:
+            self.execution.run_many([w for w in work if w[2]], emit)
+        finally:
+            self._asker_waiting = False
         for _, q, ms in work:
             if q.reply is not None:
                 q.reply(None, "failed" if ms else "deadline")  # no-op once answered
