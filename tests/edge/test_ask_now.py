@@ -12,7 +12,8 @@ from edge.daemon import Daemon
 from edge.sinks import CallbackSink
 from edge.worker.ask import AskError
 from streams.file import FileSource
-from .web.helpers import GATE, recording, settings
+from .recordings import recording
+from .web.helpers import GATE, settings
 
 from .fakes import FakeModel
 

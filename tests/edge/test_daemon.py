@@ -5,7 +5,6 @@ import time
 import urllib.request
 
 import numpy as np
-import soundfile as sf
 from click.testing import CliRunner
 
 from edge.cli import cli
@@ -16,15 +15,7 @@ from streams.base import Frame, Source
 from streams.file import FileSource
 
 from .fakes import FakeModel
-
-
-def recording(path, seconds=60, loud=(30, 40)):
-    rng = np.random.default_rng(0)
-    x = (0.01 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
-    a, b = (int(v * 16000) for v in loud)
-    x[a:b] += 0.5 * np.sin(np.arange(b - a) * 2 * np.pi * 1000 / 16000).astype(np.float32)
-    sf.write(path, x, 16000, subtype="PCM_16")
-    return path
+from .recordings import recording
 
 
 def settings(tmp_path, monitors, **extra):

@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soundfile as sf
 
 
 def request(port: int, path: str, method: str = "GET", body: bytes | None = None,
@@ -47,16 +45,6 @@ def post_json(port: int, path: str, data: Any, headers: dict[str, str] | None = 
 
 def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-def recording(path: Path, seconds: float = 60, loud: tuple[float, float] = (30, 40)) -> Path:
-    """Quiet noise with a loud 1 kHz tone over ``loud`` (seconds): one gate alert."""
-    rng = np.random.default_rng(0)
-    x = (0.01 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
-    a, b = (int(v * 16000) for v in loud)
-    x[a:b] += 0.5 * np.sin(np.arange(b - a) * 2 * np.pi * 1000 / 16000).astype(np.float32)
-    sf.write(path, x, 16000, subtype="PCM_16")
-    return path
 
 
 GATE = {"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -20"], "cooldown": 0,

@@ -17,7 +17,8 @@ from edge.daemon import Daemon
 from edge.sinks import CallbackSink
 from streams.file import FileSource
 
-from .helpers import GATE, get_json, post_json, recording, request, settings
+from ..recordings import recording
+from .helpers import GATE, get_json, post_json, request, settings
 
 KNOCK = {"name": "knock", "question": "Is there knocking? Answer yes or no.", "every": "20s",
          "severity": "info"}

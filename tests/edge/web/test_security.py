@@ -18,7 +18,8 @@ from edge.http import Credential, RateLimiter, start_http_server
 from edge.metrics import Metrics
 from streams.file import FileSource
 
-from .helpers import GATE, basic, get_json, post_json, recording, request, settings
+from ..recordings import recording
+from .helpers import GATE, basic, get_json, post_json, request, settings
 
 TOKEN = "s3cret-t0ken-for-tests"
 PATHS = ["/", "/metrics", "/healthz", "/api/streams", "/api/monitors", "/api/alerts",
