@@ -156,6 +156,7 @@ class MqttSink:
         self._offline_acked = False
         self._level_sent_at: dict[str, float] = {}
         self.last_error: str | None = None
+        self._down_since: float | None = time.monotonic()  # not connected since (monotonic); None: connected
         self.connects = 0
         self.flushed_on_stop: bool | None = None
 
@@ -181,7 +182,10 @@ class MqttSink:
         return self._connected
 
     def health(self) -> dict[str, Any]:
-        return {"connected": self._connected, "last_error": self.last_error, "pending": self._outbox.count(SINK)}
+        down = self._down_since
+        return {"connected": self._connected, "last_error": self.last_error, "pending": self._outbox.count(SINK),
+                "broker": f"{self._cfg.host}:{self._cfg.port}",
+                "disconnected_for_s": None if down is None else round(time.monotonic() - down, 1)}
 
     def wake(self) -> None:
         self._wake.set()
@@ -362,6 +366,7 @@ class MqttSink:
             _close_client(self._client)
         self._client = None
         self._connected = False
+        self._down_since = time.monotonic()
         self._metrics.mqtt_connected.set(0)
         self.last_error = f"connection lost: {reason}"
         self._next_attempt = time.monotonic() + self._cfg.backoff_initial_s * random.uniform(0.5, 1.0)
@@ -396,6 +401,7 @@ class MqttSink:
             self._refused = str(reason_code)
             return
         self._connected = True
+        self._down_since = None
         self.connects += 1
         self._metrics.mqtt_connected.set(1)
         self._backoff = self._cfg.backoff_initial_s

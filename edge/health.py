@@ -11,7 +11,8 @@ Per stream, a **state**:
 * ``silent``: the source is up (or has no notion of up) but no frame arrived for
   ``silent_after`` (per stream: ``streams[].silent_after``, default ``health.silent_after``);
 * ``reconnecting``: the source says it has lost its input (MQTT broker disconnected, a
-  camera being reconnected or retried) and no frame arrived for ``silent_after``;
+  camera being reconnected or retried), reported at once, whatever the last frame's age
+  (a source still making its first connection counts as ``starting`` for ``silent_after``);
 * ``ended``: a finite source (a file without ``loop``) has been played to its end.
 
 Silence is a state to report, never a reason for a restart (the watchdog follows the worker,
@@ -84,12 +85,30 @@ def classify(*, age_s: float | None, since_start_s: float, silent_after_s: float
     """The state of one stream from what is known about it (see the module doc)."""
     if ended:
         return "ended"
+    if source_state in SOURCE_DOWN and not (age_s is None and source_state == "connecting"
+                                            and since_start_s <= silent_after_s):
+        return "reconnecting"  # the source knows it lost its input: say so at once, not after silent_after
     quiet_for = since_start_s if age_s is None else age_s
     if quiet_for <= silent_after_s:
         return "starting" if age_s is None else "live"
-    if source_state in SOURCE_DOWN:
-        return "reconnecting"
     return "silent"
+
+
+ALERT_BROKER_GRACE_S = 15.0  # a first connect or a reconnect after a broker restart is not news
+
+
+def alert_sink_reasons(alerts: dict[str, Any]) -> list[str]:
+    """Degraded reasons from the alert stage's sinks: alerts are kept in the outbox, but no
+    dashboard sees them while the broker (or webhook) cannot be reached."""
+    out = []
+    m = alerts.get("mqtt")
+    if m and not m.get("connected") and (m.get("disconnected_for_s") or 0.0) > ALERT_BROKER_GRACE_S:
+        out.append(f"alert broker {m.get('broker')} unreachable for {m['disconnected_for_s']:.0f} s "
+                   f"({m.get('last_error') or 'not connected'}); {m.get('pending', 0)} alert(s) wait in the outbox")
+    w = alerts.get("webhook")
+    if w and w.get("last_error") and w.get("pending"):
+        out.append(f"webhook failing ({w['last_error']}); {w['pending']} alert(s) wait in the outbox")
+    return out
 
 
 def source_states(d: RunningDaemon) -> dict[str, dict[str, Any]]:
@@ -140,6 +159,8 @@ def health_report(d: RunningDaemon, now: float | None = None) -> dict[str, Any]:
     if alerts is not None and not alerts.get("ok", True):
         failing = True
         reasons.append("the alert stage reports a failure (see alerts)")
+    if alerts is not None:
+        reasons += alert_sink_reasons(alerts)
     for h in streams.values():
         r = h.reason()
         if r:

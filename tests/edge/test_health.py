@@ -76,3 +76,54 @@ def test_silent_stream_goes_unavailable_in_home_assistant_and_comes_back(tmp_pat
     assert lost[0]["level"] == "warning"
     back = [e for e in events if e.get("event") == "stream state" and e.get("state") == "live"]
     assert back and back[-1]["was"] == "silent"
+
+
+def test_lost_brokers_show_at_once_in_healthz_and_clear_when_back(tmp_path, monkeypatch):
+    """The broker goes away: the MQTT audio stream is `reconnecting` at once (its source knows,
+    so waiting for its long `silent_after` would hide it), and /healthz is degraded naming the
+    unreachable alert broker after the grace; when the broker is back, both clear."""
+    import edge.health
+
+    monkeypatch.setattr(edge.health, "ALERT_BROKER_GRACE_S", 1.0)
+    broker = Mosquitto(tmp_path).start()
+    mqtt = {"host": broker.host, "port": broker.port, "topic_prefix": "fe-test",
+            "keepalive_s": 2, "backoff_initial_s": 0.2, "backoff_max_s": 0.5}
+    s = load_settings(data={
+        "data_dir": str(tmp_path / "data"),
+        "streams": [{"id": "press", "source": "mqtt", "silent_after": "600s"}],
+        "monitors": [{"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -3"]}],
+        "alerts": {"node_id": "n1", "mqtt": mqtt}})
+    d = Daemon(s, http=False, log_results=False)
+    d.start()
+
+    def wait(cond, timeout=15.0):
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            h = d.health()
+            if cond(h):
+                return h
+            time.sleep(0.1)
+        raise AssertionError(f"condition not met; last health: {h}")
+
+    try:
+        assert d.sources[0].subscribed.wait(10)
+        publish(_blocks(0.5), "press", broker.host, broker.port, "fe-test", speed=0, qos=1)
+        wait(lambda h: h["streams"]["press"]["state"] == "live" and h["status"] == "ok")
+        broker.stop()
+        h = wait(lambda h: h["streams"]["press"]["state"] == "reconnecting")
+        assert h["streams"]["press"]["last_frame_age_s"] < 60  # long before silent_after (600 s)
+        assert h["status"] == "degraded" and h["http_status"] == 200
+        assert any(r.startswith("stream press is reconnecting") for r in h["reasons"])
+        h = wait(lambda h: any("alert broker" in r for r in h["reasons"]))
+        (r,) = [r for r in h["reasons"] if "alert broker" in r]
+        assert f"{broker.host}:{broker.port} unreachable" in r
+        broker.start()
+        publish(_blocks(0.5), "press", broker.host, broker.port, "fe-test", speed=0, qos=1, seq_start=100)
+        h = wait(lambda h: h["status"] == "ok", timeout=20)
+        assert h["streams"]["press"]["state"] == "live" and not h["reasons"]
+    finally:
+        d.stop(timeout=5)
+        broker.stop()
+        clear_secrets()
