@@ -50,34 +50,14 @@ def _signal(seconds: float, rate: int, channels: int) -> np.ndarray:
 
 
 def encode(codec: str, seconds: float) -> tuple[bytes, str]:
-    import av
+    from tests.streams.servers import encode_audio
 
     if codec == "g711":
         fmt, name, rate, layout, sample_fmt = "wav", "pcm_mulaw", 8000, "mono", "s16"
     else:
         fmt, name, rate, layout, sample_fmt = "adts", "aac", 48000, "stereo", "fltp"
-    ch = 1 if layout == "mono" else 2
-    x = _signal(seconds, rate, ch)
-    buf = io.BytesIO()
-    out = av.open(buf, "w", format=fmt)
-    st = out.add_stream(name, rate=rate, layout=layout)
-    step = 1024
-    for i in range(0, x.shape[1], step):
-        blk = x[:, i:i + step]
-        if sample_fmt == "s16":
-            fr = av.AudioFrame.from_ndarray((blk * 32767).astype(np.int16).reshape(1, -1),
-                                            format="s16", layout=layout)
-        else:
-            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(blk), format="fltp",
-                                            layout=layout)
-        fr.sample_rate = rate
-        fr.pts = i
-        for p in st.encode(fr):
-            out.mux(p)
-    for p in st.encode(None):
-        out.mux(p)
-    out.close()
-    return buf.getvalue(), fmt
+    x = _signal(seconds, rate, 1 if layout == "mono" else 2)
+    return encode_audio(x, fmt, name, rate, layout, sample_fmt), fmt
 
 
 def decode_all(data: bytes, fmt: str) -> int:

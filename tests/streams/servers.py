@@ -198,18 +198,23 @@ class GarbageServer(_Listener):
         c.close()
 
 
-def adts_tone(freq: float, amplitude: float, seconds: float = 2.0, rate: int = 44100) -> bytes:
-    """``seconds`` of a sine encoded as AAC in ADTS frames (FFmpeg's native encoder)."""
+def encode_audio(x: np.ndarray, fmt: str, codec: str, rate: int, layout: str,
+                 sample_fmt: str = "fltp") -> bytes:
+    """(channels, n) float32 in [-1, 1] -> container ``fmt`` holding it encoded with FFmpeg's
+    ``codec`` (PyAV) in 1024-sample frames of ``sample_fmt`` ("fltp", or "s16" for PCM codecs)."""
     import av
 
     buf = io.BytesIO()
-    out = av.open(buf, "w", format="adts")
-    st = out.add_stream("aac", rate=rate, layout="mono")
-    n = int(seconds * rate)
-    x = (amplitude * np.sin(2 * np.pi * freq * np.arange(n) / rate)).astype(np.float32)
+    out = av.open(buf, "w", format=fmt)
+    st = out.add_stream(codec, rate=rate, layout=layout)
     step = 1024
-    for i in range(0, n, step):
-        fr = av.AudioFrame.from_ndarray(x[None, i:i + step], format="fltp", layout="mono")
+    for i in range(0, x.shape[1], step):
+        blk = x[:, i:i + step]
+        if sample_fmt == "s16":
+            fr = av.AudioFrame.from_ndarray((blk * 32767).astype(np.int16).reshape(1, -1),
+                                            format="s16", layout=layout)
+        else:
+            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(blk), format="fltp", layout=layout)
         fr.sample_rate = rate
         fr.pts = i
         for p in st.encode(fr):
@@ -218,6 +223,13 @@ def adts_tone(freq: float, amplitude: float, seconds: float = 2.0, rate: int = 4
         out.mux(p)
     out.close()
     return buf.getvalue()
+
+
+def adts_tone(freq: float, amplitude: float, seconds: float = 2.0, rate: int = 44100) -> bytes:
+    """``seconds`` of a sine encoded as AAC in ADTS frames (FFmpeg's native encoder)."""
+    n = int(seconds * rate)
+    x = (amplitude * np.sin(2 * np.pi * freq * np.arange(n) / rate)).astype(np.float32)
+    return encode_audio(x[None, :], "adts", "aac", rate, "mono")
 
 
 def adts_frames(data: bytes) -> list[tuple[int, int]]:
