@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import NamedTuple
 
 import _common as C  # puts the repo on sys.path
 import torch
@@ -24,6 +25,7 @@ from bench_decoder import PROMPT_LEN, WINDOWS, official_generate, ours_generate
 from bench_encoder import ensure_encoder_runs
 
 from edge.model.af2 import AF2
+from edge.constants import CLIP_SAMPLES
 from edge.model.config import AF2Config
 
 
@@ -53,16 +55,32 @@ def our_query(m: AF2, tokens, mask, prompt, n):
                  "decode_tokens_per_s": gen["tokens_per_s"]}
 
 
-def bench_dtype(dtype: torch.dtype, new_tokens: int, repeats: int) -> dict:
-    name = str(dtype).replace("torch.", "")
+class Setup(NamedTuple):
+    cfg: AF2Config
+    m: AF2
+    notes: list[str]  # what ensure_encoder_runs had to do
+    g: torch.Generator  # seeded; drawn from for clips and prompt, callers draw on from it
+    clips: torch.Tensor  # (WINDOWS, CLIP_SAMPLES) noise
+    mask: torch.Tensor
+    prompt: list[int]  # PROMPT_LEN random token ids
+
+
+def released_setup(dtype: torch.dtype, tag: str) -> Setup:
+    """The released encoder + 0.5B LM with random weights, a 5-minute window of noise clips
+    and a random prompt: what the query and score benchmarks measure on (same seeds)."""
     cfg = AF2Config.released("0.5B")
-    C.log(f"[query] {name}: released encoder + 0.5B LM, random weights")
+    C.log(f"[{tag}] {str(dtype).replace('torch.', '')}: released encoder + 0.5B LM, random weights")
     m = AF2.random(cfg, dtype, seed=0)
     notes = ensure_encoder_runs(m)
     g = torch.Generator().manual_seed(2)
-    clips = (torch.rand(WINDOWS, 160000, generator=g) * 2 - 1) * 0.5
-    mask = torch.ones(WINDOWS)
+    clips = (torch.rand(WINDOWS, CLIP_SAMPLES, generator=g) * 2 - 1) * 0.5
     prompt = torch.randint(0, cfg.lm.vocab_size, (PROMPT_LEN,), generator=g).tolist()
+    return Setup(cfg, m, notes, g, clips, torch.ones(WINDOWS), prompt)
+
+
+def bench_dtype(dtype: torch.dtype, new_tokens: int, repeats: int) -> dict:
+    name = str(dtype).replace("torch.", "")
+    _, m, notes, _, clips, mask, prompt = released_setup(dtype, "query")
 
     # warm-up: a short query of each kind on 2 clips
     _, tok_w, _ = official_query(m, clips[:2], mask[:2], prompt, 2)

@@ -34,10 +34,9 @@ import time
 import _common as C  # puts the repo on sys.path
 import torch
 from bench_decoder import PROMPT_LEN, WINDOWS, official_generate
-from bench_encoder import ensure_encoder_runs
+from bench_query import released_setup
 
-from edge.model.af2 import AF2, Sampling
-from edge.model.config import AF2Config
+from edge.model.af2 import Sampling
 
 NEW_TOKENS = 16
 
@@ -54,14 +53,7 @@ def best(fn, repeats: int) -> dict:
 
 def bench_dtype(dtype: torch.dtype, streams: list[int], repeats: int, encode_clips: int) -> dict:
     name = str(dtype).replace("torch.", "")
-    cfg = AF2Config.released("0.5B")
-    C.log(f"[score] {name}: released encoder + 0.5B LM, random weights")
-    m = AF2.random(cfg, dtype, seed=0)
-    notes = ensure_encoder_runs(m)
-    g = torch.Generator().manual_seed(2)
-    clips = (torch.rand(WINDOWS, 160000, generator=g) * 2 - 1) * 0.5
-    mask = torch.ones(WINDOWS)
-    prompt = torch.randint(0, cfg.lm.vocab_size, (PROMPT_LEN,), generator=g).tolist()
+    cfg, m, notes, g, clips, mask, prompt = released_setup(dtype, "score")
     options = [[int(t)] for t in torch.randint(0, cfg.lm.vocab_size, (4,), generator=g)]
 
     m.encode(clips[:1])  # warm-up
