@@ -15,6 +15,13 @@ memory-mapped files the process touched) and, sampled every 5 ms, its anonymous 
 memory that cannot be dropped under pressure). Goal (issue 2 §3): ours <= 1.3x the loaded model's
 size. The page cache is warmed first (every file read once) so both approaches read from RAM.
 Writes bench/results/load.json.
+
+    python bench/bench_load.py --verify-cost [--dtypes float32]
+
+instead measures what the content hash costs at start-up: `AF2.load` with ``verify="quick"``
+(headers, sizes, NaN/Inf) against the default ``verify="full"`` (every file also re-hashed
+against flamingo_edge.sha256.json in a thread beside the load), each in a fresh process, warm
+page cache, the manifest recorded first. Writes bench/results/load-verify.json.
 """
 
 from __future__ import annotations
@@ -43,14 +50,14 @@ def model_bytes(modules) -> int:
     return n
 
 
-def child_ours(model_dir: str, dtype: str) -> dict:
+def child_ours(model_dir: str, dtype: str, verify: str = "full") -> dict:
     import torch
 
     from edge.model.af2 import AF2
 
     base = C.proc_status()
     with C.PeakSampler() as s, C.Clock() as c:
-        m = AF2.load(model_dir, dtype=getattr(torch, dtype))
+        m = AF2.load(model_dir, dtype=getattr(torch, dtype), verify=verify)
     return {"wall_s": c.wall, "cpu_s": c.cpu, "model_bytes": model_bytes(m.modules),
             "baseline_rss": base.get("VmRSS", 0), **_peaks(s)}
 
@@ -152,10 +159,14 @@ def main() -> None:
     ap.add_argument("--dtypes", default=",".join(DTYPES))
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--dtype", help=argparse.SUPPRESS)
+    ap.add_argument("--verify", default="full", help=argparse.SUPPRESS)
+    ap.add_argument("--verify-cost", action="store_true",
+                    help="measure verify=quick vs the default verify=full instead (load-verify.json)")
     args = ap.parse_args()
 
     if args.child:  # inside a fresh process: one load, one JSON line
-        print(json.dumps(CHILDREN[args.child](str(args.dir), args.dtype)))
+        extra = (args.verify,) if args.child == "ours" else ()
+        print(json.dumps(CHILDREN[args.child](str(args.dir), args.dtype, *extra)))
         return
 
     import make_synthetic_checkpoint as mk
@@ -174,6 +185,9 @@ def main() -> None:
     C.log(f"[load] page cache warmed: {warmed / 1e9:.2f} GB read in {time.perf_counter() - t0:.1f} s")
 
     results: dict = {"checkpoint": info, "runs": {}}
+    if args.verify_cost:
+        verify_cost(args, results, machine)
+        return
     for dtype in args.dtypes.split(","):
         for who in ("ours", "official"):
             r = C.run_child([str(Path(__file__).resolve()), "--child", who, "--dtype", dtype,
@@ -193,6 +207,29 @@ def main() -> None:
             "ours_meets_1_3x_goal": o["peak_over_model"] <= 1.3,
         }
     path = C.write_result("load", results, machine)
+    C.log(f"[load] wrote {path}")
+
+
+def verify_cost(args, results: dict, machine: dict) -> None:
+    from edge.model.checkpoint import MANIFEST, write_manifest
+
+    if not (args.dir / MANIFEST).is_file():
+        t0 = time.perf_counter()
+        write_manifest(args.dir)
+        C.log(f"[load] manifest recorded in {time.perf_counter() - t0:.1f} s")
+    results["hashed_bytes"] = sum(f.stat().st_size for f in args.dir.rglob("*") if f.is_file())
+    for dtype in args.dtypes.split(","):
+        for verify in ("quick", "full", "quick", "full"):  # interleaved, best of two each
+            r = C.run_child([str(Path(__file__).resolve()), "--child", "ours", "--dtype", dtype,
+                             "--verify", verify, "--dir", str(args.dir)], timeout=1800)
+            key = f"{verify}_{dtype}"
+            results["runs"].setdefault(key, []).append(r)
+            C.log(f"[load] verify={verify:<5} {dtype:<8} {r['wall_s']:6.1f} s wall, {r['cpu_s']:6.1f} s CPU")
+        q = min(r["wall_s"] for r in results["runs"][f"quick_{dtype}"])
+        f = min(r["wall_s"] for r in results["runs"][f"full_{dtype}"])
+        results[f"verify_{dtype}"] = {"quick_s": q, "full_s": f, "extra_s": f - q, "full_over_quick": f / q}
+        C.log(f"[load] {dtype}: the hash check adds {f - q:.1f} s ({f / q:.2f}x)")
+    path = C.write_result("load-verify", results, machine)
     C.log(f"[load] wrote {path}")
 
 

@@ -88,9 +88,10 @@ class ModelConfig(_Base):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # weight-only quantization of the decoder (edge/model/quant.py; deviation: PERFORMANCE.md)
     quantize: Literal["none", "int8", "int4"] = "none"
-    # fast: safetensors headers, sizes, NaN/Inf scan; full: also re-hash every file against
-    # flamingo_edge.sha256.json (about a minute for 7 GB; edge/model/checkpoint.py)
-    verify: Literal["fast", "full"] = "fast"
+    # full: safetensors headers, sizes, NaN/Inf scan, and every file re-hashed against
+    # flamingo_edge.sha256.json in a thread beside the load (edge/model/checkpoint.py; cost:
+    # docs/PERFORMANCE.md "Loading"); quick: without the hashes (fast: its old name)
+    verify: Literal["quick", "full", "fast"] = "full"
     device: str = "cpu"
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
 

@@ -405,7 +405,7 @@ class Daemon:
 
 
 def load_model(model_dir: str | Path | None, dtype: str = "auto", device: str = "cpu",
-               quantize: str = "none", verify: str = "fast",
+               quantize: str = "none", verify: str = "full",
                progress: Callable[[int, int], None] | None = None) -> AF2 | None:
     if model_dir is None:
         return None

@@ -159,8 +159,8 @@ def fetch(release: str, dest: Path, token: str | None, revision: str | None) -> 
             f"layout this version expects")
     from .model.checkpoint import MANIFEST, write_manifest
 
-    # the hashes of what was downloaded: checked by `model verify` (and at load with
-    # model.verify: full); the content hash names the model (model_id af2-...@sha256:...)
+    # the hashes of what was downloaded: checked by `model verify` (and at every load unless
+    # model.verify: quick); the content hash names the model (model_id af2-...@sha256:...)
     click.echo(f"recording the content hashes in {plan.model_dir / MANIFEST}", err=True)
     content = write_manifest(plan.model_dir)
     click.echo(f"AF2 {release} is ready in {plan.model_dir} (load it with that directory; "
@@ -233,7 +233,7 @@ def verify(model_dir: str, record: bool) -> None:
     """Check MODEL_DIR against its content hashes (flamingo_edge.sha256.json, written by
     `model convert` or `--record`), then load-check every tensor (safetensors headers,
     NaN/Inf). Exits 1 naming the first file that differs. The daemon checks sizes, headers and
-    NaN/Inf at every load, hashes only with model.verify: full."""
+    NaN/Inf at every load, and the hashes too, beside the load, unless model.verify: quick."""
     import time
 
     from edge.model.checkpoint import (

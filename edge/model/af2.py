@@ -131,12 +131,12 @@ class AF2:
     @classmethod
     def load(cls, model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
              device: str | torch.device = "cpu", encoder_only: bool = False,
-             quantize: str = "none", verify: str = "fast",
+             quantize: str = "none", verify: str = "full",
              progress: Callable[[int, int], None] | None = None) -> AF2:
         """Load an official or compact checkpoint. `encoder_only` loads just the AF-CLAP
         encoder (`encode` works; `memory`/`ask` need the full model). `quantize` int8/int4:
         weight-only quantization of the decoder, applied while the tensors stream in.
-        `verify` fast/full and `progress(done, total)`: edge/model/checkpoint.py."""
+        `verify` quick/full and `progress(done, total)`: edge/model/checkpoint.py."""
         from .checkpoint import load_model
 
         p = load_model(model_dir, dtype=dtype, device=device, encoder_only=encoder_only,

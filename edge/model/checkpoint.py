@@ -26,11 +26,14 @@ Integrity (a corrupted download or disk must not load silently and answer ""):
   padded files are refused);
 * every floating-point tensor is scanned for NaN/Inf as it streams in (after the cast, so a
   value that overflows the target dtype is caught too); a few seconds for 7 GB;
-* a **content hash**: `convert` (and `flamingo-edge model verify --record` for any layout,
-  e.g. after `model fetch`) writes ``flamingo_edge.sha256.json`` with the SHA-256 and size of
-  every file. At load the sizes are always compared (free); the hashes only with
-  ``verify="full"`` (config ``model.verify: full``, or ``model verify DIR``): hashing 7 GB
-  costs about a minute on an edge CPU, too much for every start. The model's ``model_id``
+* a **content hash**: `convert`, `model fetch` and `flamingo-edge model verify --record` (any
+  layout) write ``flamingo_edge.sha256.json`` with the SHA-256 and size of every file. At
+  load the sizes are always compared (free) and, by default (``verify="full"``, config
+  ``model.verify``), every file is re-hashed against it **in a second thread while the
+  tensors stream in** (hashlib releases the GIL, so the hash runs beside the load instead
+  of before it; startup cost in docs/PERFORMANCE.md "Loading"); a block of zeros written
+  inside a tensor is refused, naming the file. ``verify="quick"`` (the old ``fast``) skips
+  the hashes, for a device whose start-up cannot afford a second read. The model's ``model_id``
   is ``af2-<release>@sha256:<first 16 hex digits of the content hash>`` when the manifest
   exists (docs/MQTT.md), ``af2-<release>`` otherwise.
 """
@@ -60,7 +63,7 @@ COMPACT_FORMAT = "flamingo-edge/1"
 COMPACT_META = "flamingo_edge.json"
 COMPACT_WEIGHTS = "model.safetensors"
 MANIFEST = "flamingo_edge.sha256.json"
-VERIFY_MODES = ("fast", "full")
+VERIFY_MODES = ("quick", "full", "fast")  # fast: the old name of quick
 
 _ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
                 "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -431,26 +434,61 @@ class LoadedModel:
 
 def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
                device: str | torch.device = "cpu", encoder_only: bool = False,
-               quantize: str = "none", verify: str = "fast",
+               quantize: str = "none", verify: str = "full",
                progress: Callable[[int, int], None] | None = None) -> LoadedModel:
     """Load either layout: the filled modules and what `AF2` needs around them (`AF2.load` is
     the public entry). `encoder_only`: just the AF-CLAP encoder, e.g. to export or build engines
     without holding the language model in memory. `quantize` int8/int4 stores the decoder's
     weights narrow (edge/model/quant.py), quantized as read.
-    `verify`: ``fast`` checks headers, sizes and NaN/Inf; ``full`` also the manifest's hashes
-    (module doc). ``progress(done, total)`` follows the weights streaming in (elements)."""
+    `verify`: ``quick`` checks headers, sizes and NaN/Inf; ``full`` (default) also the
+    manifest's hashes, in a thread beside the load (module doc). ``progress(done, total)`` follows the weights streaming in (elements)."""
     from . import quant
 
     if quantize not in quant.MODES:
         raise ValueError(f"unknown quantize mode {quantize!r}; use none, int8 or int4")
     if verify not in VERIFY_MODES:
-        raise ValueError(f"unknown verify mode {verify!r}; use fast or full")
+        raise ValueError(f"unknown verify mode {verify!r}; use quick or full")
 
     model_dir = Path(model_dir)
     dtype, device = parse_dtype(dtype), parse_device(device)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: no such model directory")
-    content = verify_manifest(model_dir, full=verify == "full")
+    content = verify_manifest(model_dir)  # sizes now (free), hashes beside the load
+    hashing = _HashCheck(model_dir) if content is not None and verify == "full" else None
+    try:
+        return _load(model_dir, dtype, device, encoder_only, quantize, progress, content)
+    finally:
+        if hashing is not None:
+            hashing.result()  # raises CheckpointError naming a corrupted file (the load is discarded)
+
+
+class _HashCheck:
+    """`verify_manifest(full=True)` in a daemon thread; `result()` waits and re-raises."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import threading
+
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, args=(model_dir,), name="checkpoint-hash",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, model_dir: Path) -> None:
+        try:
+            verify_manifest(model_dir, full=True)
+        except Exception as e:  # noqa: BLE001 - handed to the loading thread, which raises it
+            self._error = e
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _load(model_dir: Path, dtype: torch.dtype, device: torch.device, encoder_only: bool, quantize: str,
+          progress: Callable[[int, int], None] | None, content: str | None) -> LoadedModel:
+    from . import quant
+
     if is_compact(model_dir):
         meta_path = model_dir / COMPACT_META
         try:

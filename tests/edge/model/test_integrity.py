@@ -74,11 +74,14 @@ def test_content_hash_from_convert_gives_the_model_id_and_catches_a_silent_overw
     assert "model.safetensors" in man["files"] and "lm/tokenizer.json" in man["files"]
     m = AF2.load(dst)
     assert m.model_id == f"af2-custom-h64@sha256:{man['content_sha256'][:16]}"
-    # zeros are finite: the fast checks pass, the hashes do not
+    # zeros are finite: the quick checks pass; the hashes, checked at every load by default
+    # (beside the load, in a thread), do not
     _overwrite(dst / "model.safetensors", b"\0" * 4096)
-    assert AF2.load(dst).model_id == m.model_id
+    with pytest.raises(CheckpointError, match="model.safetensors: content differs from its SHA-256"):
+        AF2.load(dst)
+    assert AF2.load(dst, verify="quick").model_id == m.model_id  # the operator's opt-out
     with pytest.raises(CheckpointError, match="content differs from its SHA-256"):
-        AF2.load(dst, verify="full")
+        load_settings_and_model(dst)
     res = CliRunner().invoke(cli, ["model", "verify", str(dst)])
     assert res.exit_code == 1 and "model.safetensors: content differs" in res.output
     # a size change is caught at every load, for free
@@ -96,3 +99,13 @@ def test_model_verify_records_and_checks_an_official_layout(ckpt):
     res = CliRunner().invoke(cli, ["model", "verify", str(ckpt)])
     assert res.exit_code == 0 and "every file matches" in res.output, res.output
     assert re.fullmatch(r"af2-\S+@sha256:[0-9a-f]{16}", AF2.load(ckpt, encoder_only=True).model_id)
+
+
+def load_settings_and_model(model_dir):
+    """What the daemon does with a config that says nothing about verify: the default is full."""
+    from edge.config import load_settings
+    from edge.daemon import load_model
+
+    s = load_settings(data={"model": {"dir": str(model_dir), "dtype": "float32"}})
+    assert s.model.verify == "full"
+    return load_model(model_dir, s.model.dtype, s.model.device, verify=s.model.verify)
