@@ -142,6 +142,19 @@ class Recorder:
         self.c.loop_stop()
 
 
+def ha_birth(broker: Mosquitto) -> None:
+    """Home Assistant announces itself: ``homeassistant/status`` = ``online`` (QoS 1, acknowledged)
+    from a client of its own, as Home Assistant does when it starts."""
+    ha = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ha")
+    ha.connect(broker.host, broker.port)
+    ha.loop_start()
+    try:
+        ha.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
+    finally:
+        ha.loop_stop()
+        ha.disconnect()
+
+
 def wait_until(pred: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

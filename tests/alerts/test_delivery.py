@@ -12,7 +12,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts.pipeline import AlertPipeline
 from edge.metrics import Metrics
@@ -21,6 +20,7 @@ from tests.alerts.helpers import (
     Recorder,
     alternating,
     fast_config,
+    ha_birth,
     log_events,
     result,
     wait_until,
@@ -262,12 +262,7 @@ def test_announce_order_configs_then_states_then_online(
         assert k.count("config") == 5 and k.count("state") == 3
         assert k == sorted(k, key=["config", "state", "online"].index), k
         n = len(rec.messages)
-        ha = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ha")
-        ha.connect(broker.host, broker.port)
-        ha.loop_start()
-        ha.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
-        ha.loop_stop()
-        ha.disconnect()
+        ha_birth(broker)
         assert rec.wait_for(lambda: "online" in kinds(rec.messages[n:]), 10)
         k = kinds(rec.messages[n:])
         assert k.count("config") == 5 and k.count("state") == 3

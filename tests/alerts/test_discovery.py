@@ -8,16 +8,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts.entities import EntityIds, stream_entities
 from alerts.pipeline import AlertPipeline
 from edge import __version__
 from edge.metrics import Metrics
-from tests.alerts.helpers import Recorder, fast_config, result, wait_until
+from tests.alerts.helpers import Recorder, fast_config, ha_birth, result, wait_until
 from tests.mqtt_broker import Mosquitto
 
 AVAILABILITY = [{"topic": "fe-test/status", "payload_available": "online", "payload_not_available": "offline"}]
@@ -127,12 +125,7 @@ def test_discovery_payloads_field_by_field_and_republish_on_ha_birth(
         assert all(m.retain for m in late.messages)
         # Home Assistant announces itself: everything is published again
         n_before = len(rec.on("homeassistant/+/+/+/config"))
-        ha = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ha")
-        ha.connect(broker.host, broker.port)
-        ha.loop_start()
-        ha.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
-        ha.loop_stop()
-        ha.disconnect()
+        ha_birth(broker)
         assert rec.wait_for(lambda: len(rec.on("homeassistant/+/+/+/config")) >= n_before + len(want), 10)
         assert wait_until(lambda: rec.payloads("fe-test/hall way/dog/state").count("ON") >= 2, 5)
     finally:
@@ -169,6 +162,19 @@ def test_discovery_can_be_disabled(broker: Mosquitto, recorder_factory, tmp_path
 
 def _wait_online(rec: Recorder, n: int = 1) -> None:
     assert rec.wait_for(lambda: rec.payloads("fe-test/status").count("online") >= n, 10)
+
+
+def _run_once(broker: Mosquitto, rec: Recorder, tmp_path: Path, boot: str,
+              configured: dict[str, list[str]], online: int) -> None:
+    """A daemon run on ``configured``: start, wait for its ``online`` (the ``online``-th the
+    recorder sees), let the announcement's last messages arrive, stop."""
+    p = AlertPipeline(fast_config(broker), Metrics(), boot, tmp_path)
+    p.start(configured=configured)
+    try:
+        _wait_online(rec, online)
+        time.sleep(0.3)
+    finally:
+        p.stop(5)
 
 
 def test_colliding_names_get_distinct_topics_unique_ids_and_devices(
@@ -229,13 +235,7 @@ def test_removed_monitor_and_stream_get_an_empty_retained_config(
     glass = "homeassistant/binary_sensor/testnode/s1_glass/config"
     gone = {glass} | {t for t in announced if "/s2_" in t}
     # the config changes: glass and the whole s2 stream are no longer configured
-    p2 = AlertPipeline(fast_config(broker), Metrics(), "b2", tmp_path)
-    p2.start(configured={"s1": ["knock"]})
-    try:
-        _wait_online(rec, 2)
-        time.sleep(0.3)
-    finally:
-        p2.stop(5)
+    _run_once(broker, rec, tmp_path, "b2", {"s1": ["knock"]}, online=2)
     for t in gone:
         assert rec.payloads(t)[-1] == "", t
     assert rec.payloads("fe-test/s1/glass/state")[-1] == "" and rec.payloads("fe-test/s1/glass/answer")[-1] == ""
@@ -250,13 +250,7 @@ def test_removed_monitor_and_stream_get_an_empty_retained_config(
     assert event["event_types"] == ["knock"]
     # removed once: the next start has nothing left to remove
     n = len(rec.messages)
-    p3 = AlertPipeline(fast_config(broker), Metrics(), "b3", tmp_path)
-    p3.start(configured={"s1": ["knock"]})
-    try:
-        _wait_online(rec, 3)
-        time.sleep(0.3)
-    finally:
-        p3.stop(5)
+    _run_once(broker, rec, tmp_path, "b3", {"s1": ["knock"]}, online=3)
     assert not [m for m in rec.messages[n:] if m.topic in gone]
 
 
@@ -276,23 +270,12 @@ def test_entity_pruned_while_the_daemon_still_announces_it_is_removed_at_the_nex
         _wait_online(rec)
         assert prune(fast_config(broker), tmp_path, {"s1": ["knock"]}) != []
         assert rec.wait_for(lambda: rec.payloads(glass)[-1:] == [""], 5)
-        ha = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ha")
-        ha.connect(broker.host, broker.port)
-        ha.loop_start()
-        ha.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
-        ha.loop_stop()
-        ha.disconnect()
+        ha_birth(broker)
         _wait_online(rec, 2)
         assert rec.payloads(glass)[-1] != ""  # the old config's daemon announced it again
     finally:
         p.stop(5)
-    p2 = AlertPipeline(fast_config(broker), Metrics(), "b2", tmp_path)
-    p2.start(configured={"s1": ["knock"]})
-    try:
-        _wait_online(rec, 3)
-        time.sleep(0.3)
-    finally:
-        p2.stop(5)
+    _run_once(broker, rec, tmp_path, "b2", {"s1": ["knock"]}, online=3)
     assert rec.payloads(glass)[-1] == ""
 
 
