@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from edge.metrics import Metrics
 from tests.alerts.helpers import Recorder
 from tests.mqtt_broker import Mosquitto, Pki, make_pki
+
+if TYPE_CHECKING:
+    from tests.alerts.test_process import Child
 
 
 @pytest.fixture
@@ -64,3 +67,14 @@ def recorder_factory() -> Iterator[Callable[..., Recorder]]:
     yield make
     for r in made:
         r.close()
+
+
+@pytest.fixture
+def children() -> Iterator[list[Child]]:
+    """Child daemons (tests.alerts.test_process.Child) a test starts; killed if still running."""
+    made: list[Child] = []
+    yield made
+    for c in made:
+        if c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.wait(10)

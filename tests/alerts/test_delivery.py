@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -31,16 +31,6 @@ from tests.mqtt_proxy import MqttProxy
 
 STATE = "fe-test/s1/knock/state"
 STATUS = "fe-test/status"
-
-
-@pytest.fixture
-def children() -> Iterator[list[Child]]:
-    made: list[Child] = []
-    yield made
-    for c in made:
-        if c.proc.poll() is None:
-            c.proc.kill()
-            c.proc.wait(10)
 
 
 def shown(messages: list[mqtt.MQTTMessage], state_topic: str = STATE) -> list[str]:

@@ -11,11 +11,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.alerts.helpers import BROKER_PASSWORD, Recorder, fast_config, wait_until
 from tests.mqtt_broker import Mosquitto
@@ -76,16 +74,6 @@ class Child:
             except ValueError:
                 pass
         return out
-
-
-@pytest.fixture
-def children() -> Iterator[list[Child]]:
-    made: list[Child] = []
-    yield made
-    for c in made:
-        if c.proc.poll() is None:
-            c.proc.kill()
-            c.proc.wait(10)
 
 
 def _write_config(path: Path, broker: Mosquitto, **kw: Any) -> Path:
