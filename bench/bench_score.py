@@ -51,7 +51,8 @@ def best(fn, repeats: int) -> dict:
     return {"runs": runs, "wall_s": b["wall_s"], "cpu_s": min(r["cpu_s"] for r in runs), "out": out}
 
 
-def bench_dtype(dtype: torch.dtype, streams: list[int], repeats: int, encode_clips: int) -> dict:
+def bench_dtype(dtype: torch.dtype, streams: list[int], repeats: int, encode_clips: int,
+                save=lambda partial: None) -> dict:
     name = str(dtype).replace("torch.", "")
     cfg, m, notes, g, clips, mask, prompt = released_setup(dtype, "score")
     options = [[int(t)] for t in torch.randint(0, cfg.lm.vocab_size, (4,), generator=g)]
@@ -134,7 +135,24 @@ def bench_dtype(dtype: torch.dtype, streams: list[int], repeats: int, encode_cli
 
     # throughput: N streams due at once, each with its own 5-min memory
     per_clip_encode_s = encode_s / WINDOWS
-    thr = {}
+    thr: dict[int, dict] = {}
+    out = {
+        "dtype": name, "notes": notes, "windows": WINDOWS, "prompt_tokens": PROMPT_LEN,
+        "options": 4, "new_tokens_generated_paths": NEW_TOKENS,
+        "encode_30_clips_s": encode_s, "encode_clips_timed": encode_clips,
+        "scored": {k: v for k, v in r_scored.items() if k != "out"},
+        "scored_breakdown": breakdown, "folded_max_abs_logprob_diff": folded_diff,
+        "scored_materialised_kv": {k: v for k, v in r_scored_kv.items() if k != "out"},
+        "text16": {k: v for k, v in r_text.items() if k != "out"},
+        "official": {k: v for k, v in r_off.items() if k != "out"},
+        "speedup_vs_official": r_off["wall_s"] / r_scored["wall_s"],
+        "speedup_vs_official_without_encode": (r_off["wall_s"] - encode_s) / r_scored["wall_s"],
+        "speedup_vs_text16": r_text["wall_s"] / r_scored["wall_s"],
+        "speedup_vs_official_cpu": r_off["cpu_s"] / r_scored["cpu_s"],
+        "throughput": thr,  # filled below, one entry per stream count, saved after each
+        "complete": False,
+    }
+    save(out)  # a run stopped during the (long) throughput steps keeps what it measured
     # each stream its own memory; some streams started recently (shorter memories, padded)
     lengths = [WINDOWS if i % 4 else WINDOWS - 3 * (i // 4 + 1) for i in range(max(streams))]
     toks = [tokens.roll(i, 0)[:L] for i, L in zip(range(max(streams)), lengths)]
@@ -166,23 +184,12 @@ def bench_dtype(dtype: torch.dtype, streams: list[int], repeats: int, encode_cli
                   "batched_speedup": a["wall_s"] / b["wall_s"], "max_abs_logprob_diff": worst}
         C.log(f"[score] {name} {n:2d} streams: one at a time {a['wall_s']:.2f} s, batched "
               f"{b['wall_s']:.2f} s ({thr[n]['batched_speedup']:.2f}x), max |diff| {worst:.1e}")
+        save(out)
     query_s = r_scored["wall_s"]
     # per stream and minute: 6 clips encoded + 1 scored query over its 5-min memory
     load_per_stream = 6 * per_clip_encode_s + query_s
-    out = {
-        "dtype": name, "notes": notes, "windows": WINDOWS, "prompt_tokens": PROMPT_LEN,
-        "options": 4, "new_tokens_generated_paths": NEW_TOKENS,
-        "encode_30_clips_s": encode_s, "encode_clips_timed": encode_clips,
-        "scored": {k: v for k, v in r_scored.items() if k != "out"},
-        "scored_breakdown": breakdown, "folded_max_abs_logprob_diff": folded_diff,
-        "scored_materialised_kv": {k: v for k, v in r_scored_kv.items() if k != "out"},
-        "text16": {k: v for k, v in r_text.items() if k != "out"},
-        "official": {k: v for k, v in r_off.items() if k != "out"},
-        "speedup_vs_official": r_off["wall_s"] / r_scored["wall_s"],
-        "speedup_vs_official_without_encode": (r_off["wall_s"] - encode_s) / r_scored["wall_s"],
-        "speedup_vs_text16": r_text["wall_s"] / r_scored["wall_s"],
-        "speedup_vs_official_cpu": r_off["cpu_s"] / r_scored["cpu_s"],
-        "throughput": thr,
+    out["complete"] = True
+    out.update({
         "capacity_model": {
             "per_clip_encode_s": per_clip_encode_s, "scored_query_s": query_s,
             "busy_s_per_stream_per_min": load_per_stream,
@@ -190,7 +197,7 @@ def bench_dtype(dtype: torch.dtype, streams: list[int], repeats: int, encode_cli
             "how": "floor(60 s / (6 clips x encode time per clip + one scored query)), from the "
                    "costs measured above in this run; not a soak run",
         },
-    }
+    })
     return out  # the model is freed when this frame goes (bench_dtype runs once per dtype)
 
 
@@ -208,7 +215,11 @@ def main() -> None:
     streams = [int(x) for x in args.streams.split(",")]
     results = {"release": "0.5B", "dtypes": {}}
     for name in args.dtypes.split(","):
-        r = bench_dtype(getattr(torch, name), streams, args.repeats, args.encode_clips)
+        def save(partial, name=name):  # after each step: a stopped run keeps what it measured
+            C.write_result(C.result_name(args.name, args.threads),
+                           {**results, "dtypes": {**results["dtypes"], name: partial}}, machine)
+
+        r = bench_dtype(getattr(torch, name), streams, args.repeats, args.encode_clips, save)
         C.log(f"[score] {name}: scored {r['scored']['wall_s']:.2f} s, text16 {r['text16']['wall_s']:.2f} s, "
               f"official {r['official']['wall_s']:.1f} s -> {r['speedup_vs_official']:.1f}x vs official, "
               f"{r['speedup_vs_text16']:.1f}x vs text16; capacity {r['capacity_model']['max_realtime_streams']} streams")
