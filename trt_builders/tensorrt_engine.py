@@ -223,6 +223,11 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, target: BuildTa
             cache = None
         if cache is None:
             config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    from .progress import BuildProgress, trt_monitor
+
+    monitor = trt_monitor(trt, BuildProgress(log), log)
+    if monitor is not None:
+        config.progress_monitor = monitor  # kept alive by `monitor` until the build returns
     log(f"building TensorRT {target.trt_version} engine: {target.precision}"
         f"{' strongly typed' if target.strongly_typed else ''}, batch {p}, "
         f"{network.num_layers} layers ({pinned} pinned to fp32) on {target.gpu_name}")

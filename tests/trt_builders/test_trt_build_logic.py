@@ -160,6 +160,8 @@ def make_fake_trt(version="10.3.0", weak_fp16=True):
     trt.Logger = type("Logger", (), {"WARNING": 2, "VERBOSE": 4,
                                      "__init__": lambda s, min_severity=2: None})
     trt.built = []
+    if int(version.split(".")[0]) >= 10:
+        trt.IProgressMonitor = type("IProgressMonitor", (), {})
 
     class Builder:
         def __init__(self, logger):
@@ -176,6 +178,13 @@ def make_fake_trt(version="10.3.0", weak_fp16=True):
 
         def build_serialized_network(self, network, config):
             trt.built.append((network, config))
+            mon = getattr(config, "progress_monitor", None)
+            if mon is not None:  # TensorRT >= 10 reports its phases to the monitor
+                mon.phase_start("Building engine", None, 2)
+                for i in range(2):
+                    if not mon.step_complete("Building engine", i):
+                        return None  # cancelled
+                mon.phase_finish("Building engine")
             return b"ENGINE:" + str(sorted(config.flags)).encode()
 
     class OnnxParser:
@@ -576,3 +585,19 @@ def test_engines_build_puts_the_engine_where_the_daemon_looks(fake_trt, fixture_
     r = CliRunner().invoke(cli, ["engines", "info", "--config", str(cfg),
                                  "--data-dir", str(tmp_path / "other")])
     assert r.exit_code == 0 and f"cache {tmp_path / 'other' / 'engines'}: (empty)" in r.output
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_engine_build_shows_progress_where_tensorrt_reports_it(fake_trt, tiny_onnx, tmp_path, shown):
+    trt = fake_trt(version="10.3.0", weak_fp16=True)
+    if not shown:  # a TensorRT build without the progress interface: the build still runs
+        del trt.IProgressMonitor
+    target = te.current_target(onnx_sha256(tiny_onnx), "fp16", Profile(1, 2, 2))
+    logs: list[str] = []
+    te.build_engine(tiny_onnx, tmp_path / "e.engine", target, log=logs.append)
+    progress = [ln for ln in logs if ln.startswith("build progress:")]
+    if shown:
+        assert progress[0].startswith("build progress: Building engine started (2 steps)")
+        assert progress[-1].startswith("build progress: Building engine finished")
+    else:
+        assert not progress and any("has no IProgressMonitor" in ln for ln in logs)
