@@ -6,7 +6,8 @@
 What runs: a private mosquitto; one publisher thread per stream sending 100-ms int16 frames
 (`streams.protocol.encode_frame`) on the publisher's own clock, paced at ``--speed`` x real time
 (the capture times are the publisher's clock, so at speed > 1 they run ahead of this machine's:
-the MQTT source is built with ``max_skew_s=None`` to trust them); the daemon (`edge.daemon.Daemon`)
+the MQTT source is built with ``max_skew_s=None`` to trust them; at speed 1 without
+history the default 30-s skew check stays on); the daemon (`edge.daemon.Daemon`)
 with its real MQTT source, worker, alert pipeline and MQTT sink on the same broker; a subscriber
 on the alert and answer topics. Monitors per stream: ``scene`` (AF2, yes/no, every ``--every``
 over a ``--window`` window: scheduled), ``burst`` (AF2, triggered by a loud burst the publisher
@@ -45,6 +46,7 @@ import os
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +262,11 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
     sub = subscriber()
     metrics = Metrics()
     mqtt_cfg = MqttConfig(host=broker.host, port=broker.port)
-    source = MqttAudioSource(ids, mqtt_cfg, metrics=metrics, max_skew_s=None)
+    # At speed 1 the publisher's clock is this machine's: the skew check (capture times more than
+    # 30 s off are not trusted) stays on. Faster than real time, or with a clip from 5 minutes
+    # ago (--find-max), the capture times are meant to be far off, so the check is off.
+    skew = 30.0 if speed == 1.0 and not history_s else None
+    source = MqttAudioSource(ids, mqtt_cfg, metrics=metrics, max_skew_s=skew)
     d = Daemon(settings, model=model, sources=[source], metrics=metrics, log_results=False,
                sinks=[CallbackSink(on_result)], http=False)
     d.start()
@@ -294,9 +300,28 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
             for i, sid in enumerate(ids)]
     for p in pubs:
         p.start()
-    rss: list[tuple[float, float]] = []
+    # (wall s, RSS MB[, Python heap MB traced][, RSS MB after malloc_trim])
+    rss: list[tuple[float, ...]] = []
+    if a.malloc_trim:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    trace_snaps: list[tuple[float, Any]] = []
+
+    def sample() -> None:
+        row: tuple[float, ...] = (round(time.time() - wall0, 1), round(rss_mb(), 1))
+        if tracemalloc.is_tracing():
+            row += (round(tracemalloc.get_traced_memory()[0] / 2**20, 1),)
+        if a.malloc_trim:  # what glibc holds free but unreturned: RSS after malloc_trim(0)
+            libc.malloc_trim(0)
+            row += (round(rss_mb(), 1),)
+        rss.append(row)
+
     while any(p.is_alive() for p in pubs):
-        rss.append((round(time.time() - wall0, 1), round(rss_mb(), 1)))
+        sample()
+        if tracemalloc.is_tracing() and (not trace_snaps or time.time() - wall0
+                                         >= trace_snaps[-1][0] + a.snapshot_every):
+            trace_snaps.append((time.time() - wall0, tracemalloc.take_snapshot()))
         until = time.time() + 10.0
         while time.time() < until and any(p.is_alive() for p in pubs):
             time.sleep(0.25)
@@ -318,7 +343,13 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
     time.sleep(1.0)
     sub.loop_stop()
     sub.disconnect()
-    rss.append((round(time.time() - wall0, 1), round(rss_mb(), 1)))
+    sample()
+    heap_growth = []  # where the traced Python heap grew between the 2nd snapshot and the end
+    if tracemalloc.is_tracing() and len(trace_snaps) >= 2:
+        end = tracemalloc.take_snapshot()
+        for st in end.compare_to(trace_snaps[1][1], "lineno")[:15]:
+            heap_growth.append({"where": str(st.traceback[0]), "size_diff_kb": round(st.size_diff / 1024, 1),
+                                "count_diff": st.count_diff})
 
     # ---- UTC error of every result
     errs = [r["start"] - r["truth_start"] for r in records if r["truth_start"] is not None]
@@ -366,7 +397,10 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
     return {
         "config": {"streams": n_streams, "audio_s": audio_s, "speed": speed, "model": a.model,
                    "dtype": a.dtype, "every": a.every, "window": a.window,
-                   "new_tokens": a.new_tokens, "outages": outages, "history_s": history_s},
+                   "new_tokens": a.new_tokens, "outages": outages, "history_s": history_s,
+                   "max_skew_s": skew, "tracemalloc": tracemalloc.is_tracing(),
+                   "malloc_trim": a.malloc_trim,
+                   "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}},
         "wall_s": round(time.time() - wall0, 1),
         "loadavg": {"start": [round(x, 2) for x in load_start],
                     "end_of_audio": [round(x, 2) for x in load_end]},
@@ -395,6 +429,7 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
                         "max_abs": round(max((abs(e) for e in errs), default=0.0), 4),
                         "p95_abs": pct([abs(e) for e in errs], 95)},
         "rss_mb": rss,
+        "python_heap_growth": heap_growth,
         "stop": {"seconds": round(stop_s, 2), "abandoned": left},
     }
 
@@ -475,6 +510,14 @@ def main() -> None:
                     help="--find-max: no new trial once this much time has gone")
     ap.add_argument("--settle-s", type=float, default=30.0,
                     help="--find-max: after the last frame, time for the queued work to finish")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="also trace the Python heap: its size beside each RSS sample, and the "
+                         "lines where it grew between the second snapshot and the end")
+    ap.add_argument("--snapshot-every", type=float, default=60.0,
+                    help="--tracemalloc: seconds between heap snapshots")
+    ap.add_argument("--malloc-trim", action="store_true",
+                    help="at each RSS sample also call glibc's malloc_trim(0) and record the RSS "
+                         "after it (growth that trim returns is allocator retention, not a leak)")
     ap.add_argument("--name", default=None)
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args()
@@ -487,6 +530,8 @@ def main() -> None:
     machine = C.machine_info()
     outages = [tuple(float(v) for v in o.split(":")) for o in a.outage]
 
+    if a.tracemalloc:
+        tracemalloc.start(1)
     from tests.mqtt_broker import Mosquitto
 
     tmp = Path(tempfile.mkdtemp(prefix="fe-soak-"))
