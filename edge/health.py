@@ -85,10 +85,10 @@ def classify(*, age_s: float | None, since_start_s: float, silent_after_s: float
     """The state of one stream from what is known about it (see the module doc)."""
     if ended:
         return "ended"
-    if source_state in SOURCE_DOWN and not (age_s is None and source_state == "connecting"
-                                            and since_start_s <= silent_after_s):
-        return "reconnecting"  # the source knows it lost its input: say so at once, not after silent_after
     quiet_for = since_start_s if age_s is None else age_s
+    first_connect = age_s is None and source_state == "connecting" and quiet_for <= silent_after_s
+    if source_state in SOURCE_DOWN and not first_connect:
+        return "reconnecting"  # the source knows it lost its input: say so at once, not after silent_after
     if quiet_for <= silent_after_s:
         return "starting" if age_s is None else "live"
     return "silent"

@@ -36,8 +36,6 @@ class BuildProgress:
         self._last = -float("inf")
         self._lock = threading.Lock()  # TensorRT may call from several builder threads
         self._phases: dict[str, tuple[str | None, int, int]] = {}  # name -> (parent, steps, done)
-        self._order: list[str] = []
-        self.lines = 0
 
     def _path(self, name: str) -> str:
         parts = [name]
@@ -48,13 +46,11 @@ class BuildProgress:
         return " > ".join(reversed(parts))
 
     def _emit(self, text: str) -> None:
-        self.lines += 1
         self._log(f"build progress: {text}, {self._clock() - self._t0:.0f} s")
 
     def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
         with self._lock:
             self._phases[phase_name] = (parent_phase, int(num_steps), 0)
-            self._order.append(phase_name)
             if parent_phase is None:
                 self._emit(f"{phase_name} started ({num_steps} steps)")
                 self._last = self._clock()

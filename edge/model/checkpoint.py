@@ -441,7 +441,8 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
     without holding the language model in memory. `quantize` int8/int4 stores the decoder's
     weights narrow (edge/model/quant.py), quantized as read.
     `verify`: ``quick`` checks headers, sizes and NaN/Inf; ``full`` (default) also the
-    manifest's hashes, in a thread beside the load (module doc). ``progress(done, total)`` follows the weights streaming in (elements)."""
+    manifest's hashes, in a thread beside the load (module doc).
+    ``progress(done, total)`` follows the weights streaming in (elements)."""
     from . import quant
 
     if quantize not in quant.MODES:
@@ -454,35 +455,16 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | str = torch.float32,
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: no such model directory")
     content = verify_manifest(model_dir)  # sizes now (free), hashes beside the load
-    hashing = _HashCheck(model_dir) if content is not None and verify == "full" else None
-    try:
+    if content is None or verify != "full":
         return _load(model_dir, dtype, device, encoder_only, quantize, progress, content)
-    finally:
-        if hashing is not None:
-            hashing.result()  # raises CheckpointError naming a corrupted file (the load is discarded)
+    from concurrent.futures import ThreadPoolExecutor
 
-
-class _HashCheck:
-    """`verify_manifest(full=True)` in a daemon thread; `result()` waits and re-raises."""
-
-    def __init__(self, model_dir: Path) -> None:
-        import threading
-
-        self._error: Exception | None = None
-        self._thread = threading.Thread(target=self._run, args=(model_dir,), name="checkpoint-hash",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self, model_dir: Path) -> None:
+    with ThreadPoolExecutor(1, thread_name_prefix="checkpoint-hash") as pool:
+        hashing = pool.submit(verify_manifest, model_dir, full=True)
         try:
-            verify_manifest(model_dir, full=True)
-        except Exception as e:  # noqa: BLE001 - handed to the loading thread, which raises it
-            self._error = e
-
-    def result(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+            return _load(model_dir, dtype, device, encoder_only, quantize, progress, content)
+        finally:
+            hashing.result()  # raises CheckpointError naming a corrupted file (the load is discarded)
 
 
 def _load(model_dir: Path, dtype: torch.dtype, device: torch.device, encoder_only: bool, quantize: str,

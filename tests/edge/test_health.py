@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import numpy as np
 
@@ -22,19 +23,24 @@ def _blocks(seconds: float, rate: int = 16000, frame_s: float = 0.1):
         yield np.full((int(rate * frame_s), 1), 0.05, np.float32), rate
 
 
+def _daemon(tmp_path, broker, silent_after: str, backoff_max_s: float) -> Daemon:
+    """One MQTT audio stream `press` with a gate monitor, alerts on the same broker."""
+    mqtt = {"host": broker.host, "port": broker.port, "topic_prefix": "fe-test",
+            "keepalive_s": 2, "backoff_initial_s": 0.2, "backoff_max_s": backoff_max_s}
+    s = load_settings(data={
+        "data_dir": str(tmp_path / "data"),
+        "streams": [{"id": "press", "source": "mqtt", "silent_after": silent_after}],
+        "monitors": [{"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -3"]}],
+        "alerts": {"node_id": "n1", "mqtt": mqtt}})
+    return Daemon(s, http=False, log_results=False)
+
+
 def test_silent_stream_goes_unavailable_in_home_assistant_and_comes_back(tmp_path):
     buf = io.StringIO()
     configure_logging("INFO", fmt="json", stream=buf)
     broker = Mosquitto(tmp_path).start()
     rec = Recorder(broker, ["fe-test/#", "homeassistant/#"])
-    mqtt = {"host": broker.host, "port": broker.port, "topic_prefix": "fe-test",
-            "keepalive_s": 2, "backoff_initial_s": 0.2, "backoff_max_s": 1.0}
-    s = load_settings(data={
-        "data_dir": str(tmp_path / "data"),
-        "streams": [{"id": "press", "source": "mqtt", "silent_after": "1.5s"}],
-        "monitors": [{"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -3"]}],
-        "alerts": {"node_id": "n1", "mqtt": mqtt}})
-    d = Daemon(s, http=False, log_results=False)
+    d = _daemon(tmp_path, broker, "1.5s", backoff_max_s=1.0)
     d.start()
     try:
         src = d.sources[0]
@@ -86,19 +92,10 @@ def test_lost_brokers_show_at_once_in_healthz_and_clear_when_back(tmp_path, monk
 
     monkeypatch.setattr(edge.health, "ALERT_BROKER_GRACE_S", 1.0)
     broker = Mosquitto(tmp_path).start()
-    mqtt = {"host": broker.host, "port": broker.port, "topic_prefix": "fe-test",
-            "keepalive_s": 2, "backoff_initial_s": 0.2, "backoff_max_s": 0.5}
-    s = load_settings(data={
-        "data_dir": str(tmp_path / "data"),
-        "streams": [{"id": "press", "source": "mqtt", "silent_after": "600s"}],
-        "monitors": [{"name": "loud", "kind": "gate", "triggers": ["level_dbfs > -3"]}],
-        "alerts": {"node_id": "n1", "mqtt": mqtt}})
-    d = Daemon(s, http=False, log_results=False)
+    d = _daemon(tmp_path, broker, "600s", backoff_max_s=0.5)
     d.start()
 
     def wait(cond, timeout=15.0):
-        import time
-
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             h = d.health()
