@@ -226,6 +226,7 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
         "streams": [{"id": i, "source": "mqtt"} for i in ids],
         "monitors": soak_monitors(a),
         "alerts": {"mqtt": {"host": broker.host, "port": broker.port}},
+        **({} if a.trim_every is None else {"allocator": {"trim_every": a.trim_every}}),
     })
     records: list[dict[str, Any]] = []
     lock = threading.Lock()
@@ -399,7 +400,7 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
                    "dtype": a.dtype, "every": a.every, "window": a.window,
                    "new_tokens": a.new_tokens, "outages": outages, "history_s": history_s,
                    "max_skew_s": skew, "tracemalloc": tracemalloc.is_tracing(),
-                   "malloc_trim": a.malloc_trim,
+                   "malloc_trim": a.malloc_trim, "trim_every": settings.allocator.trim_every,
                    "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}},
         "wall_s": round(time.time() - wall0, 1),
         "loadavg": {"start": [round(x, 2) for x in load_start],
@@ -429,6 +430,11 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
                         "max_abs": round(max((abs(e) for e in errs), default=0.0), 4),
                         "p95_abs": pct([abs(e) for e in errs], 95)},
         "rss_mb": rss,
+        # the daemon's own trimming (allocator.trim_every): calls and the time they took
+        "daemon_malloc_trim": {"calls": total("fe_malloc_trim_seconds_count"),
+                               "total_s": round(total("fe_malloc_trim_seconds_sum"), 3),
+                               "mean_ms": round(1000 * total("fe_malloc_trim_seconds_sum")
+                                                / max(1.0, total("fe_malloc_trim_seconds_count")), 2)},
         "python_heap_growth": heap_growth,
         "stop": {"seconds": round(stop_s, 2), "abandoned": left},
     }
@@ -518,6 +524,9 @@ def main() -> None:
     ap.add_argument("--malloc-trim", action="store_true",
                     help="at each RSS sample also call glibc's malloc_trim(0) and record the RSS "
                          "after it (growth that trim returns is allocator retention, not a leak)")
+    ap.add_argument("--trim-every", type=float, default=None,
+                    help="the daemon's allocator.trim_every in seconds (0: off; default: the "
+                         "daemon's default, 10 s)")
     ap.add_argument("--name", default=None)
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args()

@@ -6,7 +6,9 @@
     results -> result sinks (edge.sinks: log, the alert pipeline, caller-supplied)
     http (the web page, /api/, /metrics, /healthz: edge.http, edge.web), systemd notify + watchdog
 
-`Daemon.start` builds the parts in order (sinks, worker, sources, HTTP, watchdog, threads);
+`Daemon.start` builds the parts in order (sinks, worker, sources, HTTP, watchdog, threads,
+health watcher, the allocator trimmer: `edge.allocator`, glibc's ``malloc_trim`` every
+``allocator.trim_every`` so the memory PyTorch frees goes back to the system);
 `Daemon.run` returns when every finite source (a file without ``loop``) has been played and
 the worker has drained, or when `stop` is called / SIGTERM arrives. A source that raises is
 restarted with backoff (`edge.sources.SourceRunner`); a worker step that raises is logged
@@ -14,7 +16,7 @@ and the worker carries on.
 
 `Daemon.stop` goes in data-path order: stop the sources -> let the worker finish queued work
 until ``worker.drain_share`` of the timeout -> stop and join it, counting and logging what
-was abandoned -> flush the alert pipeline -> stop HTTP and the watchdog.
+was abandoned -> flush the alert pipeline -> stop HTTP, the watchdog and the trimmer.
 
 Health: the systemd watchdog is fed while the worker turns (every step, every model call, and
 inside a model call every decoded token, scored question and encoded clip);
@@ -37,6 +39,7 @@ import structlog
 from streams.base import Frame, Source
 from streams.timeline import Piece
 
+from .allocator import Trimmer
 from .config import Settings
 from .health import HealthWatcher, StreamHealth, health_report, stream_health
 from .http import HttpEndpoint
@@ -117,6 +120,7 @@ class Daemon:
         self._progress: ProgressGate | None = None
         self._watchdog: Watchdog | None = None
         self._health: HealthWatcher | None = None
+        self._trimmer: Trimmer | None = None
         self._worker_thread: threading.Thread | None = None
         self._worker_stop = threading.Event()
         self._stopped = False
@@ -175,6 +179,7 @@ class Daemon:
         self._start_watchdog()
         self._start_threads()
         self._health = HealthWatcher(self, on_change=self._stream_changed).start()
+        self._start_trimmer()
         if self._notifier is not None:
             self._notifier.ready(f"{len(self.streams)} stream(s), "
                                  f"{len(self.settings.monitors)} monitor(s)")
@@ -240,6 +245,13 @@ class Daemon:
         # model call or a dead worker lets systemd restart us; silent inputs do not
         self._progress = ProgressGate(["worker"], max_age_s=self._watchdog_max_age)
         self._watchdog = Watchdog(self._notifier, self._progress).start()
+
+    def _start_trimmer(self) -> None:
+        """Give the memory PyTorch freed back to the system every ``allocator.trim_every``
+        (glibc keeps it otherwise: RSS grew 0.6 -> 1.16 GB in a 45-min soak; edge.allocator)."""
+        every = self.settings.allocator.trim_every
+        if every > 0:
+            self._trimmer = Trimmer(every, observe=self.metrics.malloc_trim.observe).start()
 
     def progress_ok(self) -> bool:
         """What the watchdog pings on: the worker thread alive and turning."""
@@ -375,6 +387,8 @@ class Daemon:
             self._health.stop()
         if self.http_endpoint is not None:
             self.http_endpoint.stop()
+        if self._trimmer is not None:
+            self._trimmer.stop()
         log.info("stopped", seconds=round(time.monotonic() - t0, 2), **left)
         return left
 

@@ -134,6 +134,11 @@ class Metrics:
             "fe_mqtt_connect_failures", "Failed MQTT connection attempts", ["reason"], registry=r
         )
         self.clips_bytes = Gauge("fe_clips_bytes", "Bytes used by evidence clips", registry=r)
+        # --- the process (edge/allocator.py) ---
+        self.malloc_trim = Histogram(
+            "fe_malloc_trim_seconds", "Wall time of one glibc malloc_trim(0) (allocator.trim_every)",
+            registry=r, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+        )
 
 
 METRICS = Metrics()
