@@ -19,7 +19,8 @@ until ``worker.drain_share`` of the timeout -> stop and join it, counting and lo
 was abandoned -> flush the alert pipeline -> stop HTTP, the watchdog and the trimmer.
 
 Health: the systemd watchdog is fed while the worker turns (every step, every model call, and
-inside a model call every decoded token, scored question and encoded clip);
+inside a model call every decoded token, scored question, encoded clip and audio-transformer
+layer);
 a stream without audio for its ``silent_after`` is *silent* or *reconnecting*
 (`edge.health`: ``/healthz``, ``fe_stream_*``, the stream's MQTT availability), a state to
 report, never a reason for a restart.

@@ -207,8 +207,9 @@ class AF2:
         L, n, D = tokens.shape
         key_mask = self._token_mask(mask, L)
         x = tokens.to(self.device, self.dtype).reshape(1, L * n, D)
+        # ticks once per layer (a query turn builds several streams' memories before its
+        # first token, each up to 30 windows)
         out = self.modules.audio_transformer(x, key_mask[None])[0]
-        tick()  # a query turn builds several streams' memories before its first token
         return out
 
     def _token_mask(self, mask: torch.Tensor, L: int) -> torch.Tensor:

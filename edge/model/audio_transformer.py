@@ -1,6 +1,7 @@
 """AF2's audio transformer: 3 post-norm self-attention layers over all windows' CLAP tokens.
 
-Its output is the cross-attention memory of the decoder. Parameter names follow the official
+Its output is the cross-attention memory of the decoder. Each layer is one `tick` of
+progress for a watchdog (`edge.model.progress`). Parameter names follow the official
 `audio_transformer_clap.*` keys.
 """
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from .config import AudioTransformerDims
 from .mel import constant
+from .progress import tick
 
 ROPE_BASE = 4096.0
 
@@ -105,4 +107,7 @@ class AudioTransformer(nn.Module):
         x = self.layer_norm(x * self.d_model**0.5)
         for layer in self.layer_stack:
             x = layer(x, key_mask, freqs)
+            # one layer over 30 windows (1920 tokens) takes ~0.6 s on a slow CPU, much longer
+            # on a small board: a watchdog sees the call turn layer by layer (edge.model.progress)
+            tick()
         return x

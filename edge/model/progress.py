@@ -2,8 +2,8 @@
 
 One model call can take minutes (a long generation, a 5-minute memory on a slow CPU), longer
 than systemd's ``WatchdogSec``. The model's loops call `tick` once per unit of work (a
-decoded token, a scored question, an encoded clip); a caller that wants to see them turning
-installs a hook for the calls it makes from its own thread::
+decoded token, a scored question, an encoded clip, an audio-transformer layer); a caller that
+wants to see them turning installs a hook for the calls it makes from its own thread::
 
     with reporting(heartbeat):       # the inference worker: its watchdog beat
         model.ask_batch(...)          # heartbeat() after every token

@@ -147,7 +147,8 @@ class InferenceWorker:
     def run(self, stop: threading.Event, on_turn: Callable[[], None] | None = None) -> None:
         """Turn `step` until ``stop`` is set; ``on_turn`` is called after every step, after
         every model call of a query group, and inside the model's loops after every decoded
-        token, scored question and encoded clip (`edge.model.progress`), so one model call
+        token, scored question, encoded clip and audio-transformer layer
+        (`edge.model.progress`), so one model call
         longer than the watchdog interval still shows the worker turning."""
         self.on_progress = on_turn
         with self._model_progress():

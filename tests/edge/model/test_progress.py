@@ -22,7 +22,7 @@ def test_every_loop_of_a_model_call_ticks_and_only_for_its_own_thread(fixture_di
         assert len(ticks) == 3  # one per encoded clip
         ticks.clear()
         memory = m.memory(tokens, mask)
-        assert len(ticks) == 1  # a memory (one query turn builds one per stream before decoding)
+        assert len(ticks) == 1  # a memory: one per audio-transformer layer (1 here)
         xkv = m.cross_kv(memory, mask)
         assert len(ticks) == 2  # and its cross K/V
         ticks.clear()
@@ -43,3 +43,23 @@ def test_every_loop_of_a_model_call_ticks_and_only_for_its_own_thread(fixture_di
     tick()
     m.generate(tok.encode_prompt("q"), xkv, Sampling(max_new_tokens=5), -1)
     assert ticks == []  # outside the block nobody listens
+
+
+def test_the_audio_transformer_ticks_after_each_layer_inside_one_memory_call(af2):
+    """A 5-min memory is one call of several seconds on a slow CPU (minutes on a small
+    board): the watchdog sees it turn layer by layer, not only once it returns."""
+    layers = af2.modules.audio_transformer.layer_stack
+    assert len(layers) == 3
+    events: list[str] = []
+    hooks = [ly.register_forward_hook(lambda mod, inp, out, i=i: events.append(f"layer {i}"))
+             for i, ly in enumerate(layers)]
+    try:
+        tokens = torch.randn(30, 64, af2.config.audio_dim, generator=torch.Generator().manual_seed(0))
+        mask = torch.ones(30)
+        mask[:4] = 0  # masked slots change nothing about the beat
+        with reporting(lambda: events.append("tick")):
+            af2.memory(tokens, mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert events == ["layer 0", "tick", "layer 1", "tick", "layer 2", "tick"]
