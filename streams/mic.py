@@ -4,11 +4,15 @@ The PortAudio callback only copies the block into a bounded queue (overflows are
 never waited on, and the lost blocks become silence on the sample clock), with the time it
 was called. The source thread drains the queue, downmixes/resamples to 16 kHz mono and
 places each block on the stream's `streams.timeline.Timeline`: the callback times correct
-the device clock's drift and catch system clock steps; PortAudio's own input-overflow flag is
-a break measured by those times (the lost audio becomes silence). If no audio arrives for
-``stall_timeout`` seconds, or the stream stops being active (device unplugged), the stream is
-closed and reopened with exponential backoff; the reopen is a break too: a short absence
-becomes silence, a long one (over ``max_gap_s``) a new timeline piece with a fresh clip grid.
+the device clock's drift and catch system clock steps. A callback time is an arrival time,
+late when the callback thread was starved, never early (``late_only``): blocks the audio
+server kept while the callback was late arrive in a burst and stay on their samples' wall
+time. PortAudio's own input-overflow flag is a break measured by those times (the lost audio
+becomes silence). If no audio arrives for ``stall_timeout`` seconds (``open_timeout`` for the
+first block of a freshly opened stream: PulseAudio's null sink takes ~2 s to deliver it), or
+the stream stops being active (device unplugged), the stream is closed and reopened with
+exponential backoff; the reopen is a break too: a short absence becomes silence, a long one
+(over ``max_gap_s``) a new timeline piece with a fresh clip grid.
 
 Tests (and exotic back ends) inject ``stream_factory(device, samplerate, channels, blocksize,
 callback)`` returning an object with ``start()``, ``stop()``, ``close()`` and optionally
@@ -78,6 +82,7 @@ class MicSource(Source):
         block_s: float = 0.1,
         queue_blocks: int = 100,
         stall_timeout: float = 2.0,
+        open_timeout: float = 10.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         stream_factory: StreamFactory | None = None,
@@ -95,6 +100,7 @@ class MicSource(Source):
         self.block_s = block_s
         self._q: queue.Queue = queue.Queue(maxsize=queue_blocks)
         self.stall_timeout = stall_timeout
+        self.open_timeout = max(open_timeout, stall_timeout)  # until the first block arrives
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.factory = stream_factory or sounddevice_factory
@@ -107,7 +113,8 @@ class MicSource(Source):
         self.reopens = 0
         self.open_failures = 0
         # the callback clock is this machine's: no skew check, steps and drift are caught
-        self.timeline = Timeline(SAMPLE_RATE, max_gap_s=max_gap_s, max_skew_s=None, clock=clock)
+        self.timeline = Timeline(SAMPLE_RATE, max_gap_s=max_gap_s, max_skew_s=None,
+                                 late_only=True, clock=clock)
         self._seq = 0
 
     # runs on the PortAudio thread: copy and go
@@ -161,6 +168,7 @@ class MicSource(Source):
             rate = int(getattr(st, "samplerate", None) or self.samplerate or SAMPLE_RATE)
             conv = Converter(rate, SAMPLE_RATE)
             last_data = time.monotonic()
+            limit = self.open_timeout  # a stream that never started delivering stalls here
             brk: str | None = None if first_session else "reopen"
             first_session = False
             lost_seen: int | None = None
@@ -169,9 +177,9 @@ class MicSource(Source):
                     try:
                         block, t_cb, lost_total, overflow = self._q.get(timeout=0.05)
                     except queue.Empty:
-                        if time.monotonic() - last_data > self.stall_timeout:
+                        if time.monotonic() - last_data > limit:
                             log.warning("microphone stalled; reopening", stream=self.stream,
-                                        device=self.device)
+                                        device=self.device, after_s=limit)
                             break
                         if getattr(st, "active", True) is False:
                             log.warning("microphone stopped; reopening", stream=self.stream,
@@ -179,6 +187,7 @@ class MicSource(Source):
                             break
                         continue
                     last_data = time.monotonic()
+                    limit = self.stall_timeout
                     backoff = self.backoff_initial
                     lost = 0
                     if lost_seen is not None and lost_total > lost_seen:  # queue was full

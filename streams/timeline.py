@@ -25,7 +25,13 @@ and, when the frame starts one, the new `Piece`, which travels to the consumer o
   with the *same* clip grid (``fresh_grid=False``): the audio did not stop, the clock moved;
 - **drift** (a device clock running ±100 ppm off): contiguous readings are compared with the
   piece's prediction; when the median error of recent readings exceeds ``drift_tolerance_s``
-  a new piece starts with the corrected time and the rate measured over the old piece;
+  a new piece starts with the corrected time and the rate measured over the old piece. A
+  source whose readings are **arrival times** (``late_only``: a PortAudio callback time is
+  never early, only late by load) uses the lowest recent error instead of the median: the
+  least delayed reading is the nearest to the truth, and a burst of late callbacks (the
+  callback thread starved, then catching up on the blocks the audio server kept) is not
+  taken for drift; a reading earlier than the piece proves the piece late (anchored on a
+  delayed callback) and corrects it at once;
 - **implausible capture times** (further than ``max_skew_s`` from the receiver's own clock,
   e.g. a board that booted at 1970 without an RTC, or a publisher 30 days ahead): the reading
   is not trusted; the receiver's clock (arrival time minus the frame's duration) is used
@@ -92,6 +98,7 @@ class Timeline:
         max_ppm: float = 500.0,
         max_skew_s: float | None = 30.0,
         step_confirm_s: float = 1.0,
+        late_only: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_gap_s < 0 or step_s <= 0 or drift_tolerance_s <= 0:
@@ -104,6 +111,7 @@ class Timeline:
         self.max_ppm = float(max_ppm)
         self.max_skew_s = max_skew_s
         self.step_confirm_s = float(step_confirm_s)
+        self.late_only = late_only  # readings are arrival times: late by load, never early
         # (index, reading, error) of the first of the frames in a row more than step_s off
         self._off: tuple[int, float, float] | None = None
         self.clock = clock
@@ -181,9 +189,13 @@ class Timeline:
             return self._maybe_step(p, i, n, t, err)
         self._off = None
         self._errors.append(err)
-        if len(self._errors) < (self._errors.maxlen or 1) // 2:
+        # late_only: a reading is never early, so one earlier than the piece by more than the
+        # tolerance proves the piece late (its anchor was a delayed callback): correct now
+        early = self.late_only and err < -self.drift_tolerance_s
+        if not early and len(self._errors) < (self._errors.maxlen or 1) // 2:
             return self._advance(i, n, None)
-        med = statistics.median(self._errors)
+        # late_only: the least delayed reading (delays are one-sided), else the median
+        med = min(self._errors) if self.late_only else statistics.median(self._errors)
         if abs(med) <= self.drift_tolerance_s:
             return self._advance(i, n, None)
         u = p.utc_of(i) + med

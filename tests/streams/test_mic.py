@@ -1,4 +1,7 @@
-"""Microphone source through an injected stream factory (no PortAudio needed)."""
+"""Microphone source: the logic PortAudio cannot reach through an injected stream factory
+(FakeStream: exact callback times, PortAudio's overflow flag, open failures); stall,
+overflow, a starved callback, drift and a vanishing device through real PortAudio on a
+private PulseAudio (the tests after "a real PortAudio device")."""
 
 import threading
 import time
@@ -365,6 +368,241 @@ def test_real_microphone_vanishes_and_returns_on_the_timeline(tmp_path):
     away = long.timeline.gap_samples / 16000  # the absence became silence on the same piece
     fresh = [f.piece for f in got["long"] if f.piece is not None and f.piece.fresh_grid]
     assert len(fresh) == 1 and 1.5 < away < time.time() - t_kill  # (drift pieces may come and go)
+
+
+@pytest.fixture(scope="module")
+def pulse(tmp_path_factory):
+    """One private PulseAudio for the tests below: its null sink, with nobody listening,
+    renders in 2-s blocks, so the first stream opened waits ~2 s for its first block; the
+    streams opened after it get theirs within 0.1 s."""
+    _pulse_or_fail()
+    from tests.pulse_server import PulseServer
+
+    with PulseServer(tmp_path_factory.mktemp("pulse")) as pa:
+        yield pa
+
+
+class RealMic:
+    """A `MicSource` on PortAudio's ``pulse`` device of a private PulseAudio, on its thread.
+
+    Each frame is kept with the wall time it reached ``emit``; ``callbacks`` holds the wall
+    time and length of every PortAudio callback (the seam: ``wrap`` may stand in for the
+    callback, e.g. to starve it). ``rate`` opens the device at another rate than the source
+    is told (a device whose sample clock runs off its nominal rate)."""
+
+    def __init__(self, pa, rate=16000, wrap=None, emit=None, **kw):
+        from streams.mic import sounddevice_factory
+
+        self.pa = pa
+        self.frames: list = []  # (frame, wall time at emit)
+        self.callbacks: list = []  # (wall time, frames) of every PortAudio callback
+        self._emit = emit
+
+        def factory(device, samplerate, channels, blocksize, callback):
+            def cb(indata, frames, time_info, status):
+                self.callbacks.append((time.time(), frames))
+                (wrap or (lambda f, *a: f(*a)))(callback, indata, frames, time_info, status)
+
+            st = sounddevice_factory(device, rate, channels, blocksize, cb)
+            return _Nominal(st, samplerate)
+
+        kw.setdefault("backoff_initial", 0.1)
+        kw.setdefault("backoff_max", 0.5)
+        self.src = MicSource("m", device="pulse", samplerate=16000, stream_factory=factory, **kw)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.src.run, args=(self._got, self.stop))
+
+    def _got(self, f):
+        if self._emit is not None:
+            self._emit(f)
+        self.frames.append((f, time.time()))
+
+    def __enter__(self):
+        self.thread.start()
+        assert wait_for(lambda: len(self.frames) >= 5, 15), self.pa.log()[-2000:]
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+class _Nominal:
+    """A real PortAudio stream that tells the source its nominal rate."""
+
+    def __init__(self, st, samplerate):
+        self.st, self.samplerate = st, samplerate
+
+    def __getattr__(self, name):
+        return getattr(self.st, name)
+
+
+def _never_stamped_in_the_future(frames, tol=0.025):
+    """No frame's audio ends after it reached the consumer (beyond the timeline's 20-ms drift
+    tolerance: a piece may run that far ahead of the readings before it is corrected)."""
+    worst = max(f.capture_time + len(f.samples) / 16000 - at for f, at in frames)
+    assert worst < tol, worst
+
+
+def test_real_microphone_stall_reopens_and_the_gap_is_silence_on_wall_time(pulse, tmp_path):
+    """The device stops delivering without going away: PulseAudio frozen with SIGSTOP (its
+    clients stay connected, no more blocks come). The source sees the stall, reopens (the
+    close waits for the frozen server), and the absence becomes silence on the same piece,
+    as long as the wall clock says it was; a tone played afterwards lands when it was played.
+    The source's stall timeout (0.5 s) is shorter than the null sink's ~2-s first block: a
+    fresh stream gets ``open_timeout`` for its first block (it reopened in a loop, never
+    hearing a block, when the stall timeout applied from the open)."""
+    import signal
+
+    import soundfile as sf
+
+    tone = (0.5 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, tone, 16000, subtype="PCM_16")
+    with RealMic(pulse, stall_timeout=0.5, max_gap_s=60.0) as mic:
+        n0 = len(mic.frames)
+        t_freeze = time.time()
+        mic.pa.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(1.0)  # the stall itself: twice the 0.5-s timeout
+        finally:
+            mic.pa.proc.send_signal(signal.SIGCONT)
+        t_thaw = time.time()
+        assert wait_for(lambda: mic.src.reopens >= 1, 10)
+        assert wait_for(lambda: len(mic.frames) > n0 + 3, 10), mic.pa.log()[-2000:]
+        t_play = time.time()
+        mic.pa.play(wav)
+        t_played = time.time()
+        assert wait_for(lambda: any(np.abs(f.samples).max() > 0.2 and f.capture_time > t_play - 1
+                                    for f, _ in mic.frames), 10)
+    frames = [f for f, _ in mic.frames]
+    arrived = {id(f): at for f, at in mic.frames}
+    assert mic.src.reopens >= 1
+    # silence on the same piece, not a new one (drift corrections may come and go)
+    assert all(f.piece.cause in ("start", "drift") for f in frames if f.piece is not None)
+    holes = [(a, b) for a, b in zip(frames, frames[1:]) if b.sample_index != a.end_index]
+    assert len(holes) == 1, [(b.sample_index - a.end_index) / 16000 for a, b in holes]
+    before, after = holes[0]
+    silence = (after.sample_index - before.end_index) / 16000
+    # as long as the device was away by the wall clock: at least the freeze, at most until
+    # the first block after it arrived ...
+    assert t_thaw - t_freeze - 0.2 < silence < arrived[id(after)] - t_freeze, silence
+    # ... and exactly what the stamps on both sides say (the index keeps wall time)
+    assert abs(after.capture_time - (before.capture_time + len(before.samples) / 16000)
+               - silence) < 0.025
+    _never_stamped_in_the_future(mic.frames)
+    first = next(f for f in frames if np.abs(f.samples).max() > 0.2 and f.capture_time > t_play - 1)
+    assert t_play - 0.5 < first.capture_time < t_played, (first.capture_time - t_play,
+                                                          t_played - t_play)
+
+
+def test_real_microphone_starved_callback_keeps_its_audio_on_wall_time(pulse):
+    """PortAudio's callback thread is held for 1.5 s (a loaded machine, the GIL). PulseAudio
+    keeps the audio meanwhile and delivers the blocks in a burst when the callback runs
+    again, with no overflow flag (its client buffers up to 4 MB; depending on the server's
+    latency the ALSA plugin may still drop a few tens of ms unannounced, which only the
+    callback times can tell). The burst's late callback times used to be taken for drift
+    (the median of the recent readings): a 'drift' piece moved 0.8 s of audio 0.1-0.3 s
+    later, stamping it after it had arrived. Now the audio stays on wall time: never
+    stamped in the future, and after the burst on the least delayed callbacks again."""
+    starve = threading.Event()
+
+    def wrap(callback, *args):
+        if starve.is_set():
+            starve.clear()
+            time.sleep(1.5)
+        callback(*args)
+
+    with RealMic(pulse, wrap=wrap, stall_timeout=4.0) as mic:
+        n0 = len(mic.callbacks)
+        starve.set()
+        assert wait_for(lambda: len(mic.callbacks) > n0 + 20, 10)
+    cbs = [t for t, _ in mic.callbacks[n0:]]
+    burst = sum(1 for a, b in zip(cbs, cbs[1:]) if b - a < 0.01)
+    assert burst >= 8, burst  # the kept blocks came at once: the starving was real
+    frames = [f for f, _ in mic.frames]
+    assert mic.src.overflows == 0 and mic.src.timeline.gap_samples == 0
+    assert all(b.sample_index == a.end_index for a, b in zip(frames, frames[1:]))
+    moved = [(f.piece.cause, f.piece.fresh_grid) for f in frames if f.piece is not None][1:]
+    assert all(c == "drift" and not fresh for c, fresh in moved), moved  # no step, no break
+    _never_stamped_in_the_future(mic.frames)
+    # the last second: each stamp within the drift tolerance of the least delayed callback
+    # around it (one frame per callback, in order)
+    readings = [t - n / 16000 for t, n in mic.callbacks[:len(frames)]]
+    errs = [f.capture_time - r for f, r in zip(frames[-10:], readings[-10:])]
+    assert -0.025 < max(errs) < 0.025, errs
+
+
+def test_real_microphone_overflow_of_a_blocked_consumer_is_silence_on_wall_time(pulse):
+    """The consumer stops taking blocks for 1 s while PortAudio keeps calling back: the
+    source's queue (3 blocks) overflows, the lost blocks are counted and become silence, so
+    the audio after them is stamped on wall time (glued on, it would be ~0.7 s early)."""
+    hold = threading.Event()
+
+    def emit(f):
+        while hold.is_set():
+            time.sleep(0.01)
+
+    with RealMic(pulse, emit=emit, queue_blocks=3, stall_timeout=4.0) as mic:
+        n0 = len(mic.frames)
+        hold.set()
+        time.sleep(1.0)
+        hold.clear()
+        assert wait_for(lambda: len(mic.frames) > n0 + 6, 10)
+    frames = [f for f, _ in mic.frames]
+    lost = mic.src.overflows
+    assert lost >= 5, lost  # ~1 s of 0.1-s blocks less the 3 queued
+    assert mic.src.timeline.gap_samples == lost * 1600  # each lost block: silence, exactly
+    assert all(f.piece.cause in ("start", "drift") for f in frames if f.piece is not None)
+    gaps = [(b.sample_index - a.end_index) for a, b in zip(frames, frames[1:])]
+    assert sorted(g for g in gaps if g) == [lost * 1600]
+    # the stamps on both sides of the silence agree with it: the index kept wall time ...
+    k = gaps.index(lost * 1600)
+    before, after = frames[k], frames[k + 1]
+    assert abs(after.capture_time - before.capture_time - (len(before.samples) + lost * 1600)
+               / 16000) < 0.025
+    # ... which is true time: the block after the loss is where its own callback put it
+    _never_stamped_in_the_future(mic.frames)
+    readings = [t - n / 16000 for t, n in mic.callbacks]
+    assert min(abs(after.capture_time - r) for r in readings) < 0.025
+
+
+def test_real_microphone_device_clock_running_fast_is_corrected(pulse):
+    """A device whose sample clock runs 3 % fast: PortAudio opens ``pulse`` at 16480 Hz and
+    the source is told 16000, so 16480 samples arrive per wall-clock second. Counting samples
+    alone puts the audio 0.03 s later every second; the callback times pull every frame back
+    onto wall time with 'drift' pieces on the same clip grid, never silence.
+
+    What cannot be tested for real here: a crystal's ±100 ppm (20 ms of drift takes over 3
+    minutes of audio), and the rate measured over a piece longer than 30 s; the timeline
+    tests (tests/streams/test_timeline.py) drive those with stand-in callback times."""
+    with RealMic(pulse, rate=16480, stall_timeout=4.0) as mic:
+        time.sleep(3.0)
+    frames = [f for f, _ in mic.frames]
+    tl = mic.src.timeline
+    assert mic.src.reopens == 0 and tl.gap_samples == 0
+    drift = [f.piece for f in frames if f.piece is not None and f.piece.cause == "drift"]
+    assert drift and not any(p.fresh_grid for p in drift)
+    _never_stamped_in_the_future(mic.frames, tol=0.03)  # + 2 ms: a 0.1-s block is 97 ms
+    # truth: the device's samples at 16480 a second, placed by the least delayed callbacks
+    # (load only ever delays one: a block's callback runs after its last sample, never before)
+    cbs = mic.callbacks[:len(frames)]  # one frame per callback, in order
+    ends = np.cumsum([n for _, n in cbs])
+
+    def envelope(rate, part):  # lowest (callback time - samples so far / rate) in a part
+        k = len(cbs) // 3
+        idx = range(k) if part == "first" else range(len(cbs) - k, len(cbs))
+        return min(cbs[j][0] - ends[j] / rate for j in idx)
+
+    # counting samples at the nominal rate runs late by 3 % of the time (0.1 s in 3 s) ...
+    assert envelope(16000, "last") - envelope(16000, "first") < -0.05
+    assert abs(envelope(16480, "last") - envelope(16480, "first")) < 0.02  # (16480 is true)
+    t0 = min(t - e / 16480 for (t, _), e in zip(cbs, ends))
+    truth = [t0 + (e - n) / 16480 for (_, n), e in zip(cbs, ends)]
+    errs = [f.capture_time - t for f, t in zip(frames, truth)]
+    # ... the stamps stay within the timeline's 20-ms tolerance (+ the 3-ms longer block)
+    assert max(abs(e) for e in errs[len(errs) // 3:]) < 0.035, errs
 
 
 def test_mic_stream_without_the_mic_extra_fails_at_start_in_one_line(tmp_path, monkeypatch):

@@ -126,6 +126,50 @@ def test_jittery_readings_do_not_fragment_the_timeline():
     assert tl.pieces == 1
 
 
+def test_arrival_time_readings_late_in_a_burst_are_not_drift():
+    """A microphone's readings are callback times: late by load, never early. A callback held
+    1.5 s, then the 15 blocks the audio server kept, in a burst: the median of the recent
+    errors took the burst for drift (a piece 0.25 s late, then one back, stamping audio after
+    it had arrived); the least delayed reading does not."""
+    tl = Timeline(max_skew_s=None, late_only=True)
+    for k in range(200):
+        arrival = T0 + (k + 1) * 0.1 + (1.5 - 0.1 * (k - 50) if 50 <= k < 65 else 0.0)
+        pl = tl.place(1600, arrival - 0.1)
+        assert pl.utc == T0 + k * 0.1 and pl.gap == 0
+    assert tl.pieces == 1
+
+
+def test_arrival_time_reading_earlier_than_the_piece_corrects_it_at_once():
+    """A piece anchored on a delayed callback (60 ms late), then callbacks on time: a reading
+    is never early, so the first one proves the piece late; waiting for 8 readings stamped
+    0.8 s of audio 60 ms late, i.e. after it had arrived."""
+    tl = Timeline(max_skew_s=None, late_only=True)
+    assert tl.place(1600, T0 + 0.06).utc == T0 + 0.06
+    pl = tl.place(1600, T0 + 0.1)
+    assert pl.piece is not None and pl.piece.cause == "drift" and not pl.piece.fresh_grid
+    assert pl.utc == pytest.approx(T0 + 0.1, abs=1e-6) and pl.gap == 0
+    for k in range(2, 50):
+        assert tl.place(1600, T0 + k * 0.1 + (0.05 if k % 7 == 0 else 0.0)).utc == pytest.approx(
+            T0 + k * 0.1, abs=1e-6)
+    assert tl.pieces == 2
+
+
+def test_arrival_time_readings_keep_the_least_delayed_time():
+    """Callbacks late by 0-80 ms at random (a loaded machine): the stamps follow the earliest
+    readings, i.e. the audio's own time, not the median delay."""
+    rng = np.random.default_rng(1)
+    tl = Timeline(max_skew_s=None, late_only=True)
+    log = PieceLog()
+    worst = 0.0
+    for k in range(3000):
+        pl = tl.place(1600, T0 + k * 0.1 + rng.uniform(0, 0.08))
+        if pl.piece is not None:
+            log.add(pl.piece)
+        if k > 50:
+            worst = max(worst, abs(log.utc_of(k * 1600) - (T0 + k * 0.1)))
+    assert worst < 0.025 and tl.pieces <= 3
+
+
 def test_capture_times_far_from_this_clock_are_not_trusted():
     clock = Clock()
     tl = Timeline(max_skew_s=30, clock=clock)
