@@ -21,6 +21,7 @@ from pathlib import Path
 PULSEAUDIO = shutil.which("pulseaudio") or "/usr/bin/pulseaudio"
 PAPLAY = shutil.which("paplay") or "/usr/bin/paplay"
 PACTL = shutil.which("pactl") or "/usr/bin/pactl"
+PACAT = shutil.which("pacat") or "/usr/bin/pacat"  # paplay's own binary (pulseaudio-utils)
 
 
 def available() -> str | None:

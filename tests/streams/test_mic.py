@@ -3,6 +3,7 @@
 overflow, a starved callback, drift and a vanishing device through real PortAudio on a
 private PulseAudio (the tests after "a real PortAudio device")."""
 
+import contextlib
 import threading
 import time
 
@@ -445,6 +446,15 @@ def _never_stamped_in_the_future(frames, tol=0.025):
     assert worst < tol, worst
 
 
+@contextlib.contextmanager
+def _killed(proc):
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
 def test_real_microphone_stall_reopens_and_the_gap_is_silence_on_wall_time(pulse, tmp_path):
     """The device stops delivering without going away: PulseAudio frozen with SIGSTOP (its
     clients stay connected, no more blocks come). The source sees the stall, reopens (the
@@ -454,13 +464,22 @@ def test_real_microphone_stall_reopens_and_the_gap_is_silence_on_wall_time(pulse
     fresh stream gets ``open_timeout`` for its first block (it reopened in a loop, never
     hearing a block, when the stall timeout applied from the open)."""
     import signal
+    import subprocess
 
     import soundfile as sf
+
+    from tests.pulse_server import PACAT
 
     tone = (0.5 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 16000)).astype(np.float32)
     wav = tmp_path / "tone.wav"
     sf.write(wav, tone, 16000, subtype="PCM_16")
-    with RealMic(pulse, stall_timeout=0.5, max_gap_s=60.0) as mic:
+    # a second listener throughout: the null sink keeps rendering in short blocks, so the
+    # reopened stream's first block comes in 0.1 s instead of 2 (the sink idles otherwise)
+    listener = subprocess.Popen([PACAT, "--record", "--raw",
+                                 "--latency-msec=50", "--device=fe_null.monitor"],
+                                env=pulse.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    with RealMic(pulse, stall_timeout=0.5, max_gap_s=60.0) as mic, _killed(listener):
         n0 = len(mic.frames)
         t_freeze = time.time()
         mic.pa.proc.send_signal(signal.SIGSTOP)
