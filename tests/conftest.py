@@ -14,6 +14,11 @@ import pytest
 # the web page is on by default (http.enabled): daemons started by tests bind a free port, never
 # the default 9108 that another test run (or a real daemon) on this machine may hold
 os.environ.setdefault("FLAMINGO_EDGE_HTTP__PORT", "0")
+# the suite runs in pytest-xdist workers (pyproject addopts: one per core, at most 4): each worker
+# keeps PyTorch (and the processes it starts) to one thread, so workers share the cores instead
+# of fighting over them; set before any test module imports torch
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE = FIXTURES / "af2-tiny"
