@@ -5,10 +5,15 @@
 Files keep their sample rate and channels when the protocol allows them (the daemon
 resamples and downmixes); other rates are resampled to 16 kHz here.
 
-A block source may yield ``(pcm, rate)`` or ``(pcm, rate, lost)``: ``lost`` device frames were
-dropped just before this block (a microphone whose queue overflowed). `publish` then skips
-the sequence numbers and the capture time those frames would have had, so the daemon sees the
-loss (a sequence gap) and keeps the audio after it on wall time.
+A block source may yield ``(pcm, rate)``, ``(pcm, rate, lost)`` or ``(pcm, rate, lost, heard)``:
+``lost`` device frames were dropped just before this block (a microphone whose queue
+overflowed). `publish` then skips the sequence numbers and the capture time those frames would
+have had, so the daemon sees the loss (a sequence gap) and keeps the audio after it on wall
+time. ``heard`` is the wall time at which the device delivered the block (a PortAudio callback):
+then capture times come from a late-only `streams.timeline.Timeline` over those readings, as
+for the daemon's own microphones, so a device clock that runs fast or slow (±100 ppm is ~9 s a
+day) is corrected instead of counted into the frames' capture times; without it (a file),
+capture time is the start time plus the audio sent.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from edge.constants import SAMPLE_RATE
 from edge.mqtt_client import MqttConfig, MqttTlsConfig, new_client
 
 from .protocol import MAX_CHANNELS, SAMPLE_RATES, encode_frame
+from .timeline import Timeline
 
 
 def file_blocks(path: str | Path, frame_ms: float = 100.0, loop: bool = False
@@ -58,9 +64,10 @@ def file_blocks(path: str | Path, frame_ms: float = 100.0, loop: bool = False
 
 def mic_blocks(device=None, samplerate: int = SAMPLE_RATE, channels: int = 1, frame_ms: float = 100.0,
                stop: threading.Event | None = None, queue_blocks: int = 100
-               ) -> Iterator[tuple[np.ndarray, int, int]]:
-    """Blocks of a microphone as ``(pcm, rate, lost)``; ``lost`` counts the device frames
-    dropped just before the block because the queue was full or PortAudio overflowed."""
+               ) -> Iterator[tuple[np.ndarray, int, int, float]]:
+    """Blocks of a microphone as ``(pcm, rate, lost, heard)``; ``lost`` counts the device frames
+    dropped just before the block because the queue was full or PortAudio overflowed;
+    ``heard`` is the wall time of the callback that delivered it (its last sample's arrival)."""
     from .mic import MicUnavailable, sounddevice_factory
 
     if isinstance(device, str) and device.strip().isdigit():
@@ -70,13 +77,14 @@ def mic_blocks(device=None, samplerate: int = SAMPLE_RATE, channels: int = 1, fr
     last_call = [0.0]
 
     def cb(indata, frames, t, status):
+        heard = time.time()
         now = time.monotonic()
         if status and getattr(status, "input_overflow", False) and last_call[0]:
             # PortAudio lost input and does not say how much: the time since the last block does
             lost[0] += max(0, round((now - last_call[0]) * samplerate) - int(frames))
         last_call[0] = now
         try:
-            q.put_nowait((np.array(indata, dtype=np.float32, copy=True), lost[0]))
+            q.put_nowait((np.array(indata, dtype=np.float32, copy=True), lost[0], heard))
             lost[0] = 0
         except queue.Full:
             lost[0] += int(frames)
@@ -94,10 +102,10 @@ def mic_blocks(device=None, samplerate: int = SAMPLE_RATE, channels: int = 1, fr
     try:
         while stop is None or not stop.is_set():
             try:
-                pcm, n_lost = q.get(timeout=1.0)
+                pcm, n_lost, heard = q.get(timeout=1.0)
             except queue.Empty:
                 continue
-            yield pcm, samplerate, n_lost
+            yield pcm, samplerate, n_lost, heard
     finally:
         st.stop()
         st.close()
@@ -179,7 +187,8 @@ def _stop(client) -> None:
 
 
 def publish(
-    blocks: Iterator[tuple[np.ndarray, int]] | Iterator[tuple[np.ndarray, int, int]],
+    blocks: Iterator[tuple[np.ndarray, int]] | Iterator[tuple[np.ndarray, int, int]]
+    | Iterator[tuple[np.ndarray, int, int, float]],
     stream: str,
     host: str = "localhost",
     port: int = 1883,
@@ -222,14 +231,22 @@ def publish(
     t0 = time.monotonic()
     audio_s = 0.0
     sent = 0
+    timeline: Timeline | None = None  # blocks that say when they were heard (a microphone)
     try:
         for item in blocks:
             pcm, rate = item[0], item[1]
             lost = item[2] if len(item) > 2 else 0
+            heard = item[3] if len(item) > 3 else None
             if lost:  # skip the sequence numbers and time of the frames that were dropped
                 seq = (seq + max(1, round(lost / max(1, pcm.shape[0])))) & 0xFFFFFFFF
                 audio_s += lost / rate
-            cap_ns = int((t0_wall + audio_s) * 1e9)
+            if heard is None:
+                cap_ns = int((t0_wall + audio_s) * 1e9)
+            else:  # the device's clock, corrected by when its blocks arrived
+                if timeline is None or timeline.sample_rate != rate:
+                    timeline = Timeline(rate, max_skew_s=None, late_only=True)
+                n = pcm.shape[0]
+                cap_ns = int(timeline.place(n, heard - n / rate, lost=lost).utc * 1e9)
             if gone.is_set():
                 raise PublishError(f"the broker at {where} closed the connection after {sent} "
                                    f"frame(s): {why[0] if why else 'connection lost'}", sent)

@@ -12,7 +12,7 @@ from edge.mqtt_client import MqttConfig
 from edge.metrics import Metrics
 from edge.ring import Ring
 from streams.mqtt import MqttAudioSource
-from streams.protocol import REASONS, encode_frame
+from streams.protocol import REASONS, decode_frame, encode_frame
 from tests.mqtt_broker import Mosquitto
 
 N = 1600  # 100 ms frames at 16 kHz
@@ -391,6 +391,55 @@ def test_publish_audio_mic_drops_advance_seq_and_capture_time(broker, tmp_path):
     assert got[-1].sample_index + got[-1].samples.shape[0] == pytest.approx(total, abs=1600)
     assert got[-1].capture_time - got[0].capture_time == pytest.approx(
         (total - items[-1][0].shape[0]) / 16000, abs=0.1)
+
+
+def test_publish_audio_mic_capture_times_follow_the_device_not_the_sample_count(broker):
+    """A microphone whose clock runs 2 % fast (16320 samples a wall second, told 16000): the
+    publisher used to stamp each frame with its start time plus the samples sent, so its
+    capture times ran ahead of the wall clock (0.4 s after 20 s; a ±100-ppm crystal makes that
+    ~9 s a day) and the daemon had nothing to correct drift with. The publisher now dates the
+    blocks by when the device delivered them, late-only (a callback is late by load, never
+    early), so capture times stay on wall time through jittery and bursty callbacks."""
+    import paho.mqtt.client as mqtt
+
+    from streams.publisher import publish
+
+    got: list = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: got.append(decode_frame(m.payload))
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe("fe/audio/a", qos=1)
+    sub.loop_start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    try:
+        time.sleep(0.3)
+        rng = np.random.default_rng(3)
+        n, fast = 1600, 1.02  # 100-ms blocks of a device running 2 % fast
+        t0 = time.time()  # 20 s of audio, heard from now on (published at once: speed 0)
+        items, true_start = [], []
+        for k in range(200):
+            start = t0 + k * n / (16000 * fast)  # when its first sample was really heard
+            late = 0.0 if k % 10 == 0 else float(rng.uniform(0, 0.03))  # callbacks run late
+            if 100 <= k < 105:
+                late = 0.25 - 0.05 * (k - 100)  # a starved callback thread, then a burst
+            true_start.append(start)
+            items.append((np.zeros(n, np.float32), 16000, 0, start + n / (16000 * fast) + late))
+        publish(iter(items), "a", prefix="fe", speed=0, qos=1, client=pub)
+        deadline = time.time() + 10
+        while len(got) < len(items) and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        for c in (sub, pub):
+            c.loop_stop()
+            c.disconnect()
+    assert len(got) == len(items)
+    err = [f.capture_time - t for f, t in zip(got, true_start)]
+    # sample counting alone would end 0.39 s ahead; the late-only timeline keeps every frame
+    # within its drift tolerance of when it was heard, never in the future of its arrival
+    assert max(abs(e) for e in err[20:]) < 0.03, (min(err), max(err))
+    assert all(f.capture_time <= it[3] for f, it in zip(got, items))
 
 
 def test_capture_times_in_the_future_or_far_past_fall_back_to_this_clock(broker):
