@@ -247,11 +247,13 @@ def test_publisher_mic_device_index_given_as_text_is_an_index(monkeypatch):
 
     th = threading.Thread(target=feed)
     th.start()
-    block, rate, lost = next(gen)
+    before = time.time()
+    block, rate, lost, heard = next(gen)
     th.join(5)
     stop.set()
     gen.close()
     assert f.calls[0][0] == 3 and rate == 16000 and np.allclose(block, 0.5) and lost == 0
+    assert before <= heard <= time.time()  # the wall time the callback delivered it
 
 
 class _Status:
