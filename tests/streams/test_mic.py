@@ -155,6 +155,41 @@ def test_stall_is_detected_and_reopened_with_the_gap_as_silence():
     assert src.reopens >= 1 and m.source_reopens.labels("m")._value.get() >= 1
 
 
+def test_a_fresh_stream_gets_open_timeout_for_its_first_block_then_the_stall_timeout():
+    """PulseAudio's idle null sink delivers a new stream's first block after ~2 s: with the
+    stall timeout counted from the open, a 0.1-s timeout reopened such a device in a loop and
+    never heard it. A fresh stream waits ``open_timeout`` for its first block; after it the
+    stall timeout applies; a stream that never delivers is still reopened after open_timeout."""
+    f = Factory()
+    src = MicSource("m", samplerate=16000, stall_timeout=0.1, open_timeout=5.0,
+                    backoff_initial=0.01, stream_factory=f, clock=Clock())
+    ring, stop, th = run_source(src)
+    try:
+        assert wait_for(lambda: f.streams and f.streams[0].started)
+        time.sleep(0.4)  # 4 stall timeouts without a first block: still the same stream
+        assert len(f.streams) == 1 and src.reopens == 0
+        f.streams[0].push(np.full(1600, 0.5))
+        assert wait_for(lambda: ring.write_pos == 1600)
+        # from the first block on, the stall timeout: silence -> reopen
+        assert wait_for(lambda: len(f.streams) == 2 and f.streams[1].started)
+    finally:
+        stop.set()
+        th.join(5)
+    assert src.reopens == 1
+
+    f = Factory()
+    src = MicSource("m", samplerate=16000, stall_timeout=0.1, open_timeout=0.5,
+                    backoff_initial=0.01, stream_factory=f, clock=Clock())
+    t0 = time.monotonic()
+    _ring, stop, th = run_source(src)
+    try:  # a device that opens but never delivers: reopened after open_timeout, not never
+        assert wait_for(lambda: len(f.streams) == 2 and f.streams[1].started)
+        assert time.monotonic() - t0 >= 0.5
+    finally:
+        stop.set()
+        th.join(5)
+
+
 def test_overflowed_blocks_become_silence_so_the_clock_stays_on_wall_time():
     # blocks lost to a full queue must not shift everything after them earlier in time
     f = Factory()
@@ -462,9 +497,9 @@ def test_real_microphone_stall_reopens_and_the_gap_is_silence_on_wall_time(pulse
     clients stay connected, no more blocks come). The source sees the stall, reopens (the
     close waits for the frozen server), and the absence becomes silence on the same piece,
     as long as the wall clock says it was; a tone played afterwards lands when it was played.
-    The source's stall timeout (0.5 s) is shorter than the null sink's ~2-s first block: a
-    fresh stream gets ``open_timeout`` for its first block (it reopened in a loop, never
-    hearing a block, when the stall timeout applied from the open)."""
+    (A second listener keeps the null sink rendering, so each stream's first block comes in
+    0.1 s, within the 0.5-s stall timeout; a first block later than the stall timeout, as an
+    idle null sink's ~2 s, is `test_a_fresh_stream_gets_open_timeout_for_its_first_block...`.)"""
     import signal
     import subprocess
 
