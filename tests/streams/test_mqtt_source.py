@@ -33,6 +33,16 @@ def make(metrics=None, streams=("a",), port=1883):
     return src, ring, frames
 
 
+def subscribed(client, topic):
+    """Subscribe and wait for the broker's SUBACK: frames published before it are not
+    delivered to ``client`` (a fixed sleep races it on a loaded machine)."""
+    acked = threading.Event()
+    client.on_subscribe = lambda *a: acked.set()
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    assert acked.wait(10), "no SUBACK"
+
+
 def frame(seq, value, n=N, rate=16000, fmt="float32"):
     return encode_frame(np.full(n, value, np.float32), rate, seq, seq * 100_000_000, fmt)
 
@@ -370,9 +380,7 @@ def test_publish_audio_mic_drops_advance_seq_and_capture_time(broker, tmp_path):
         sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         sub.on_message = lambda c, u, m: src2.handle(m.topic, m.payload)
         sub.connect("127.0.0.1", broker.port)
-        sub.subscribe("fe/audio/a", qos=1)
-        sub.loop_start()
-        time.sleep(0.3)
+        subscribed(sub, "fe/audio/a")
         publish(iter(items), "a", prefix="fe", speed=0, qos=1, client=pub,
                 on_frame=lambda seq, n, r: sent.append(seq))
         deadline = time.time() + 10
@@ -408,13 +416,11 @@ def test_publish_audio_mic_capture_times_follow_the_device_not_the_sample_count(
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     sub.on_message = lambda c, u, m: got.append(decode_frame(m.payload))
     sub.connect("127.0.0.1", broker.port)
-    sub.subscribe("fe/audio/a", qos=1)
-    sub.loop_start()
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     pub.connect("127.0.0.1", broker.port)
     pub.loop_start()
     try:
-        time.sleep(0.3)
+        subscribed(sub, "fe/audio/a")
         rng = np.random.default_rng(3)
         n, fast = 1600, 1.02  # 100-ms blocks of a device running 2 % fast
         t0 = time.time()  # 20 s of audio, heard from now on (published at once: speed 0)
