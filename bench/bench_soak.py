@@ -23,7 +23,8 @@ publisher sending the last frame of the result's span to the subscriber receivin
 (``<prefix>/events``) or answer (``<prefix>/<stream>/<monitor>/answer``).
 
 Reports clips dropped (by reason), queries run / missed / failed, latency p50/p95, RSS every
-10 s, UTC errors, the load average. Writes bench/results/<name>.json.
+10 s (beside it glibc's own account, mallinfo2: in use vs free but kept), UTC errors, the
+load average. Writes bench/results/<name>.json.
 
 **Largest N** (`--find-max`): the largest number of real-time streams that keep up (no clip
 dropped, no query missed or failed, nothing abandoned at the end) with one 5-min yes/no monitor
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import ctypes
 import json
 import os
 import tempfile
@@ -174,6 +176,54 @@ def rss_mb() -> float:
     return C.proc_status().get("VmRSS", 0) / 2**20
 
 
+def pymalloc_mb() -> tuple[float, float] | None:
+    """Python's small-object allocator (pymalloc: its own 1-MiB arenas, mmapped, outside
+    malloc): MB of arenas held, MB of blocks in use in them (sys._debugmallocstats, which
+    writes to fd 2: caught in a file for the moment, with any other thread's line written
+    then). None under --tracemalloc, whose hooks hide pymalloc from it."""
+    import re
+    import sys
+
+    with tempfile.TemporaryFile() as f:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(f.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read().decode(errors="replace")
+    arenas = re.search(r"(\d[\d,]*) arenas \* (\d[\d,]*) bytes/arena", text)
+    blocks = re.search(r"# bytes in allocated blocks\s*=\s*([\d,]+)", text)
+    if not arenas or not blocks:
+        return None
+    n, size = (int(v.replace(",", "")) for v in arenas.groups())
+    return round(n * size / 2**20, 1), round(int(blocks.group(1).replace(",", "")) / 2**20, 1)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                "keepcost")]
+
+
+def malloc_mb() -> tuple[float, ...] | None:
+    """glibc's own account (mallinfo2, every arena): MB in use (malloc'ed and not freed,
+    mmapped chunks included), MB free but kept in the arenas, MB of the arenas. In-use
+    growth is a native leak; free growth is allocator retention. None without glibc 2.33+."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        return None
+    fn.restype = _MallInfo2
+    m = fn()
+    mb = 2**20
+    return (round((m.uordblks + m.hblkhd) / mb, 1), round(m.fordblks / mb, 1),
+            round((m.arena + m.hblkhd) / mb, 1))
+
+
 def build_model(kind: str, dtype_name: str) -> Any:
     if kind == "none":
         return None
@@ -303,10 +353,12 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
         p.start()
     # (wall s, RSS MB[, Python heap MB traced][, RSS MB after malloc_trim])
     rss: list[tuple[float, ...]] = []
+    malloc_rows: list[tuple[float, ...]] = []  # (wall s, in use, free, arenas MB): mallinfo2
     if a.malloc_trim:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6")
+    # (wall s, snapshot): only the second one (the baseline of `heap_growth`) keeps its traces.
+    # A snapshot is a copy of every trace, memory tracemalloc does not trace: keeping one a
+    # minute made RSS climb a step a minute (most of the growth in soak-tiny-n4-long)
     trace_snaps: list[tuple[float, Any]] = []
 
     def sample() -> None:
@@ -317,12 +369,16 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
             libc.malloc_trim(0)
             row += (round(rss_mb(), 1),)
         rss.append(row)
+        mi, pm = malloc_mb(), pymalloc_mb()
+        if mi is not None:
+            malloc_rows.append((row[0], *mi, *(pm or ())))
 
     while any(p.is_alive() for p in pubs):
         sample()
         if tracemalloc.is_tracing() and (not trace_snaps or time.time() - wall0
                                          >= trace_snaps[-1][0] + a.snapshot_every):
-            trace_snaps.append((time.time() - wall0, tracemalloc.take_snapshot()))
+            trace_snaps.append((time.time() - wall0,
+                                tracemalloc.take_snapshot() if len(trace_snaps) == 1 else None))
         until = time.time() + 10.0
         while time.time() < until and any(p.is_alive() for p in pubs):
             time.sleep(0.25)
@@ -401,7 +457,8 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
                    "new_tokens": a.new_tokens, "outages": outages, "history_s": history_s,
                    "max_skew_s": skew, "tracemalloc": tracemalloc.is_tracing(),
                    "malloc_trim": a.malloc_trim, "trim_every": settings.allocator.trim_every,
-                   "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}},
+                   "malloc_env": {k: v for k, v in os.environ.items()
+                                  if k.startswith("MALLOC_") or k == "PYTHONMALLOC"}},
         "wall_s": round(time.time() - wall0, 1),
         "loadavg": {"start": [round(x, 2) for x in load_start],
                     "end_of_audio": [round(x, 2) for x in load_end]},
@@ -430,6 +487,9 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
                         "max_abs": round(max((abs(e) for e in errs), default=0.0), 4),
                         "p95_abs": pct([abs(e) for e in errs], 95)},
         "rss_mb": rss,
+        # (wall s, in use, free but kept, arenas: glibc's mallinfo2[, pymalloc arenas, blocks
+        # in use in them])
+        "malloc_mb": malloc_rows,
         # the daemon's own trimming (allocator.trim_every): calls and the time they took
         "daemon_malloc_trim": {"calls": total("fe_malloc_trim_seconds_count"),
                                "total_s": round(total("fe_malloc_trim_seconds_sum"), 3),

@@ -1,13 +1,13 @@
 """Giving memory that PyTorch freed back to the system: glibc's ``malloc_trim``, periodically.
 
-A long soak (docs/PERFORMANCE.md, "Memory over a long soak") showed the daemon's RSS rising
-from 0.6 to 1.16 GB over 45 minutes of audio after the memories were full, while the Python
-heap stayed flat: PyTorch's CPU tensors of many sizes (encode batches of 1-8 clips, windows
-of 3-30 slots) are malloc'ed and freed by the worker thread, and glibc keeps the freed pages
-in its arenas instead of returning them (the dynamic mmap threshold climbs after the first
-large frees, so later large tensors come from the arenas too, and a heap shrinks only from
-its top). ``malloc_trim(0)`` hands every whole free page of every arena back (madvise); run
-every 10 s by the benchmark it kept RSS flat at 531-540 MB.
+PyTorch's CPU tensors of many sizes (encode batches, windows of 3-30 slots, decode caches) are
+malloc'ed and freed by the worker thread, and glibc keeps much of what is freed in its arenas
+(a heap shrinks only from its top; the dynamic mmap threshold climbs after the first large
+frees, so later large tensors come from the arenas too). ``malloc_trim(0)`` hands every whole
+free page of every arena back (madvise). Measured in the soak (docs/PERFORMANCE.md, "Memory
+over a long soak"; 4 streams, the tiny model, 45 min of audio): RSS is flat either way once
+the memories are full; glibc kept 81-109 MB free without trimming, and trimming every 10 s
+kept RSS about 45 MB lower (median 537 against 581 MB) for 2.5 ms a call.
 
 `Trimmer` is that call on its own thread, owned by the daemon (`edge.daemon.Daemon`, started
 and stopped with it; ``allocator.trim_every``, 10 s, 0 = off). glibc is looked up lazily, when

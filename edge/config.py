@@ -329,8 +329,8 @@ class AllocatorConfig(_Base):
     """What the daemon does about memory the C library keeps (edge/allocator.py)."""
 
     # call glibc's malloc_trim(0) this often, so the memory PyTorch frees goes back to the
-    # system instead of piling up in malloc's arenas (RSS 0.6 -> 1.16 GB over a 45-min soak
-    # without it; docs/PERFORMANCE.md). 0: off. Without glibc (musl, macOS) nothing happens.
+    # system instead of staying in malloc's arenas (in the soak: RSS ~45 MB lower, 2.5 ms a
+    # call; docs/PERFORMANCE.md). 0: off. Without glibc (musl, macOS) nothing happens.
     trim_every: Duration = Field(10.0, ge=0)
 
 

@@ -249,7 +249,7 @@ class Daemon:
 
     def _start_trimmer(self) -> None:
         """Give the memory PyTorch freed back to the system every ``allocator.trim_every``
-        (glibc keeps it otherwise: RSS grew 0.6 -> 1.16 GB in a 45-min soak; edge.allocator)."""
+        (glibc keeps much of it otherwise; edge.allocator)."""
         every = self.settings.allocator.trim_every
         if every > 0:
             self._trimmer = Trimmer(every, observe=self.metrics.malloc_trim.observe).start()
