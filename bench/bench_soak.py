@@ -476,6 +476,8 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
         "clips": clips_total,
         "clips_encoded": clips_encoded,
         "clips_gap": total("fe_clips_gap_total"),
+        # cut by an outage before flush_partial of them arrived: the outage's, not overload's
+        "clips_too_short": total("fe_clips_dropped_total", reason="too_short"),
         "clips_dropped": clips_dropped,
         "monitors": by_monitor,
         "timeline_pieces": {c: total("fe_timeline_pieces_total", cause=c)
@@ -631,6 +633,7 @@ def main() -> None:
     result = run_trial(a, model, broker, tmp, a.streams, a.audio_s, a.speed, outages)
     broker.stop()
     result["clips_unaccounted"] = (result["clips"] - result["clips_encoded"] - result["clips_gap"]
+                                   - result["clips_too_short"]
                                    - sum(result["clips_dropped"].values()))
     name = a.name or f"soak-{a.model}-{a.dtype}-n{a.streams}"
     path = C.write_result(name, result, machine)

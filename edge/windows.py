@@ -11,7 +11,9 @@ for longer than the gap bound) starts a new grid at its first sample. The slot n
 counting wall time: the slots the gap took are skipped in O(1) (``gap_s / hop``, however long
 the gap), so a window of slots ``k-n+1..k`` spans the wall time it claims and the skipped
 slots are masked. A clip cut by the break, or the last clip of a live stream whose audio has
-stopped arriving, is handed out with ``data_end``: its samples from there on are silence.
+stopped arriving, is handed out with ``data_end``: its samples from there on are silence. A
+clip cut by a break with less than ``min_partial`` of audio is not handed out, and counted
+(`ClipScheduler.take_short`).
 
 The monitors' analysis window (30 s by default, up to the memory's 5 minutes) is a range of
 slots in `edge.memory.StreamMemory`.
@@ -65,6 +67,10 @@ class ClipScheduler:
         self.next_index = 0
         self.first_index = 0  # the stream's first slot
         self.skipped = 0  # slots skipped for gaps
+        # slots cut by a break with less than min_partial of audio: never handed out, so the
+        # collection stage counts them (fe_clips_dropped{reason="too_short"}); see take_short
+        self.short = 0
+        self._short_reported = 0
 
     def bounds(self, k: int) -> tuple[int, int]:
         start = (self.origin or 0) + (k - self.grid_k0) * self.hop
@@ -94,6 +100,8 @@ class ClipScheduler:
             if cut is not None and cut <= write_pos:  # a clip cut by the break
                 if cut - s >= self.min_partial:
                     out.append(ClipSpec(self.stream, self.next_index, s, e, data_end=cut))
+                elif cut > s:  # some audio, too little to encode: a loss to count
+                    self.short += 1
                 self.next_index += 1
                 continue
             if e <= write_pos:
@@ -105,6 +113,12 @@ class ClipScheduler:
                 self.next_index += 1
                 continue
             return out
+
+    def take_short(self) -> int:
+        """Slots cut too short to hand out since the last call."""
+        n = self.short - self._short_reported
+        self._short_reported = self.short
+        return n
 
     def _new_grid(self, b: Piece, s: int) -> None:
         """Start the grid at ``b``; the slots its gap took are skipped (O(1))."""

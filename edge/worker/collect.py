@@ -11,7 +11,9 @@ dropped the same way (``reason="overwritten"``).
 A partial clip is handed out with its missing tail as silence (``ClipSpec.data_end``) when it
 holds at least ``audio.flush_partial`` seconds and either its source has ended, or (live) no
 audio has arrived for as long as the rest of the clip would have taken plus ``FLUSH_GRACE_S``:
-the last words before an outage are heard now, not when the audio comes back.
+the last words before an outage are heard now, not when the audio comes back. A clip cut by a
+break (a fresh timeline piece) before ``audio.flush_partial`` seconds of it arrived is not
+encoded and is counted (``fe_clips_dropped{reason="too_short"}``).
 
 In ``lossless`` mode (replay) nothing is dropped for being behind; the source waits instead.
 """
@@ -22,11 +24,15 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import structlog
+
 from ..metrics import Metrics
 from .state import SR, StreamState
 
 if TYPE_CHECKING:
     from ..config import AudioConfig
+
+log = structlog.get_logger(__name__)
 
 FLUSH_GRACE_S = 2.0  # late audio this much after a live clip's expected end is still waited for
 
@@ -48,6 +54,10 @@ class Collector:
             new = s.clips.ready(ring.origin, ring.write_pos,
                                 breaks=s.timeline.fresh_after(s.clips.origin or 0),
                                 flush_to=self._flush_to(s, ended))
+            short = s.clips.take_short()
+            if short:  # cut by a break before audio.flush_partial of it had arrived
+                self.metrics.clips_dropped.labels(s.id, "too_short").inc(short)
+                log.info("clip cut by a break too short to encode", stream=s.id, clips=short)
             if new:
                 s.memory.start(new[0].index)
             s.pending.extend(new)

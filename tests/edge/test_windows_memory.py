@@ -62,6 +62,9 @@ def test_a_cut_clip_shorter_than_min_partial_is_not_handed_out():
     # slot 1 held 1 s before the break: not handed out; slot 2 would start 9 s past the break,
     # so of the 100-s gap 91 s are skipped slots (9) and the new grid is slot 11
     assert [(c.index, c.data_end) for c in got] == [(0, None), (11, None)]
+    # ... and counted: the collection stage reports it as a dropped clip
+    assert sched.take_short() == 1 and sched.take_short() == 0
+    assert sched.skipped == 9  # the gap's own slots are skipped, not dropped
 
 
 def test_live_tail_is_flushed_when_its_time_has_passed():

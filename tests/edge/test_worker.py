@@ -62,6 +62,22 @@ def count(metric, *labels):
     return metric.labels(*labels)._value.get()
 
 
+def test_a_clip_cut_by_a_break_too_short_to_encode_is_counted_not_lost_silently():
+    """11 s of audio, a 100-s outage (a fresh timeline piece), then 20 s: the slot the outage
+    cut after 1 s (less than audio.flush_partial) is not encoded. It used to vanish without a
+    count (a soak's `clips_unaccounted` was one per stream and outage); now it is a dropped clip."""
+    model = FakeModel()
+    w, st, _, m = setup(model=model, streams=("a",))
+    feed(st["a"], 11)
+    st["a"].timeline.add(Piece(11 * SR, 1000.0 + 111.0, cause="gap", gap_s=100.0))
+    feed(st["a"], 20)
+    while w.step():
+        pass
+    assert count(m.clips_dropped, "a", "too_short") == 1
+    assert count(m.clips_encoded, "a") == 3  # the clip before the outage and two after it
+    assert st["a"].clips.next_index - st["a"].clips.skipped == 3 + 1  # every slot accounted
+
+
 # ----------------------------------------------------------------- fair encoding (point 4)
 def test_no_stream_starves_when_encoding_falls_behind():
     # "a" started 100 s before "b", so its clip indexes are higher; ordering the batch by
