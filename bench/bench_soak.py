@@ -55,6 +55,8 @@ from typing import Any
 import _common as C  # puts the repo on sys.path
 import numpy as np
 
+from edge.allocator import trim
+
 SR = 16000
 FRAME = 1600  # 100 ms
 CLIP = 160000  # 10 s
@@ -354,8 +356,6 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
     # (wall s, RSS MB[, Python heap MB traced][, RSS MB after malloc_trim])
     rss: list[tuple[float, ...]] = []
     malloc_rows: list[tuple[float, ...]] = []  # (wall s, in use, free, arenas MB): mallinfo2
-    if a.malloc_trim:
-        libc = ctypes.CDLL("libc.so.6")
     # (wall s, snapshot): only the second one (the baseline of `heap_growth`) keeps its traces.
     # A snapshot is a copy of every trace, memory tracemalloc does not trace: keeping one a
     # minute made RSS climb a step a minute (most of the growth in soak-tiny-n4-long)
@@ -366,7 +366,7 @@ def run_trial(a: argparse.Namespace, model: Any, broker: Any, tmp: Path, n_strea
         if tracemalloc.is_tracing():
             row += (round(tracemalloc.get_traced_memory()[0] / 2**20, 1),)
         if a.malloc_trim:  # what glibc holds free but unreturned: RSS after malloc_trim(0)
-            libc.malloc_trim(0)
+            trim()  # edge.allocator: the daemon's own call
             row += (round(rss_mb(), 1),)
         rss.append(row)
         mi, pm = malloc_mb(), pymalloc_mb()

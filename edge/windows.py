@@ -69,8 +69,7 @@ class ClipScheduler:
         self.skipped = 0  # slots skipped for gaps
         # slots cut by a break with less than min_partial of audio: never handed out, so the
         # collection stage counts them (fe_clips_dropped{reason="too_short"}); see take_short
-        self.short = 0
-        self._short_reported = 0
+        self._short = 0
 
     def bounds(self, k: int) -> tuple[int, int]:
         start = (self.origin or 0) + (k - self.grid_k0) * self.hop
@@ -101,7 +100,7 @@ class ClipScheduler:
                 if cut - s >= self.min_partial:
                     out.append(ClipSpec(self.stream, self.next_index, s, e, data_end=cut))
                 elif cut > s:  # some audio, too little to encode: a loss to count
-                    self.short += 1
+                    self._short += 1
                 self.next_index += 1
                 continue
             if e <= write_pos:
@@ -116,8 +115,7 @@ class ClipScheduler:
 
     def take_short(self) -> int:
         """Slots cut too short to hand out since the last call."""
-        n = self.short - self._short_reported
-        self._short_reported = self.short
+        n, self._short = self._short, 0
         return n
 
     def _new_grid(self, b: Piece, s: int) -> None:
